@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/rollback"
+	"github.com/rollback-watcher/watcher/internal/watch"
+)
+
+const defaultNATSURL = "nats://127.0.0.1:4222"
+
+// clientFlags are the connection flags of the commands that talk to a
+// running watcher's NATS.
+type clientFlags struct{ configFlags }
+
+func addClientFlags(cmd *kingpin.CmdClause) *clientFlags {
+	f := &clientFlags{}
+	cmd.Flag("config.file", "Configuration file, for NATS credentials and TLS.").StringVar(&f.file)
+	addNATSURL(cmd, &f.configFlags, defaultNATSURL)
+	return f
+}
+
+// connect reaches NATS within a short deadline: a command line tool must
+// say "unreachable" quickly rather than hang.
+func (f *clientFlags) connect(ctx context.Context, name string) (jetstream.JetStream, func(), error) {
+	cfg, err := f.load()
+	if err != nil {
+		return nil, nil, err
+	}
+	nc, err := bus.Connect(cfg.NATS, name, nats.Timeout(5*time.Second), nats.RetryOnFailedConnect(false), nats.MaxReconnects(0))
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return js, nc.Close, nil
+}
+
+func addCheck(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
+	cmd := app.Command("check", "Validate policy files: exit 0 when valid, 1 with file:line: message per problem.")
+	var f configFlags
+	cmd.Flag("config.file", "Configuration file whose rule_files to check when no file is given.").StringVar(&f.file)
+	cmd.Arg("rules", "Rule files or globs (default: the config file's rule_files, else "+DefaultRules+").").StringsVar(&f.rules)
+	cmds["check"] = func(_ context.Context, e *env) error {
+		cfg, err := f.load()
+		if err != nil {
+			return &exitError{code: 2, err: err}
+		}
+		set, err := policy.Load(cfg.RuleFiles...)
+		if err != nil {
+			var le *policy.LoadError
+			if errors.As(err, &le) {
+				for _, p := range le.Problems {
+					fmt.Fprintln(e.stderr, p.String())
+				}
+				return &exitError{code: 1, err: errors.New("")}
+			}
+			return &exitError{code: 1, err: err}
+		}
+		fmt.Fprintf(e.stdout, "%d policies in %d files are valid: %s\n", len(set.Policies), len(set.Files), strings.Join(set.Files, ", "))
+		return nil
+	}
+}
+
+func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
+	cmd := app.Command("publish", "Publish a deploy-completed event; prints its id.")
+	f := addClientFlags(cmd)
+	var d events.Deploy
+	labels := map[string]string{}
+	var format string
+	cmd.Flag("service", "Service deployed.").Required().StringVar(&d.Service)
+	cmd.Flag("environment", "Environment deployed to.").Required().StringVar(&d.Environment)
+	cmd.Flag("version", "Version deployed (the release directory's name).").Required().StringVar(&d.Version)
+	cmd.Flag("previous-version", "Version that was current before.").StringVar(&d.PreviousVersion)
+	cmd.Flag("host", "Host deployed to (host or host:port); repeatable.").StringsVar(&d.Hosts)
+	cmd.Flag("id", "Event id (default: a new one). The same id twice starts one run.").StringVar(&d.ID)
+	cmd.Flag("label", "Label k=v; repeatable.").StringMapVar(&labels)
+	cmd.Flag("format", "Event format on the wire.").Default("cdevents").EnumVar(&format, "cdevents", "json")
+	cmds["publish"] = func(ctx context.Context, e *env) error {
+		if d.ID == "" {
+			d.ID = events.NewID()
+		}
+		if len(labels) > 0 {
+			d.Labels = labels
+		}
+		d.Time = time.Now().UTC().Truncate(time.Millisecond)
+		if err := d.Validate(); err != nil {
+			return usageErr("invalid deploy: %v", err)
+		}
+		var data []byte
+		var err error
+		hdr := nats.Header{}
+		if format == "json" {
+			data, err = events.EncodeNative(d)
+			hdr.Set("Content-Type", "application/json")
+		} else {
+			data, err = events.EncodeCDEvent(d, "rollback-watcher/cli")
+			hdr.Set("Content-Type", events.ContentTypeCloudEvents)
+		}
+		if err != nil {
+			return err
+		}
+		js, closeNC, err := f.connect(ctx, "watcher publish")
+		if err != nil {
+			return err
+		}
+		defer closeNC()
+		msg := &nats.Msg{Subject: events.Subject(events.DeploysPrefix, d.Environment, d.Service), Data: data, Header: hdr}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		ack, err := js.PublishMsg(pctx, msg, jetstream.WithMsgID(d.ID))
+		if err != nil {
+			return fmt.Errorf("publishing on %s: %w (is a watcher running? it creates the DEPLOYS stream)", msg.Subject, err)
+		}
+		if ack.Duplicate {
+			// Not an error: retrying a publish is safe, and the first one
+			// started the run.
+			fmt.Fprintf(e.stderr, "watcher publish: event %s was already published; it starts no second run\n", d.ID)
+		}
+		fmt.Fprintln(e.stdout, d.ID)
+		return nil
+	}
+}
+
+func addRollback(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
+	cmd := app.Command("rollback", "Request a manual rollback through the same path as a failed validation; prints the request id.")
+	f := addClientFlags(cmd)
+	var req events.RollbackRequest
+	cmd.Flag("service", "Service to roll back.").Required().StringVar(&req.Service)
+	cmd.Flag("environment", "Environment to roll back.").Required().StringVar(&req.Environment)
+	cmd.Flag("to-version", "Release to roll back to (default: the previous release).").StringVar(&req.ToVersion)
+	cmd.Flag("reason", "Why; recorded in the audit and the release's ROLLED_BACK marker.").Required().StringVar(&req.Reason)
+	cmds["rollback"] = func(ctx context.Context, e *env) error {
+		req.ID = events.NewID()
+		req.Source = events.SourceManual
+		req.Time = time.Now().UTC()
+		subj := events.Subject(events.RollbacksPrefix, req.Environment, req.Service)
+		b, _ := json.Marshal(req)
+		// The executor will decode it with the same rules; fail here first.
+		if _, err := events.DecodeRollbackRequest(subj, b); err != nil {
+			return usageErr("invalid rollback request: %v", err)
+		}
+		js, closeNC, err := f.connect(ctx, "watcher rollback")
+		if err != nil {
+			return err
+		}
+		defer closeNC()
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := watch.PublishRollback(pctx, js, req); err != nil {
+			return fmt.Errorf("%w (is a watcher running? it creates the ROLLBACKS stream)", err)
+		}
+		fmt.Fprintln(e.stdout, req.ID)
+		return nil
+	}
+}
+
+func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
+	cmd := app.Command("history", "Print the audit trail.")
+	f := addClientFlags(cmd)
+	var flt audit.Filter
+	var asJSON bool
+	cmd.Flag("service", "Only this service.").StringVar(&flt.Service)
+	cmd.Flag("environment", "Only this environment.").StringVar(&flt.Environment)
+	cmd.Flag("run", "Only this run.").StringVar(&flt.RunID)
+	cmd.Flag("limit", "Newest N records (0: all).").Default("100").IntVar(&flt.Limit)
+	cmd.Flag("json", "One JSON record per line, for scripts.").BoolVar(&asJSON)
+	cmds["history"] = func(ctx context.Context, e *env) error {
+		js, closeNC, err := f.connect(ctx, "watcher history")
+		if err != nil {
+			return err
+		}
+		defer closeNC()
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		recs, err := audit.Read(rctx, js, flt)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			enc := json.NewEncoder(e.stdout)
+			for _, r := range recs {
+				if err := enc.Encode(r); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "TIME\tKIND\tSERVICE\tENVIRONMENT\tVERSION\tRUN\tMESSAGE")
+		for _, r := range recs {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("2006-01-02 15:04:05"), r.Kind,
+				dash(r.Service), dash(r.Environment), dash(r.Version), dash(r.RunID), oneLine(r.Message))
+		}
+		return tw.Flush()
+	}
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// oneLine keeps a table row on one line whatever a message holds.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(s), " ")
+}
+
+func addActivate(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
+	cmd := app.Command("activate", "Deploy primitive: switch a link to a release atomically and record the release it replaces in previousVersion.")
+	var link, release string
+	var hosts []string
+	cmd.Flag("link", "The current link, e.g. /srv/shop/current.").Required().StringVar(&link)
+	cmd.Flag("release", "The release directory to activate.").Required().StringVar(&release)
+	cmd.Flag("host", "Host to activate on (default: this machine); repeatable.").StringsVar(&hosts)
+	cmds["activate"] = func(_ context.Context, e *env) error {
+		if len(hosts) > 0 {
+			return usageErr("--host needs SSH support, which this version does not have; run activate on the host itself")
+		}
+		if !filepath.IsAbs(link) || !filepath.IsAbs(release) {
+			return usageErr("--link and --release must be absolute paths")
+		}
+		prev, err := rollback.Activate(rollback.Local{}, filepath.Clean(link), filepath.Clean(release))
+		if err != nil {
+			return err
+		}
+		if prev == "" {
+			fmt.Fprintf(e.stdout, "%s -> %s\n", link, release)
+		} else {
+			fmt.Fprintf(e.stdout, "%s -> %s (previous: %s)\n", link, release, prev)
+		}
+		return nil
+	}
+}

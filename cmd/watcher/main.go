@@ -1,0 +1,116 @@
+// Command watcher validates deploys against business metrics and rolls back
+// the bad ones. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
+	"github.com/prometheus/common/version"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr, reload))
+}
+
+// exitError carries an exit code with the one line to print.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageErr is exit code 2: the command line itself is wrong.
+func usageErr(format string, a ...any) error {
+	return &exitError{code: 2, err: fmt.Errorf(format, a...)}
+}
+
+// env is what every command gets: where to write and how to log.
+type env struct {
+	stdout, stderr io.Writer
+	logger         *slog.Logger
+	reload         <-chan struct{}
+}
+
+// run parses args and runs one command; main keeps the process-wide parts
+// (signals, exit) so that everything here can run inside tests.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-chan struct{}) (code int) {
+	defer func() {
+		// A panic is a bug, but the contract is one clear line, never a
+		// stack trace: say what happened and how to report it.
+		if r := recover(); r != nil {
+			fmt.Fprintf(stderr, "watcher: internal error: %v (please report this with the command you ran)\n", r)
+			code = 3
+		}
+	}()
+	app := kingpin.New("watcher", "Rollback Watcher: validates each deploy against business metrics in Prometheus and rolls back the bad ones.")
+	app.UsageWriter(stdout)
+	app.ErrorWriter(stderr)
+	// No --version flag: `publish --version` is the deployed version, and
+	// `watcher version` prints the build.
+	app.HelpFlag.Short('h')
+	var logCfg promslog.Config
+	logCfg.Writer = stderr
+	promslogflag.AddFlags(app, &logCfg)
+	exited := false
+	app.Terminate(func(int) { exited = true })
+
+	cmds := map[string]func(context.Context, *env) error{}
+	addRun(app, cmds)
+	addCheck(app, cmds)
+	addPublish(app, cmds)
+	addRollback(app, cmds)
+	addHistory(app, cmds)
+	addActivate(app, cmds)
+	app.Command("version", "Print version and build information.")
+	cmds["version"] = func(_ context.Context, e *env) error {
+		fmt.Fprintln(e.stdout, version.Print("watcher"))
+		return nil
+	}
+
+	name, err := app.Parse(args)
+	if exited {
+		return 0 // --help or --version printed what was asked
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "watcher: error: %v; try --help\n", err)
+		return 2
+	}
+	e := &env{stdout: stdout, stderr: stderr, logger: promslog.New(&logCfg), reload: reload}
+	if err := cmds[name](ctx, e); err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) {
+			if ee.err != nil && ee.err.Error() != "" {
+				fmt.Fprintf(stderr, "watcher %s: %v\n", name, ee.err)
+			}
+			return ee.code
+		}
+		fmt.Fprintf(stderr, "watcher %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}

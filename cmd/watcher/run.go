@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/common/version"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/config"
+	"github.com/rollback-watcher/watcher/internal/metrics"
+	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/rollback"
+	"github.com/rollback-watcher/watcher/internal/watch"
+	"github.com/rollback-watcher/watcher/internal/web"
+)
+
+// DefaultRules is where policies are read from when neither --rules nor the
+// config file says.
+const DefaultRules = "rules/*.yml"
+
+type configFlags struct {
+	file     string
+	rules    []string
+	natsURL  string
+	natsSet  bool
+	promURL  string
+	promSet  bool
+	replicas int
+}
+
+// load reads --config.file (if any) and applies the flags over it.
+func (f *configFlags) load() (*config.Config, error) {
+	c := &config.Config{}
+	if f.file != "" {
+		var err error
+		if c, err = config.Load(f.file); err != nil {
+			return nil, err
+		}
+	}
+	if len(f.rules) > 0 {
+		c.RuleFiles = f.rules
+	}
+	if len(c.RuleFiles) == 0 {
+		c.RuleFiles = []string{DefaultRules}
+	}
+	if f.natsSet || c.NATS.URL == "" {
+		c.NATS.URL = f.natsURL
+	}
+	if f.promSet || c.Prometheus.URL == "" {
+		c.Prometheus.URL = f.promURL
+	}
+	if f.replicas > 0 {
+		c.NATS.Replicas = f.replicas
+	}
+	return c, nil
+}
+
+func addNATSURL(cmd *kingpin.CmdClause, f *configFlags, def string) {
+	cmd.Flag("nats.url", "NATS server URL(s), comma-separated. Credentials and TLS go in --config.file, never in flags.").
+		Default(def).IsSetByUser(&f.natsSet).StringVar(&f.natsURL)
+}
+
+func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
+	cmd := app.Command("run", "Run the watcher: consume deploy events, validate them, execute rollbacks.")
+	var f configFlags
+	var listen, storage, webAddr string
+	var dryRun bool
+	cmd.Flag("config.file", "Configuration file (rule files, Prometheus and NATS connection, credentials).").StringVar(&f.file)
+	cmd.Flag("rules", "Policy files or globs; repeatable. Default: the config file's rule_files, else "+DefaultRules+".").StringsVar(&f.rules)
+	addNATSURL(cmd, &f, "")
+	cmd.Flag("nats.listen", "Address of the embedded NATS server, used when --nats.url is not set.").Default("127.0.0.1:4222").StringVar(&listen)
+	cmd.Flag("nats.replicas", "Replication factor of the streams the watcher creates (NATS cluster).").Default("0").IntVar(&f.replicas)
+	cmd.Flag("storage.path", "Directory for the embedded NATS server's JetStream data.").Default("data").StringVar(&storage)
+	cmd.Flag("prometheus.url", "Prometheus to query; auth and TLS go in --config.file.").Default("http://127.0.0.1:9090").IsSetByUser(&f.promSet).StringVar(&f.promURL)
+	cmd.Flag("web.listen-address", "Address for /metrics, health, reload and the API.").Default("127.0.0.1:9797").StringVar(&webAddr)
+	cmd.Flag("dry-run", "Evaluate and publish everything, execute no rollback (the audit says so).").BoolVar(&dryRun)
+	cmds["run"] = func(ctx context.Context, e *env) error {
+		return runWatcher(ctx, e, &f, listen, storage, webAddr, dryRun)
+	}
+}
+
+func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, webAddr string, dryRun bool) error {
+	logger := e.logger
+	cfg, err := f.load()
+	if err != nil {
+		return err
+	}
+	set, err := policy.Load(cfg.RuleFiles...)
+	if err != nil {
+		return fmt.Errorf("policies are invalid (fix them, `watcher check` lists every problem):\n%w", err)
+	}
+	var policies atomic.Pointer[policy.Set]
+	policies.Store(set)
+	reload := func() error {
+		s, err := policy.Load(cfg.RuleFiles...)
+		if err != nil {
+			logger.Error("reload failed; keeping the policies in force", "err", err)
+			return err
+		}
+		policies.Store(s)
+		logger.Info("policies reloaded", "policies", len(s.Policies), "files", len(s.Files))
+		return nil
+	}
+	prom, err := metrics.New(cfg.Prometheus)
+	if err != nil {
+		return err
+	}
+
+	var opts []nats.Option
+	if cfg.NATS.URL == "" {
+		srv, err := bus.StartEmbedded(listen, storage, logger)
+		if err != nil {
+			return err
+		}
+		defer srv.Stop()
+		cfg.NATS.URL = srv.ClientURL()
+		opts = append(opts, nats.InProcessServer(srv))
+		logger.Info("embedded NATS server started", "url", srv.ClientURL(), "storage", storage)
+	}
+	nc, err := bus.Connect(cfg.NATS, "watcher run", opts...)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	setupCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := bus.EnsureStreams(setupCtx, js, cfg.NATS.Replicas); err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), versionCollector())
+	aud := &audit.Publisher{JS: js}
+	host, _ := os.Hostname()
+	w := &watch.Watcher{JS: js, Policies: policies.Load, Querier: prom, Audit: aud, Logger: logger}
+	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: dryRun,
+		Source: "rollback-watcher/" + host}
+	w.Register(reg)
+	x.Register(reg)
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	if err := w.Start(runCtx); err != nil {
+		return err
+	}
+	if err := x.Start(runCtx); err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", webAddr)
+	if err != nil {
+		return fmt.Errorf("--web.listen-address %s: %w", webAddr, err)
+	}
+	srv := &http.Server{
+		Handler: (&web.Server{
+			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
+			Ready: func() error {
+				if nc.Status() != nats.CONNECTED {
+					return fmt.Errorf("NATS connection is %s", nc.Status())
+				}
+				return nil
+			},
+		}).Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("web server stopped", "err", err)
+		}
+	}()
+	logger.Info("watcher running", "web", ln.Addr().String(), "nats", cfg.NATS.URL, "prometheus", cfg.Prometheus.URL,
+		"policies", len(set.Policies), "dry_run", dryRun, "version", version.Version)
+
+	for {
+		select {
+		case <-e.reload:
+			_ = reload()
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	logger.Info("shutting down")
+	shutCtx, cancelShut := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelShut()
+	_ = srv.Shutdown(shutCtx)
+	stop()
+	w.Wait()
+	x.Wait()
+	return nil
+}
+
+func versionCollector() prometheus.Collector {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "watcher_build_info",
+		Help: "Build information of the running watcher.",
+		ConstLabels: prometheus.Labels{
+			"version": version.Version, "revision": version.Revision, "goversion": version.GoVersion,
+		},
+	}, func() float64 { return 1 })
+}

@@ -1,0 +1,176 @@
+// Package audit writes and reads the audit trail: one JSON record per
+// decision on audit.<environment>.<service> (contract section 6).
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rollback-watcher/watcher/internal/events"
+)
+
+// Record kinds.
+const (
+	EventRejected     = "event.rejected"
+	RunSkipped        = "run.skipped"
+	RunStarted        = "run.started"
+	Measurement       = "measurement"
+	RunPassed         = "run.passed"
+	RunFailed         = "run.failed"
+	RunInconclusive   = "run.inconclusive"
+	RollbackRequested = "rollback.requested"
+	RollbackHost      = "rollback.host"
+	RollbackCompleted = "rollback.completed"
+	RollbackFailed    = "rollback.failed"
+	AlertReceived     = "alert.received"
+)
+
+// Record is one audit entry.
+type Record struct {
+	Time        time.Time      `json:"time"`
+	Kind        string         `json:"kind"`
+	RunID       string         `json:"run_id,omitempty"`
+	DeployID    string         `json:"deploy_id,omitempty"`
+	RequestID   string         `json:"request_id,omitempty"`
+	Service     string         `json:"service"`
+	Environment string         `json:"environment"`
+	Version     string         `json:"version,omitempty"`
+	Policy      string         `json:"policy,omitempty"`
+	Message     string         `json:"message"`
+	Detail      map[string]any `json:"detail"`
+}
+
+// Invalid is the subject token used for a service or environment that cannot
+// be a subject token (it came from a rejected event).
+const Invalid = "_invalid"
+
+var tokenRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// Subject is where a record is published. Rejected events may carry names
+// that are not valid tokens; their records go to audit._invalid.* so that
+// they are still kept.
+func Subject(environment, service string) string {
+	if !tokenRE.MatchString(environment) {
+		environment = Invalid
+	}
+	if !tokenRE.MatchString(service) {
+		service = Invalid
+	}
+	return events.Subject(events.AuditPrefix, environment, service)
+}
+
+// Publisher writes records to the AUDIT stream.
+type Publisher struct {
+	JS jetstream.JetStream
+	// Now stamps records that have no time (tests set it).
+	Now func() time.Time
+}
+
+// Record publishes r and waits for the stream to store it, so that a caller
+// acks its input only once its outcome is durable.
+func (p *Publisher) Record(ctx context.Context, r Record) error {
+	if r.Time.IsZero() {
+		if p.Now != nil {
+			r.Time = p.Now()
+		} else {
+			r.Time = time.Now().UTC()
+		}
+	}
+	if r.Detail == nil {
+		r.Detail = map[string]any{}
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encoding audit record %s: %w", r.Kind, err)
+	}
+	if _, err := p.JS.Publish(ctx, Subject(r.Environment, r.Service), b); err != nil {
+		return fmt.Errorf("writing audit record %s: %w", r.Kind, err)
+	}
+	return nil
+}
+
+// Filter selects records to read.
+type Filter struct {
+	Service     string
+	Environment string
+	RunID       string
+	// Limit keeps only the newest N matching records; 0 keeps all.
+	Limit int
+}
+
+func (f Filter) subject() string {
+	env, svc := "*", "*"
+	if f.Environment != "" {
+		env = f.Environment
+	}
+	if f.Service != "" {
+		svc = f.Service
+	}
+	if svc == "*" {
+		// A service name may contain dots (several tokens).
+		return events.AuditPrefix + "." + env + ".>"
+	}
+	return events.Subject(events.AuditPrefix, env, svc)
+}
+
+// Read returns the records matching f, oldest first.
+func Read(ctx context.Context, js jetstream.JetStream, f Filter) ([]Record, error) {
+	cons, err := js.OrderedConsumer(ctx, "AUDIT", jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{f.subject()},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("no AUDIT stream on this server: has a watcher run against it?")
+		}
+		return nil, fmt.Errorf("reading the audit stream: %w", err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("reading the audit stream: %w", err)
+	}
+	pending := info.NumPending
+	var out []Record
+	for pending > 0 {
+		n := 256
+		if pending < uint64(n) {
+			n = int(pending)
+		}
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("reading the audit stream: %w", err)
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			var r Record
+			if err := json.Unmarshal(msg.Data(), &r); err != nil {
+				continue // not ours; the stream may be shared
+			}
+			if f.RunID != "" && r.RunID != f.RunID {
+				continue
+			}
+			out = append(out, r)
+			if f.Limit > 0 && len(out) > 2*f.Limit {
+				out = append(out[:0], out[len(out)-f.Limit:]...)
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return nil, fmt.Errorf("reading the audit stream: %w", err)
+		}
+		if got == 0 || uint64(got) >= pending {
+			break
+		}
+		pending -= uint64(got)
+	}
+	if f.Limit > 0 && len(out) > f.Limit {
+		out = out[len(out)-f.Limit:]
+	}
+	return out, nil
+}

@@ -1,0 +1,237 @@
+// Package bus connects the watcher to NATS JetStream: an embedded server when
+// no URL is given, the client connection with auth and TLS, and the streams
+// the watcher needs.
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/common/config"
+
+	"github.com/rollback-watcher/watcher/internal/events"
+)
+
+// Stream names (contract section 3).
+const (
+	DeploysStream   = "DEPLOYS"
+	RollbacksStream = "ROLLBACKS"
+	AuditStream     = "AUDIT"
+)
+
+// MaxPayload of the embedded server. It is above events.MaxEventSize on
+// purpose: an oversized event must reach the watcher so that it is rejected
+// with an audit record, instead of bouncing off the server unseen.
+const MaxPayload = 8 << 20
+
+// Options says how to reach NATS. Secrets are read from files so that they
+// never show up in flags, process listings or --help.
+type Options struct {
+	URL             string           `yaml:"url"`
+	User            string           `yaml:"user"`
+	PasswordFile    string           `yaml:"password_file"`
+	TokenFile       string           `yaml:"token_file"`
+	CredentialsFile string           `yaml:"credentials_file"`
+	NKeyFile        string           `yaml:"nkey_file"`
+	TLS             config.TLSConfig `yaml:"tls_config"`
+	// Replicas is the replication factor of the streams the watcher creates.
+	Replicas int `yaml:"replicas"`
+}
+
+// Connect dials NATS with the options' auth and TLS. name is the client name
+// shown by the server ("watcher run", "watcher publish").
+func Connect(o Options, name string, extra ...nats.Option) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(500 * time.Millisecond)}
+	if o.User != "" || o.PasswordFile != "" {
+		pw, err := readSecret(o.PasswordFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.UserInfo(o.User, pw))
+	}
+	if o.TokenFile != "" {
+		tok, err := readSecret(o.TokenFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Token(tok))
+	}
+	if o.CredentialsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+	}
+	if o.NKeyFile != "" {
+		opt, err := nats.NkeyOptionFromSeed(o.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey_file %s: %w", o.NKeyFile, err)
+		}
+		opts = append(opts, opt)
+	}
+	if o.TLS.CAFile != "" || o.TLS.CertFile != "" || o.TLS.InsecureSkipVerify || strings.HasPrefix(o.URL, "tls://") {
+		tc, err := config.NewTLSConfig(&o.TLS)
+		if err != nil {
+			return nil, fmt.Errorf("nats tls_config: %w", err)
+		}
+		opts = append(opts, nats.Secure(tc))
+	}
+	opts = append(opts, extra...)
+	nc, err := nats.Connect(o.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w (is the watcher or nats-server running? see --nats.url)", redactURL(o.URL), err)
+	}
+	return nc, nil
+}
+
+func readSecret(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("reading secret: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// redactURL hides a password in a URL so that errors can print it.
+func redactURL(u string) string {
+	var out []string
+	for _, part := range strings.Split(u, ",") {
+		if i := strings.Index(part, "@"); i >= 0 {
+			if j := strings.Index(part, "://"); j >= 0 && j < i {
+				part = part[:j+3] + "xxxxx" + part[i:]
+			}
+		}
+		out = append(out, part)
+	}
+	return strings.Join(out, ",")
+}
+
+// Embedded is a nats-server with JetStream running inside the watcher.
+type Embedded struct {
+	*server.Server
+}
+
+// StartEmbedded starts a nats-server listening on listen ("127.0.0.1:4222";
+// port 0 picks a free one) with JetStream stored under storeDir.
+func StartEmbedded(listen, storeDir string, logger *slog.Logger) (*Embedded, error) {
+	host, portStr, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--nats.listen %q: %w", listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("--nats.listen %q: bad port", listen)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	dir, err := filepath.Abs(filepath.Join(storeDir, "jetstream"))
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("creating JetStream storage: %w", err)
+	}
+	opts := &server.Options{
+		ServerName: "watcher",
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   dir,
+		MaxPayload: MaxPayload,
+		NoSigs:     true,
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	s.SetLoggerV2(&serverLogger{logger.With("component", "nats-server")}, false, false, false)
+	s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded NATS did not start listening on %s (is the port in use? see --nats.listen)", listen)
+	}
+	return &Embedded{s}, nil
+}
+
+// Stop shuts the server down and waits for it.
+func (e *Embedded) Stop() {
+	e.Shutdown()
+	e.WaitForShutdown()
+}
+
+type serverLogger struct{ l *slog.Logger }
+
+func (s *serverLogger) Noticef(f string, v ...any) { s.l.Debug(fmt.Sprintf(f, v...)) }
+func (s *serverLogger) Warnf(f string, v ...any)   { s.l.Warn(fmt.Sprintf(f, v...)) }
+func (s *serverLogger) Fatalf(f string, v ...any)  { s.l.Error(fmt.Sprintf(f, v...)) }
+func (s *serverLogger) Errorf(f string, v ...any)  { s.l.Error(fmt.Sprintf(f, v...)) }
+func (s *serverLogger) Debugf(f string, v ...any)  {}
+func (s *serverLogger) Tracef(f string, v ...any)  {}
+
+// StreamConfigs are the streams the watcher uses, at the given replication
+// factor. Duplicates is the window in which JetStream drops a message whose
+// Nats-Msg-Id it has seen: a publisher retrying after a lost ack cannot
+// create a second request.
+func StreamConfigs(replicas int) []jetstream.StreamConfig {
+	if replicas < 1 {
+		replicas = 1
+	}
+	mk := func(name, prefix string, maxAge time.Duration) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:       name,
+			Subjects:   []string{prefix + ".>"},
+			Storage:    jetstream.FileStorage,
+			Replicas:   replicas,
+			MaxAge:     maxAge,
+			Duplicates: 10 * time.Minute,
+		}
+	}
+	return []jetstream.StreamConfig{
+		mk(DeploysStream, events.DeploysPrefix, 30*24*time.Hour),
+		mk(RollbacksStream, events.RollbacksPrefix, 90*24*time.Hour),
+		mk(AuditStream, events.AuditPrefix, 365*24*time.Hour),
+	}
+}
+
+// EnsureStreams creates the streams that are missing. Existing streams are
+// left as the operator configured them (retention, limits), provided they
+// still capture the subjects the watcher uses.
+func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	for _, cfg := range StreamConfigs(replicas) {
+		s, err := js.Stream(ctx, cfg.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return fmt.Errorf("creating stream %s: %w", cfg.Name, err)
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("looking up stream %s: %w (is JetStream enabled on the server?)", cfg.Name, err)
+		}
+		if !coversSubject(s.CachedInfo().Config.Subjects, cfg.Subjects[0]) {
+			return fmt.Errorf("stream %s exists but does not capture %s (it has %v)", cfg.Name, cfg.Subjects[0], s.CachedInfo().Config.Subjects)
+		}
+	}
+	return nil
+}
+
+func coversSubject(have []string, want string) bool {
+	for _, h := range have {
+		if h == want || h == ">" {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,65 @@
+// Package config reads the watcher's configuration file (--config.file):
+// where the rules are and how to reach Prometheus and NATS, including the
+// credentials that must never be passed as flags.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/metrics"
+)
+
+// Config is the file's content. Every field is optional; flags override it.
+type Config struct {
+	RuleFiles  []string        `yaml:"rule_files"`
+	Prometheus metrics.Options `yaml:"prometheus"`
+	NATS       bus.Options     `yaml:"nats"`
+}
+
+// Load reads a config file strictly (unknown keys are errors) and resolves
+// relative paths against the file's directory.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config file: %w", err)
+	}
+	c := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	for i, r := range c.RuleFiles {
+		c.RuleFiles[i] = join(dir, r)
+	}
+	c.Prometheus.HTTP.SetDirectory(dir)
+	n := &c.NATS
+	n.PasswordFile = join(dir, n.PasswordFile)
+	n.TokenFile = join(dir, n.TokenFile)
+	n.CredentialsFile = join(dir, n.CredentialsFile)
+	n.NKeyFile = join(dir, n.NKeyFile)
+	n.TLS.SetDirectory(dir)
+	if err := c.Prometheus.HTTP.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: prometheus.http_client: %w", path, err)
+	}
+	return c, nil
+}
+
+func join(dir, p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(dir, p)
+}

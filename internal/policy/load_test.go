@@ -1,0 +1,529 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/model"
+)
+
+func float(v float64) *float64 { return &v }
+
+func dur(d time.Duration) model.Duration { return model.Duration(d) }
+
+// writeFile writes a rules file into dir and returns its path.
+func writeFile(t *testing.T, dir, name, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// mustLoad loads patterns and fails the test on any problem.
+func mustLoad(t *testing.T, patterns ...string) *Set {
+	t.Helper()
+	s, err := Load(patterns...)
+	if err != nil {
+		t.Fatalf("Load(%q): %v", patterns, err)
+	}
+	return s
+}
+
+// stripTemplates clears the parsed templates, which reflect.DeepEqual
+// cannot compare, from copies of loaded policies.
+func stripTemplates(ps []*Policy) []*Policy {
+	var out []*Policy
+	for _, p := range ps {
+		q := *p
+		q.Checks = nil
+		for _, c := range p.Checks {
+			cc := *c
+			cc.query = nil
+			q.Checks = append(q.Checks, &cc)
+		}
+		q.Rollback.link, q.Rollback.releasesDir, q.Rollback.after = nil, nil, nil
+		if p.Rollback.Data != nil {
+			ds := *p.Rollback.Data
+			ds.command = nil
+			q.Rollback.Data = &ds
+		}
+		out = append(out, &q)
+	}
+	return out
+}
+
+func TestLoadGood(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	s := mustLoad(t, "testdata/good.yml")
+
+	want := []*Policy{
+		{
+			Name:         "shop-orders",
+			Match:        Match{Service: "shop", Environment: "production"},
+			Window:       dur(15 * time.Minute),
+			Interval:     dur(time.Minute),
+			InitialDelay: dur(2 * time.Minute),
+			Checks: []*Check{
+				{
+					Name:         "orders-per-minute",
+					Query:        `sum(rate(shop_orders_total{service="{{ .Service }}", team="{{ .Labels.team }}"}[1m])) * 60`,
+					Min:          float(50),
+					Max:          float(5000),
+					FailureLimit: 1,
+					NoData:       NoDataFail,
+					Line:         9,
+				},
+				{
+					Name:     "orders-vs-before",
+					Query:    "sum(rate(shop_orders_total[5m]))",
+					Baseline: &Baseline{Kind: BaselinePreDeploy},
+					MinRatio: float(0.8),
+					NoData:   NoDataInconclusive,
+					Line:     15,
+				},
+				{
+					Name:     "orders-vs-last-week",
+					Query:    `sum(rate(shop_orders_total{region="{{ .Labels.region }}"}[5m]))`,
+					Baseline: &Baseline{Kind: BaselineOffset, Offset: dur(7 * 24 * time.Hour)},
+					MinRatio: float(0.5),
+					MaxRatio: float(2),
+					NoData:   NoDataPass,
+					Line:     19,
+				},
+			},
+			Rollback: Rollback{
+				Mode:        ModePublish,
+				Link:        "/srv/{{ .Service }}/{{ .Host }}/current",
+				ReleasesDir: "/srv/{{ .Service }}/releases",
+				Hosts:       []string{"web1.example.com", "web2.example.com:2222"},
+				SSH: SSH{
+					User:           "deploy",
+					Port:           2222,
+					IdentityFile:   "testdata/keys/id_ed25519",
+					KnownHosts:     filepath.Join(home, ".ssh/known_hosts"),
+					ConnectTimeout: dur(5 * time.Second),
+					CommandTimeout: dur(2 * time.Minute),
+				},
+				Parallelism: 4,
+				After:       []string{"sudo", "systemctl", "reload", "php-fpm@{{ .Service }}"},
+				Data: &DataStep{
+					Command: []string{"bin/migrate", "down", "--to", "{{ .PreviousVersion }}"},
+					RunOn:   RunOnFirst,
+					Order:   OrderBeforeCode,
+					Timeout: dur(10 * time.Minute),
+				},
+			},
+			File:     "testdata/good.yml",
+			Line:     3,
+			nameLine: 3,
+		},
+		{
+			Name:         "minimal",
+			Window:       DefaultWindow,
+			Interval:     DefaultInterval,
+			InitialDelay: DefaultInitialDelay,
+			Checks: []*Check{{
+				Name:         "up",
+				Query:        "up",
+				Min:          float(1),
+				FailureLimit: DefaultFailureLimit,
+				NoData:       DefaultNoData,
+				Line:         47,
+			}},
+			Rollback: Rollback{
+				Mode: DefaultMode,
+				Link: "/srv/app/current",
+				SSH: SSH{
+					ConnectTimeout: DefaultSSHConnectTimeout,
+					CommandTimeout: DefaultSSHCommandTimeout,
+				},
+				Parallelism: DefaultParallelism,
+				Data: &DataStep{
+					Command: []string{"bin/migrate", "down"},
+					RunOn:   DefaultDataRunOn,
+					Order:   DefaultDataOrder,
+					Timeout: DefaultDataTimeout,
+				},
+			},
+			File:     "testdata/good.yml",
+			Line:     45,
+			nameLine: 45,
+		},
+	}
+	got := stripTemplates(s.Policies)
+	if len(got) != len(want) {
+		t.Fatalf("got %d policies, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if reflect.DeepEqual(got[i], want[i]) {
+			continue
+		}
+		t.Errorf("policy %d:\n got %+v\nwant %+v", i, *got[i], *want[i])
+		for j := range min(len(got[i].Checks), len(want[i].Checks)) {
+			if !reflect.DeepEqual(got[i].Checks[j], want[i].Checks[j]) {
+				t.Errorf("check %d:\n got %+v\nwant %+v", j, *got[i].Checks[j], *want[i].Checks[j])
+			}
+		}
+	}
+	if !slices.Equal(s.Files, []string{"testdata/good.yml"}) {
+		t.Errorf("Files = %q", s.Files)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	dir := t.TempDir()
+	f := writeFile(t, dir, "p.yml", `
+policies:
+  - name: p
+    checks: [{name: c, query: up, min: 1}]
+    rollback: {link: /srv/app/current}
+`)
+	p := mustLoad(t, f).Policies[0]
+	c, r := p.Checks[0], p.Rollback
+	for _, tc := range []struct {
+		name      string
+		got, want any
+	}{
+		{"window", p.Window, dur(10 * time.Minute)},
+		{"interval", p.Interval, dur(30 * time.Second)},
+		{"initial_delay", p.InitialDelay, dur(0)},
+		{"no_data", c.NoData, NoDataInconclusive},
+		{"failure_limit", c.FailureLimit, 0},
+		{"mode", r.Mode, ModeExecute},
+		{"parallelism", r.Parallelism, 32},
+		{"ssh.connect_timeout", r.SSH.ConnectTimeout, dur(10 * time.Second)},
+		{"ssh.command_timeout", r.SSH.CommandTimeout, dur(time.Minute)},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s = %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+	if r.Data != nil || r.After != nil {
+		t.Errorf("data = %v, after = %q; want neither", r.Data, r.After)
+	}
+	if d, err := r.RenderReleasesDir(TemplateData{}); err != nil || d != "/srv/app/releases" {
+		t.Errorf("releases_dir = %q, %v; want /srv/app/releases", d, err)
+	}
+
+	writeFile(t, dir, "p.yml", `
+policies:
+  - name: p
+    checks: [{name: c, query: up, min: 1}]
+    rollback: {link: /srv/app/current, data: {command: [migrate]}}
+`)
+	ds := mustLoad(t, f).Policies[0].Rollback.Data
+	if ds.RunOn != RunOnLocal || ds.Order != OrderAfterCode || ds.Timeout != dur(5*time.Minute) {
+		t.Errorf("data step defaults: %+v", *ds)
+	}
+}
+
+// TestLoadBadConfigs gives every kind of problem its own file, with the
+// exact error it must give.
+func TestLoadBadConfigs(t *testing.T) {
+	type test struct{ file, want string }
+	tests := []test{
+		{"invalid-after-empty.yml", "testdata/invalid-after-empty.yml:7: rollback.after is an empty command: give the program and its arguments, or leave after out"},
+		{"invalid-baseline-offset.yml", "testdata/invalid-baseline-offset.yml:7: baseline: offset must be a positive duration such as 1d or 7d, got \"0s\""},
+		{"invalid-baseline-without-ratio.yml", "testdata/invalid-baseline-without-ratio.yml:6: check \"orders\": baseline is set but no min_ratio or max_ratio uses it"},
+		{"invalid-baseline.yml", "testdata/invalid-baseline.yml:6: baseline: want pre_deploy or {offset: <duration>}, got \"yesterday\""},
+		{"invalid-check-no-name.yml", "testdata/invalid-check-no-name.yml:4: check has no name"},
+		{"invalid-check-no-query.yml", "testdata/invalid-check-no-query.yml:4: check \"up\" has no query"},
+		{"invalid-data-command-empty.yml", "testdata/invalid-data-command-empty.yml:7: rollback.data.command is empty: give the program and its arguments"},
+		{"invalid-data-order.yml", "testdata/invalid-data-order.yml:9: rollback.data.order must be before_code or after_code, got \"during_code\""},
+		{"invalid-data-run-on.yml", "testdata/invalid-data-run-on.yml:9: rollback.data.run_on must be local, first or all, got \"everywhere\""},
+		{"invalid-duplicate-check.yml", "testdata/invalid-duplicate-check.yml:5: duplicate check name \"up\" (first at line 4)"},
+		{"invalid-duplicate-key.yml", "testdata/invalid-duplicate-key.yml:4: duplicate key \"window\" (first at line 3)"},
+		{"invalid-duplicate-policy.yml", "testdata/invalid-duplicate-policy.yml:6: duplicate policy name \"shop\" (first defined at testdata/invalid-duplicate-policy.yml:2)"},
+		{"invalid-duration.yml", "testdata/invalid-duration.yml:3: window: invalid duration \"10mins\" (use Prometheus syntax such as 500ms, 30s, 10m, 1h)"},
+		{"invalid-failure-limit.yml", "testdata/invalid-failure-limit.yml:7: check \"orders\": failure_limit must not be negative, got -1"},
+		{"invalid-interval-longer-than-window.yml", "testdata/invalid-interval-longer-than-window.yml:4: interval 5m is longer than window 1m"},
+		{"invalid-link-missing.yml", "testdata/invalid-link-missing.yml:5: rollback.link is required unless rollback.mode is publish"},
+		{"invalid-link-relative.yml", "testdata/invalid-link-relative.yml:6: rollback.link must be an absolute, clean path, got \"svc/current\" (rendered with sample data)"},
+		{"invalid-many.yml", "testdata/invalid-many.yml:3: unknown key \"windw\"\ntestdata/invalid-many.yml:4: interval: invalid duration \"30 seconds\" (use Prometheus syntax such as 500ms, 30s, 10m, 1h)\ntestdata/invalid-many.yml:6: check \"orders\" has no threshold: set min, max, min_ratio or max_ratio\ntestdata/invalid-many.yml:7: check \"orders\": query is not valid PromQL: 1:27: parse error: unclosed left parenthesis\ntestdata/invalid-many.yml:8: duplicate check name \"orders\" (first at line 6)\ntestdata/invalid-many.yml:10: check \"orders\": min 5 is greater than max 1\ntestdata/invalid-many.yml:12: check \"orders\": no_data must be inconclusive, fail or pass, got \"maybe\"\ntestdata/invalid-many.yml:13: rollback.link is required unless rollback.mode is publish\ntestdata/invalid-many.yml:15: rollback.parallelism must be at least 1, got 0\ntestdata/invalid-many.yml:16: rollback.after[0] is empty: it is the program to run\ntestdata/invalid-many.yml:16: rollback.after[1]: template fails with sample data: rollback.after[1]:1:3: executing \"rollback.after[1]\" at <.Nope>: can't evaluate field Nope in type policy.TemplateData"},
+		{"invalid-match-glob.yml", "testdata/invalid-match-glob.yml:3: match.service: bad glob \"shop-[\": syntax error in pattern"},
+		{"invalid-min-greater-than-max.yml", "testdata/invalid-min-greater-than-max.yml:6: check \"orders\": min 100 is greater than max 50"},
+		{"invalid-mode.yml", "testdata/invalid-mode.yml:6: rollback.mode must be execute or publish, got \"dry-run\""},
+		{"invalid-negative-duration.yml", "testdata/invalid-negative-duration.yml:9: rollback.data.timeout: duration must not be negative, got -1m"},
+		{"invalid-no-checks.yml", "testdata/invalid-no-checks.yml:2: policy \"shop\" has no checks"},
+		{"invalid-no-data.yml", "testdata/invalid-no-data.yml:7: check \"orders\": no_data must be inconclusive, fail or pass, got \"ignore\""},
+		{"invalid-no-threshold.yml", "testdata/invalid-no-threshold.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio"},
+		{"invalid-not-a-number.yml", "testdata/invalid-not-a-number.yml:6: min: expected a number, got \"lots\""},
+		{"invalid-parallelism.yml", "testdata/invalid-parallelism.yml:7: rollback.parallelism must be at least 1, got -1"},
+		{"invalid-policy-no-name.yml", "testdata/invalid-policy-no-name.yml:2: policy has no name"},
+		{"invalid-promql.yml", "testdata/invalid-promql.yml:5: check \"orders\": query is not valid PromQL: 1:42: parse error: unclosed left parenthesis (in the query rendered with sample data: sum(rate(orders_total{service=\"svc\"}[5m]))"},
+		{"invalid-query-uses-host.yml", "testdata/invalid-query-uses-host.yml:5: check \"orders\": a query cannot use .Host: it runs once for all hosts"},
+		{"invalid-range-vector.yml", "testdata/invalid-range-vector.yml:5: check \"orders\": query returns a range vector; a check needs an instant vector or a scalar (such as rate(x[5m]) rather than x[5m])"},
+		{"invalid-ratio-not-positive.yml", "testdata/invalid-ratio-not-positive.yml:7: check \"orders\": max_ratio must be positive, got 0"},
+		{"invalid-ratio-without-baseline.yml", "testdata/invalid-ratio-without-baseline.yml:6: check \"orders\": min_ratio needs a baseline: set baseline to pre_deploy or {offset: <duration>}"},
+		{"invalid-releases-dir.yml", "testdata/invalid-releases-dir.yml:7: rollback.releases_dir must be an absolute, clean path, got \"/srv/shop/../releases\""},
+		{"invalid-template-exec.yml", "testdata/invalid-template-exec.yml:5: check \"orders\": template fails with sample data: query:1:34: executing \"query\" at <.Servce>: can't evaluate field Servce in type policy.TemplateData"},
+		{"invalid-template-parse.yml", "testdata/invalid-template-parse.yml:5: check \"orders\": bad template: query:1: unexpected \"}\" in operand"},
+		{"invalid-unknown-key-nested.yml", "testdata/invalid-unknown-key-nested.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio\ntestdata/invalid-unknown-key-nested.yml:6: unknown key \"minimum\"\ntestdata/invalid-unknown-key-nested.yml:10: unknown key \"usr\""},
+		{"invalid-unknown-key.yml", "testdata/invalid-unknown-key.yml:3: unknown key \"windw\""},
+		{"invalid-yaml-syntax.yml", "testdata/invalid-yaml-syntax.yml:4: invalid YAML: mapping values are not allowed in this context"},
+		{"invalid-zero-interval.yml", "testdata/invalid-zero-interval.yml:3: interval must be positive, got 0s"},
+	}
+	files, err := filepath.Glob("testdata/invalid-*.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if !slices.ContainsFunc(tests, func(tc test) bool { return tc.file == filepath.Base(f) }) {
+			t.Errorf("%s has no entry in the table", f)
+		}
+	}
+	for _, tc := range tests {
+		t.Run(tc.file, func(t *testing.T) {
+			_, err := Load(filepath.Join("testdata", tc.file))
+			if err == nil {
+				t.Fatal("Load succeeded")
+			}
+			if _, ok := errors.AsType[*LoadError](err); !ok {
+				t.Errorf("error is a %T, want *LoadError", err)
+			}
+			if err.Error() != tc.want {
+				t.Errorf("error:\n%s\nwant:\n%s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadExampleRules(t *testing.T) {
+	s := mustLoad(t, "../../rules/*.yml")
+	if len(s.Files) < 2 {
+		t.Errorf("Files = %q, want shop.yml and staging.yml", s.Files)
+	}
+	if p := s.Match("shop", "production"); p == nil || p.Name != "shop-orders" {
+		t.Errorf("shop in production matched %v, want shop-orders", p)
+	}
+	p := s.Match("billing", "staging")
+	if p == nil {
+		t.Fatal("billing in staging matched nothing")
+	}
+	link, err := p.Rollback.RenderLink(TemplateData{Service: "billing"})
+	if err != nil || link != "/srv/billing/current" {
+		t.Errorf("staging link = %q, %v", link, err)
+	}
+}
+
+// TestLoadReportsEverything checks that Load goes on after a problem, across
+// patterns and files, and lists problems by file and line.
+func TestLoadReportsEverything(t *testing.T) {
+	dir := t.TempDir()
+	a := writeFile(t, dir, "a.yml", `
+policies:
+  - name: shop
+    checks: [{name: c, query: up, min: 1}]
+    rollback: {link: /srv/shop/current}
+`)
+	b := writeFile(t, dir, "b.yml", `
+policies:
+  - name: other
+    window: 0s
+    checks: [{name: c, query: up}]
+    rollback: {link: /srv/other/current}
+  - name: shop
+    checks: [{name: c, query: up, min: 1}]
+    rollback: {link: /srv/shop/current}
+`)
+	c := writeFile(t, dir, "c.yml", "policies: [\n")
+	_, err := Load(filepath.Join(dir, "*.yml"), filepath.Join(dir, "none-*.yml"), filepath.Join(dir, "[x"))
+	want := strings.Join([]string{
+		`pattern "` + filepath.Join(dir, "none-*.yml") + `" matches no files`,
+		`bad pattern "` + filepath.Join(dir, "[x") + `": syntax error in pattern`,
+		b + `:4: window must be positive, got 0s`,
+		b + `:5: check "c" has no threshold: set min, max, min_ratio or max_ratio`,
+		b + `:7: duplicate policy name "shop" (first defined at ` + a + `:3)`,
+		c + `:1: invalid YAML: did not find expected node content`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Errorf("error:\n%v\nwant:\n%s", err, want)
+	}
+	le, ok := errors.AsType[*LoadError](err)
+	if !ok || len(le.Problems) != 6 || le.Problems[2] != (Problem{File: b, Line: 4, Message: "window must be positive, got 0s"}) {
+		t.Errorf("problems: %+v", le)
+	}
+}
+
+// TestLoadWrongShapes checks values of the wrong kind: each gives one
+// message, not also "x is required" for the value it could not use.
+func TestLoadWrongShapes(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"policies:\n  - name: a\n    checks: foo\n    rollback: foo\n",
+			"f.yml:3: checks: expected a list, got \"foo\"\n" +
+				"f.yml:4: rollback: expected a mapping, got \"foo\""},
+		{"policies:\n  - name: a\n    match: [a]\n    checks: [{name: c, query: up, min: [1]}]\n    rollback: {link: /a/b, data: foo, after: {a: b}, hosts: [\"\"]}\n",
+			"f.yml:3: match: expected a mapping, got a list\n" +
+				"f.yml:4: min: expected a number, got a list\n" +
+				"f.yml:5: rollback.data: expected a mapping, got \"foo\"\n" +
+				"f.yml:5: rollback.after: expected a list, got a mapping\n" +
+				"f.yml:5: rollback.hosts[0] is empty"},
+		{"policies: {name: a}\n", "f.yml:1: policies: expected a list, got a mapping"},
+		{"- a\n", "f.yml:1: expected a mapping, got a list"},
+		{"policies:\n  - name: a\n    checks: [foo, ~]\n    rollback: {link: /a/b, ssh: {port: 70000, connect_timeout: 0s}}\n",
+			"f.yml:3: expected a mapping, got \"foo\"\n" +
+				"f.yml:3: empty check\n" +
+				"f.yml:4: rollback.ssh.port must be between 1 and 65535, got 70000\n" +
+				"f.yml:4: rollback.ssh.connect_timeout must be positive, got 0s"},
+		{"policies:\n  - name: a\n    checks: [{name: c, query: up, min_ratio: 1, baseline: {offset: 1d, ofset: 2d}}]\n    rollback: {link: /a/b}\n",
+			`f.yml:3: baseline: unknown key "ofset" (want pre_deploy or {offset: <duration>})`},
+		{"policies:\n  - name: a\n    checks: [{name: c, query: up, min: 1, failure_limit: 1.5}]\n    rollback: {link: /a/b, parallelism: 2x}\n  -\n",
+			"f.yml:3: failure_limit: expected an integer, got \"1.5\"\n" +
+				"f.yml:4: rollback.parallelism: expected an integer, got \"2x\"\n" +
+				"f.yml:5: empty policy"},
+		{"policies:\n  - name: a\n    checks: [{name: c, query: '\"x\"', min: 1}, {name: d, query: up, max: .nan}]\n    rollback: {link: ''}\n",
+			"f.yml:3: max: expected a number, got \".nan\"\n" +
+				"f.yml:3: check \"c\": query returns a string; a check needs an instant vector or a scalar\n" +
+				"f.yml:4: rollback.link is required unless rollback.mode is publish"},
+		{"policies: []\n---\npolicies: []\n", "f.yml:2: a rules file holds one YAML document, found another"},
+		{"policies: *nope\n", "f.yml:1: invalid YAML: unknown anchor 'nope' referenced"},
+	} {
+		_, problems := decodeFile("f.yml", []byte(tc.text))
+		if got := (&LoadError{problems}).Error(); got != tc.want {
+			t.Errorf("%s\ngot:\n%s\nwant:\n%s", tc.text, got, tc.want)
+		}
+	}
+}
+
+func TestLoadFiles(t *testing.T) {
+	dir := t.TempDir()
+	good := "policies:\n  - {name: NAME, checks: [{name: c, query: up, min: 1}], rollback: {link: /srv/x/current}}\n"
+	a := writeFile(t, dir, "a.yml", strings.Replace(good, "NAME", "a", 1))
+	b := writeFile(t, dir, "b.yml", strings.Replace(good, "NAME", "b", 1))
+	writeFile(t, dir, "empty.yml", "# nothing yet\n")
+
+	// A file named twice is loaded once, and files go by name whatever the
+	// order of the patterns.
+	s := mustLoad(t, b, filepath.Join(dir, "*.yml"), a)
+	if want := []string{a, b, filepath.Join(dir, "empty.yml")}; !slices.Equal(s.Files, want) {
+		t.Errorf("Files = %q, want %q", s.Files, want)
+	}
+	if len(s.Policies) != 2 || s.Policies[0].Name != "a" || s.Policies[1].Name != "b" {
+		t.Errorf("policies out of order")
+	}
+
+	if _, err := Load(); err == nil || err.Error() != "no rules files given" {
+		t.Errorf("Load() = %v", err)
+	}
+	sub := filepath.Join(dir, "sub.yml")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(sub); err == nil || err.Error() != sub+": cannot read: is a directory" {
+		t.Errorf("Load(dir) = %v", err)
+	}
+}
+
+func TestLoadSSHPaths(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	dir := t.TempDir()
+	f := writeFile(t, dir, "p.yml", `
+policies:
+  - name: p
+    checks: [{name: c, query: up, min: 1}]
+    rollback:
+      link: /srv/app/current
+      ssh: {identity_file: keys/deploy, known_hosts: ~/.ssh/known_hosts}
+`)
+	ssh := mustLoad(t, f).Policies[0].Rollback.SSH
+	if want := filepath.Join(dir, "keys/deploy"); ssh.IdentityFile != want {
+		t.Errorf("identity_file = %q, want %q", ssh.IdentityFile, want)
+	}
+	if want := filepath.Join(home, ".ssh/known_hosts"); ssh.KnownHosts != want {
+		t.Errorf("known_hosts = %q, want %q", ssh.KnownHosts, want)
+	}
+
+	writeFile(t, dir, "p.yml", `
+policies:
+  - name: p
+    checks: [{name: c, query: up, min: 1}]
+    rollback:
+      link: /srv/app/current
+      ssh: {identity_file: ~deploy/.ssh/id}
+`)
+	_, err := Load(f)
+	if want := f + `:7: rollback.ssh.identity_file: cannot expand "~deploy/.ssh/id": only ~/ (your own home directory) is supported`; err == nil || err.Error() != want {
+		t.Errorf("error:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// Anchors and merge keys let policies share checks; they stay strict.
+func TestLoadAliases(t *testing.T) {
+	dir := t.TempDir()
+	f := writeFile(t, dir, "p.yml", `
+policies:
+  - &a
+    name: a
+    window: 5m
+    checks:
+      - &up {name: up, query: up, min: 1}
+    rollback: {link: /srv/app/current}
+  - <<: *a
+    name: b
+    window: 7m
+    checks: [*up, {name: down, query: up, max: 0}]
+`)
+	s := mustLoad(t, f)
+	a, b := s.Policies[0], s.Policies[1]
+	if a.Window != dur(5*time.Minute) || b.Window != dur(7*time.Minute) || b.Rollback.Link != "/srv/app/current" || len(b.Checks) != 2 {
+		t.Errorf("merged policy: %+v", *b)
+	}
+
+	writeFile(t, dir, "p.yml", `
+common: &common {window: 5m}
+policies: []
+`)
+	if _, err := Load(f); err == nil || err.Error() != f+`:2: unknown key "common"` {
+		t.Errorf("error: %v", err)
+	}
+
+	// Each level of merges multiplies the work by ten; the decoder must
+	// give up rather than take forever.
+	var laughs strings.Builder
+	laughs.WriteString("policies:\n  - name: x\n    checks:\n      - &c0 {name: c, query: up, min: 1}\n")
+	for i := 1; i < 9; i++ {
+		fmt.Fprintf(&laughs, "      - &c%d {<<: [%s]}\n", i, strings.Repeat(fmt.Sprintf("*c%d, ", i-1), 9)+fmt.Sprintf("*c%d", i-1))
+	}
+	_, problems := decodeFile("laughs.yml", []byte(laughs.String()))
+	if !slices.ContainsFunc(problems, func(p Problem) bool { return strings.HasPrefix(p.Message, "document too large") }) {
+		t.Errorf("problems with a billion laughs: %v", problems)
+	}
+}
+
+func FuzzDecodeFile(f *testing.F) {
+	files, _ := filepath.Glob("testdata/*.yml")
+	for _, name := range files {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		policies, problems := decodeFile("fuzz.yml", data)
+		if len(problems) > 0 {
+			return
+		}
+		for _, p := range policies {
+			for _, c := range p.Checks {
+				if c.query == nil {
+					t.Errorf("check %q loaded without a parsed query", c.Name)
+				}
+			}
+			if p.Rollback.Mode == ModeExecute && p.Rollback.link == nil {
+				t.Errorf("policy %q loaded without a link", p.Name)
+			}
+		}
+	})
+}

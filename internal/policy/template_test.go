@@ -1,0 +1,166 @@
+package policy
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func loadOne(t *testing.T, text string) *Policy {
+	t.Helper()
+	return mustLoad(t, writeFile(t, t.TempDir(), "p.yml", text)).Policies[0]
+}
+
+var deploy = TemplateData{
+	Service:         "shop",
+	Environment:     "production",
+	Version:         "2026.11.25-1",
+	PreviousVersion: "2026.11.24-3",
+	Labels:          map[string]string{"team": "payments", "note": "two words; rm -rf /"},
+	Host:            "web1.example.com",
+}
+
+func TestRender(t *testing.T) {
+	p := loadOne(t, `
+policies:
+  - name: p
+    checks:
+      - name: orders
+        query: sum(rate(orders_total{service="{{ .Service }}", env="{{ .Environment }}", team="{{ .Labels.team }}"}[5m]))
+        min: 1
+    rollback:
+      link: /srv/{{ .Service }}/{{ .Host }}/current
+      after: [logger, "{{ .Labels.note }}", "{{ .Version }}"]
+      data:
+        command: [bin/migrate, down, --to, "{{ .PreviousVersion }}"]
+`)
+	q, err := p.Checks[0].RenderQuery(deploy)
+	if want := `sum(rate(orders_total{service="shop", env="production", team="payments"}[5m]))`; err != nil || q != want {
+		t.Errorf("RenderQuery = %q, %v; want %q", q, err, want)
+	}
+	r := &p.Rollback
+	link, err := r.RenderLink(deploy)
+	if want := "/srv/shop/web1.example.com/current"; err != nil || link != want {
+		t.Errorf("RenderLink = %q, %v; want %q", link, err, want)
+	}
+	dir, err := r.RenderReleasesDir(deploy)
+	if want := "/srv/shop/web1.example.com/releases"; err != nil || dir != want {
+		t.Errorf("RenderReleasesDir = %q, %v; want %q", dir, err, want)
+	}
+	// A word is one argv element, spaces, semicolons and all.
+	after, err := r.RenderAfter(deploy)
+	if want := []string{"logger", "two words; rm -rf /", "2026.11.25-1"}; err != nil || !slices.Equal(after, want) {
+		t.Errorf("RenderAfter = %q, %v; want %q", after, err, want)
+	}
+	cmd, err := r.Data.RenderCommand(deploy)
+	if want := []string{"bin/migrate", "down", "--to", "2026.11.24-3"}; err != nil || !slices.Equal(cmd, want) {
+		t.Errorf("RenderCommand = %q, %v; want %q", cmd, err, want)
+	}
+}
+
+func TestRenderErrors(t *testing.T) {
+	p := loadOne(t, `
+policies:
+  - name: p
+    checks:
+      - name: orders
+        query: sum(rate(orders_total{region="{{ .Labels.region }}"}[5m]))
+        min: 1
+    rollback:
+      link: /srv/{{ .Host }}/current
+      releases_dir: /srv/{{ .Labels.team }}/releases
+      data:
+        command: [bin/migrate, down, --to, "{{ .PreviousVersion }}"]
+`)
+	noPrevious := deploy
+	noPrevious.PreviousVersion = ""
+	dotdot := deploy
+	dotdot.Host = ".."
+	slash := deploy
+	slash.Labels = map[string]string{"team": "a/"}
+	for _, tc := range []struct {
+		name string
+		do   func() (any, error)
+		want string
+	}{
+		{"missing label", func() (any, error) { return p.Checks[0].RenderQuery(deploy) },
+			`check "orders": template: query:1:40: executing "query" at <.Labels.region>: map has no entry for key "region"`},
+		{"dotdot in link", func() (any, error) { return p.Rollback.RenderLink(dotdot) },
+			`rollback.link renders to "/srv/../current", which is not an absolute, clean path`},
+		{"dotdot in default releases_dir", func() (any, error) { return (&Rollback{Link: "/srv/{{ .Host }}/current"}).RenderReleasesDir(dotdot) },
+			`rollback.link renders to "/srv/../current", which is not an absolute, clean path`},
+		{"trailing slash", func() (any, error) { return p.Rollback.RenderReleasesDir(slash) },
+			`rollback.releases_dir renders to "/srv/a//releases", which is not an absolute, clean path`},
+		{"empty word", func() (any, error) { return p.Rollback.Data.RenderCommand(noPrevious) },
+			`rollback.data.command[3] "{{ .PreviousVersion }}" renders to an empty word`},
+		{"no link", func() (any, error) { return (&Rollback{Mode: ModePublish}).RenderLink(deploy) },
+			`rollback.link is not set`},
+	} {
+		got, err := tc.do()
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: got %q, %v; want error %s", tc.name, got, err, tc.want)
+		}
+	}
+}
+
+// Other packages build policies in their tests without Load.
+func TestRenderWithoutLoad(t *testing.T) {
+	c := &Check{Name: "up", Query: `up{job="{{ .Service }}"}`}
+	if q, err := c.RenderQuery(deploy); err != nil || q != `up{job="shop"}` {
+		t.Errorf("RenderQuery = %q, %v", q, err)
+	}
+	r := &Rollback{Link: "/srv/{{ .Service }}/current", After: []string{"systemctl", "reload", "{{ .Service }}"}}
+	if l, err := r.RenderLink(deploy); err != nil || l != "/srv/shop/current" {
+		t.Errorf("RenderLink = %q, %v", l, err)
+	}
+	if a, err := r.RenderAfter(deploy); err != nil || !slices.Equal(a, []string{"systemctl", "reload", "shop"}) {
+		t.Errorf("RenderAfter = %q, %v", a, err)
+	}
+	if a, err := (&Rollback{}).RenderAfter(deploy); err != nil || a != nil {
+		t.Errorf("RenderAfter with no after = %q, %v; want nil", a, err)
+	}
+	ds := &DataStep{Command: []string{"migrate", "{{ .Nope }}"}}
+	if _, err := ds.RenderCommand(deploy); err == nil || !strings.Contains(err.Error(), "can't evaluate field Nope") {
+		t.Errorf("RenderCommand = %v", err)
+	}
+}
+
+func TestFieldsUsed(t *testing.T) {
+	for _, tc := range []struct {
+		text   string
+		labels []string
+		host   bool
+	}{
+		{`up`, nil, false},
+		{`{{ .Labels.team }}-{{ .Labels.region }}-{{ .Labels.team }}`, []string{"team", "region"}, false},
+		{`{{ if .Labels.canary }}{{ .Host }}{{ else }}{{ $.Labels.tier }}{{ end }}`, []string{"canary", "tier"}, true},
+		{`{{ range $k, $v := .Labels }}{{ $k }}{{ end }}{{ with .Service }}{{ . }}{{ end }}`, nil, false},
+		{`{{ index .Labels "x" | printf "%s" }}`, nil, false},
+	} {
+		tt, err := newTemplate("t", tc.text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := fieldsUsed(tt)
+		if !slices.Equal(f.labels, tc.labels) || f.host != tc.host {
+			t.Errorf("fieldsUsed(%q) = %q, %v; want %q, %v", tc.text, f.labels, f.host, tc.labels, tc.host)
+		}
+	}
+}
+
+func TestCleanAbs(t *testing.T) {
+	for p, want := range map[string]bool{
+		"/srv/shop/current": true,
+		"/srv/shop/":        false,
+		"/srv//shop":        false,
+		"/srv/./shop":       false,
+		"/srv/../shop":      false,
+		"srv/shop":          false,
+		"":                  false,
+		"/":                 false,
+	} {
+		if got := cleanAbs(p); got != want {
+			t.Errorf("cleanAbs(%q) = %v", p, got)
+		}
+	}
+}

@@ -1,0 +1,170 @@
+// Package policy loads the YAML validation policies in rules/, renders their
+// templates, and judges measurements against their thresholds.
+package policy
+
+import (
+	"math"
+	"text/template"
+
+	"github.com/prometheus/common/model"
+)
+
+// File is one rules file.
+type File struct {
+	Policies []*Policy `yaml:"policies"`
+}
+
+// Policy says how to validate the deploys it matches and how to roll them back.
+type Policy struct {
+	Name         string         `yaml:"name"`
+	Match        Match          `yaml:"match"`
+	Window       model.Duration `yaml:"window"`
+	Interval     model.Duration `yaml:"interval"`
+	InitialDelay model.Duration `yaml:"initial_delay"`
+	Checks       []*Check       `yaml:"checks"`
+	Rollback     Rollback       `yaml:"rollback"`
+
+	// Where the policy was defined, for messages ("rules/shop.yml:3").
+	File string `yaml:"-"`
+	Line int    `yaml:"-"`
+
+	nameLine int // of the name key, for duplicate names across files
+}
+
+// Match selects deploys by exact name or glob (path.Match syntax, "shop-*").
+// An empty field matches everything.
+type Match struct {
+	Service     string `yaml:"service"`
+	Environment string `yaml:"environment"`
+}
+
+// NoData says what a measurement with no data counts as.
+type NoData string
+
+const (
+	NoDataInconclusive NoData = "inconclusive"
+	NoDataFail         NoData = "fail"
+	NoDataPass         NoData = "pass"
+)
+
+// Baseline kinds.
+const (
+	BaselinePreDeploy = "pre_deploy" // the check's query evaluated at the deploy's time
+	BaselineOffset    = "offset"     // the check's query evaluated Offset before now
+)
+
+// Baseline is what a check's value is compared with for min_ratio/max_ratio:
+// `baseline: pre_deploy` or `baseline: {offset: 7d}`.
+type Baseline struct {
+	Kind   string         // BaselinePreDeploy or BaselineOffset
+	Offset model.Duration // for Kind "offset"
+}
+
+// Check is one PromQL query and its thresholds.
+type Check struct {
+	Name         string    `yaml:"name"`
+	Query        string    `yaml:"query"`
+	Min          *float64  `yaml:"min"`
+	Max          *float64  `yaml:"max"`
+	Baseline     *Baseline `yaml:"baseline"`
+	MinRatio     *float64  `yaml:"min_ratio"`
+	MaxRatio     *float64  `yaml:"max_ratio"`
+	FailureLimit int       `yaml:"failure_limit"`
+	NoData       NoData    `yaml:"no_data"`
+
+	Line  int                `yaml:"-"`
+	query *template.Template // parsed Query
+}
+
+// Rollback modes.
+const (
+	ModeExecute = "execute" // publish the request and execute it
+	ModePublish = "publish" // decide and publish, execute nothing (a freeze)
+)
+
+// Rollback says how the executor rolls back the deploys this policy matches.
+type Rollback struct {
+	Mode        string    `yaml:"mode"`
+	Link        string    `yaml:"link"`
+	ReleasesDir string    `yaml:"releases_dir"`
+	Hosts       []string  `yaml:"hosts"`
+	SSH         SSH       `yaml:"ssh"`
+	Parallelism int       `yaml:"parallelism"`
+	After       []string  `yaml:"after"`
+	Data        *DataStep `yaml:"data"`
+
+	link, releasesDir *template.Template
+	after             []*template.Template
+}
+
+// SSH configures connections to remote hosts.
+type SSH struct {
+	User           string         `yaml:"user"`
+	Port           int            `yaml:"port"`
+	IdentityFile   string         `yaml:"identity_file"`
+	KnownHosts     string         `yaml:"known_hosts"`
+	ConnectTimeout model.Duration `yaml:"connect_timeout"`
+	CommandTimeout model.Duration `yaml:"command_timeout"`
+}
+
+// DataStep is the schema/data rollback that runs with the code rollback.
+type DataStep struct {
+	Command []string       `yaml:"command"`
+	RunOn   string         `yaml:"run_on"` // local | first | all
+	Order   string         `yaml:"order"`  // before_code | after_code
+	Timeout model.Duration `yaml:"timeout"`
+
+	command []*template.Template
+}
+
+// TemplateData is what a template in a policy sees. Host is set only for the
+// per-host fields (link, releases_dir, after, data.command).
+type TemplateData struct {
+	Service         string
+	Environment     string
+	Version         string
+	PreviousVersion string
+	Labels          map[string]string
+	Host            string
+}
+
+// Outcome is what one measurement counts as.
+type Outcome string
+
+const (
+	Pass         Outcome = "pass"
+	Fail         Outcome = "fail"
+	Inconclusive Outcome = "inconclusive" // no series, NaN, Inf, or no baseline
+	Error        Outcome = "error"        // the query failed
+)
+
+// Judgement is the verdict on one measurement, with the numbers that decided it.
+type Judgement struct {
+	Outcome   Outcome
+	Value     float64 // NaN when there is none
+	Baseline  float64 // NaN when the check has no baseline or it had no data
+	Ratio     float64 // Value / Baseline, NaN when not used
+	Threshold string  // "min 50", "max 0.05", "min_ratio 0.8"
+	Reason    string  // "12 < min 50", "no data", "query returned 3 series"
+}
+
+// Tally counts a check's outcomes over a run.
+type Tally struct {
+	Pass, Fail, Inconclusive, Error int
+}
+
+// Add counts one outcome.
+func (t *Tally) Add(o Outcome) {
+	switch o {
+	case Pass:
+		t.Pass++
+	case Fail:
+		t.Fail++
+	case Inconclusive:
+		t.Inconclusive++
+	case Error:
+		t.Error++
+	}
+}
+
+var nan = math.NaN()

@@ -1,0 +1,635 @@
+package rollback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/policy"
+)
+
+// Auditor records decisions; *audit.Publisher is one.
+type Auditor interface {
+	Record(ctx context.Context, r audit.Record) error
+}
+
+// Dialer opens a Target on a remote host ("web1" or "web1:2222").
+type Dialer func(ctx context.Context, host string, cfg policy.SSH) (Target, error)
+
+// Executor consumes rollback requests, whoever sent them, and executes them
+// with the policy that matches the service. It knows nothing of runs.
+type Executor struct {
+	JS       jetstream.JetStream
+	Policies func() *policy.Set
+	Audit    Auditor
+	Logger   *slog.Logger
+	// DryRun records each request and executes nothing.
+	DryRun bool
+	// Dial reaches remote hosts; nil means only the local filesystem.
+	Dial Dialer
+	// Local is the watcher's own filesystem (tests may wrap it).
+	Local Target
+	// Source is the CloudEvents source of the service.rolledback events.
+	Source   string
+	Consumer string
+	// Workers bounds how many requests execute at once (different services;
+	// one service and environment never has two at once).
+	Workers int
+
+	logger  *slog.Logger
+	results *prometheus.CounterVec
+	keys    sync.Map // "env/service" -> *sync.Mutex
+	wg      sync.WaitGroup
+	sem     chan struct{}
+}
+
+// Rollback results for watcher_rollbacks_total.
+const (
+	ResultCompleted = "completed"
+	ResultFailed    = "failed"
+	ResultSkipped   = "skipped" // dry-run or mode: publish
+)
+
+// Register adds the executor's metrics to reg.
+func (e *Executor) Register(reg prometheus.Registerer) {
+	e.init()
+	reg.MustRegister(e.results)
+}
+
+func (e *Executor) init() {
+	if e.results != nil {
+		return
+	}
+	e.logger = e.Logger
+	if e.logger == nil {
+		e.logger = slog.New(slog.DiscardHandler)
+	}
+	e.logger = e.logger.With("component", "rollback")
+	if e.Local == nil {
+		e.Local = Local{}
+	}
+	if e.Consumer == "" {
+		e.Consumer = "watcher-rollbacks"
+	}
+	if e.Source == "" {
+		e.Source = "rollback-watcher"
+	}
+	if e.Workers <= 0 {
+		e.Workers = 16
+	}
+	e.sem = make(chan struct{}, e.Workers)
+	e.results = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "watcher_rollbacks_total", Help: "Rollback requests handled, by result (completed, failed, skipped).",
+	}, []string{"result"})
+	for _, r := range []string{ResultCompleted, ResultFailed, ResultSkipped} {
+		e.results.WithLabelValues(r)
+	}
+}
+
+// Start consumes ROLLBACKS in the background until ctx ends.
+func (e *Executor) Start(ctx context.Context) error {
+	e.init()
+	cons, err := e.JS.CreateOrUpdateConsumer(ctx, bus.RollbacksStream, jetstream.ConsumerConfig{
+		Durable:       e.Consumer,
+		FilterSubject: events.RollbacksPrefix + ".>",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		// A fleet rollback with a data step can take minutes; the handler
+		// also marks progress so a slow one is not redelivered.
+		AckWait:       2 * time.Minute,
+		MaxAckPending: 256,
+		// A new consumer must not replay old requests from the stream.
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("creating consumer %s on %s: %w", e.Consumer, bus.RollbacksStream, err)
+	}
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		e.sem <- struct{}{}
+		e.wg.Add(1)
+		go func() {
+			defer func() { <-e.sem; e.wg.Done() }()
+			e.handle(ctx, msg)
+		}()
+	})
+	if err != nil {
+		return fmt.Errorf("consuming %s: %w", bus.RollbacksStream, err)
+	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		<-ctx.Done()
+		cc.Stop()
+	}()
+	return nil
+}
+
+// Wait blocks until the consumer and every rollback in progress stopped.
+func (e *Executor) Wait() { e.wg.Wait() }
+
+func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
+	req, err := events.DecodeRollbackRequest(msg.Subject(), msg.Data())
+	if err != nil {
+		var rej *events.RejectError
+		field := ""
+		if errors.As(err, &rej) {
+			field = rej.Field
+		}
+		env, svc := events.SubjectNames(msg.Subject())
+		if aerr := e.Audit.Record(ctx, audit.Record{
+			Kind: audit.EventRejected, Service: svc, Environment: env,
+			Message: "rollback request rejected: " + err.Error(),
+			Detail:  map[string]any{"subject": msg.Subject(), "field": field},
+		}); aerr != nil {
+			e.logger.Error("rejection not recorded; will retry", "err", aerr)
+			_ = msg.NakWithDelay(2 * time.Second)
+			return
+		}
+		_ = msg.Ack()
+		return
+	}
+	stop := make(chan struct{})
+	go func() {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	res := e.Execute(ctx, req)
+	close(stop)
+	if res.Err != nil && ctx.Err() != nil {
+		// Shutting down mid-way: leave the request for the next start.
+		return
+	}
+	_ = msg.Ack()
+}
+
+// HostResult is how one target's rollback went.
+type HostResult struct {
+	Host     string        `json:"host"`
+	Link     string        `json:"link"`
+	From     string        `json:"from"`
+	To       string        `json:"to"`
+	Source   string        `json:"source,omitempty"`
+	Switched bool          `json:"switched"`
+	Duration time.Duration `json:"duration_ns"`
+	After    string        `json:"after_output,omitempty"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// Result is what Execute did.
+type Result struct {
+	Status string // ResultCompleted, ResultFailed, ResultSkipped
+	Hosts  []HostResult
+	Err    error
+}
+
+type plan struct {
+	target  Target
+	host    string // without port, for templates
+	link    string
+	release Release
+	data    policy.TemplateData
+	noop    bool // already rolled back: nothing to switch
+}
+
+// Execute handles one request and records every step in the audit.
+func (e *Executor) Execute(ctx context.Context, req events.RollbackRequest) Result {
+	e.init()
+	lock := e.lockFor(req.Environment + "/" + req.Service)
+	lock.Lock()
+	defer lock.Unlock()
+
+	res := e.execute(ctx, req)
+	e.results.WithLabelValues(res.Status).Inc()
+	return res
+}
+
+func (e *Executor) lockFor(key string) *sync.Mutex {
+	m, _ := e.keys.LoadOrStore(key, &sync.Mutex{})
+	return m.(*sync.Mutex)
+}
+
+func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Result {
+	p := e.policyFor(req)
+	base := audit.Record{
+		RequestID: req.ID, RunID: req.RunID, DeployID: req.DeployID, Service: req.Service,
+		Environment: req.Environment, Version: req.Version,
+	}
+	if p != nil {
+		base.Policy = p.Name
+	}
+	requested := base
+	requested.Kind = audit.RollbackRequested
+	requested.Message = fmt.Sprintf("rollback of %s in %s requested by %s: %s", req.Service, req.Environment, req.Source, req.Reason)
+	requested.Detail = map[string]any{
+		"source": req.Source, "reason": req.Reason, "to_version": req.ToVersion, "hosts": req.Hosts,
+		"requested_at": req.Time, "executed": true,
+	}
+	skip := ""
+	switch {
+	case p == nil:
+	case e.DryRun:
+		skip = "--dry-run"
+	case p.Rollback.Mode == policy.ModePublish:
+		skip = "policy " + p.Name + " has mode: publish"
+	}
+	if skip != "" {
+		requested.Message += "; not executed: " + skip
+		requested.Detail["executed"] = false
+		requested.Detail["dry_run"] = e.DryRun
+		requested.Detail["mode"] = p.Rollback.Mode
+	}
+	if err := e.Audit.Record(ctx, requested); err != nil {
+		return Result{Status: ResultFailed, Err: err}
+	}
+	if skip != "" {
+		return Result{Status: ResultSkipped}
+	}
+	if p == nil {
+		return e.failed(ctx, base, nil, fmt.Errorf("no policy matches service %s in environment %s: nothing says how to roll it back", req.Service, req.Environment))
+	}
+
+	plans, err := e.plan(ctx, req, p)
+	if err != nil {
+		return e.failed(ctx, base, hostResults(plans), err)
+	}
+	data := p.Rollback.Data
+	var dataOut map[string]any
+	if data != nil && data.Order == "before_code" {
+		dataOut, err = e.runData(ctx, req, p, plans)
+		if err != nil {
+			return e.failedWith(ctx, base, hostResults(plans), fmt.Errorf("data step failed before the code switch, no host switched: %w", err), map[string]any{"data": dataOut})
+		}
+	}
+	results := e.switchAll(ctx, req, p, plans)
+	var bad []string
+	for _, r := range results {
+		if r.Error != "" {
+			bad = append(bad, r.Host+": "+r.Error)
+		}
+	}
+	if data != nil && data.Order != "before_code" && len(bad) == 0 {
+		dataOut, err = e.runData(ctx, req, p, plans)
+		if err != nil {
+			return e.failedWith(ctx, base, results, fmt.Errorf("code rolled back on every host, but the data step failed: %w", err), map[string]any{"data": dataOut})
+		}
+	}
+	if len(bad) > 0 {
+		return e.failedWith(ctx, base, results, fmt.Errorf("%d of %d hosts failed: %s", len(bad), len(results), strings.Join(bad, "; ")), map[string]any{"data": dataOut})
+	}
+
+	to := filepath.Base(plans[0].release.Previous)
+	from := filepath.Base(plans[0].release.Current)
+	done := base
+	done.Kind = audit.RollbackCompleted
+	done.Message = fmt.Sprintf("%s in %s rolled back from %s to %s on %d host(s)", req.Service, req.Environment, from, to, len(results))
+	done.Detail = map[string]any{"hosts": results, "from": from, "to": to}
+	if dataOut != nil {
+		done.Detail["data"] = dataOut
+	}
+	if err := e.Audit.Record(ctx, done); err != nil {
+		e.logger.Error("rollback.completed not recorded", "request", req.ID, "err", err)
+	}
+	e.publishRolledBack(ctx, req, from, to)
+	e.logger.Info("rollback completed", "request", req.ID, "service", req.Service, "environment", req.Environment, "from", from, "to", to)
+	return Result{Status: ResultCompleted, Hosts: results}
+}
+
+func (e *Executor) policyFor(req events.RollbackRequest) *policy.Policy {
+	set := e.Policies()
+	if set == nil {
+		return nil
+	}
+	if req.Policy != "" {
+		for _, p := range set.Policies {
+			if p.Name == req.Policy {
+				return p
+			}
+		}
+	}
+	return set.Match(req.Service, req.Environment)
+}
+
+// plan resolves the previous release on every target before any is touched:
+// one target that cannot roll back fails the whole rollback with nothing
+// switched anywhere.
+func (e *Executor) plan(ctx context.Context, req events.RollbackRequest, p *policy.Policy) ([]*plan, error) {
+	hosts := p.Rollback.Hosts
+	if len(hosts) == 0 {
+		hosts = req.Hosts
+	}
+	var plans []*plan
+	if len(hosts) == 0 {
+		plans = []*plan{{target: e.Local, host: "local"}}
+	} else {
+		for _, h := range hosts {
+			plans = append(plans, &plan{host: hostOnly(h), release: Release{}, link: ""})
+		}
+		if e.Dial == nil {
+			return plans, fmt.Errorf("hosts %v need SSH, which this watcher cannot do yet; leave hosts empty to roll back the watcher's own filesystem", hosts)
+		}
+		for i, h := range hosts {
+			t, err := e.Dial(ctx, h, p.Rollback.SSH)
+			if err != nil {
+				return plans, fmt.Errorf("host %s: %w", h, err)
+			}
+			plans[i].target = t
+		}
+	}
+	var errs []string
+	for _, pl := range plans {
+		pl.data = policy.TemplateData{
+			Service: req.Service, Environment: req.Environment, Version: req.Version,
+			PreviousVersion: req.ToVersion, Labels: req.Labels, Host: pl.host,
+		}
+		if err := e.resolve(req, p, pl); err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", pl.target.Name(), err))
+		}
+	}
+	if len(errs) > 0 {
+		return plans, fmt.Errorf("previous release not resolved, nothing touched: %s", strings.Join(errs, "; "))
+	}
+	return plans, nil
+}
+
+func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *plan) error {
+	link, err := p.Rollback.RenderLink(pl.data)
+	if err != nil {
+		return err
+	}
+	pl.link = link
+	dir, err := p.Rollback.RenderReleasesDir(pl.data)
+	if err != nil {
+		return err
+	}
+	if req.Version != "" {
+		// Check the link before resolving anything: a host that is not on
+		// the release the request rolls away from either ran this request
+		// already (that release carries the marker) or got a newer deploy,
+		// which is not ours to undo. Resolving first would step a host that
+		// was already rolled back one release further.
+		cur, err := currentRelease(pl.target, link)
+		if err != nil {
+			return err
+		}
+		if filepath.Base(cur) != req.Version {
+			relDir := dir
+			if relDir == "" {
+				relDir = filepath.Dir(cur)
+			}
+			from := filepath.Join(relDir, req.Version)
+			done, err := RolledBack(pl.target, from)
+			if err != nil || !done {
+				return fmt.Errorf("link %s is on %s, not on %s which the request rolls back: refusing to roll back a release that was not requested", link, filepath.Base(cur), req.Version)
+			}
+			pl.noop = true
+			pl.release = Release{Link: link, Current: from, Previous: cur, ReleasesDir: relDir, Source: "already rolled back"}
+			pl.data.Version, pl.data.PreviousVersion = req.Version, filepath.Base(cur)
+			return nil
+		}
+	}
+	rel, err := Resolve(pl.target, link, dir, req.ToVersion)
+	if err != nil {
+		return err
+	}
+	if rel.Source == SourceRequested && req.Source == events.SourceValidation {
+		rel.Source = SourceEvent // the deploy event's previous_version
+	}
+	pl.release = rel
+	pl.data.Version = filepath.Base(pl.release.Current)
+	pl.data.PreviousVersion = filepath.Base(pl.release.Previous)
+	return nil
+}
+
+func hostResults(plans []*plan) []HostResult {
+	out := make([]HostResult, 0, len(plans))
+	for _, pl := range plans {
+		name := pl.host
+		if pl.target != nil {
+			name = pl.target.Name()
+		}
+		out = append(out, HostResult{Host: name, Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source})
+	}
+	return out
+}
+
+// switchAll switches every target, at most parallelism at once, and records
+// a rollback.host for each.
+func (e *Executor) switchAll(ctx context.Context, req events.RollbackRequest, p *policy.Policy, plans []*plan) []HostResult {
+	par := p.Rollback.Parallelism
+	if par <= 0 {
+		par = 32
+	}
+	sem := make(chan struct{}, par)
+	results := make([]HostResult, len(plans))
+	var wg sync.WaitGroup
+	for i, pl := range plans {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = e.switchOne(ctx, req, p, pl)
+		}()
+	}
+	wg.Wait()
+	return results
+}
+
+func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p *policy.Policy, pl *plan) HostResult {
+	start := time.Now()
+	r := HostResult{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source}
+	err := func() error {
+		if !pl.noop {
+			if _, err := Switch(pl.target, pl.link, pl.release.Previous); err != nil {
+				return err
+			}
+			r.Switched = true
+		}
+		if !pl.noop && pl.release.Current != pl.release.Previous {
+			m := Marker{Time: time.Now().UTC(), RunID: req.RunID, RequestID: req.ID, Reason: req.Reason, From: pl.release.Current, To: pl.release.Previous}
+			if err := MarkRolledBack(pl.target, pl.release.Current, m); err != nil {
+				return fmt.Errorf("link switched, but marking %s rolled back failed: %w", pl.release.Current, err)
+			}
+		}
+		if len(p.Rollback.After) == 0 || pl.noop {
+			return nil
+		}
+		argv, err := p.Rollback.RenderAfter(pl.data)
+		if err != nil {
+			return fmt.Errorf("link switched, but the after command could not be rendered: %w", err)
+		}
+		out, err := pl.target.Run(ctx, argv, rollbackEnv(req, pl))
+		r.After = string(out)
+		if err != nil {
+			return fmt.Errorf("link switched, but the after command %q failed: %w", strings.Join(argv, " "), err)
+		}
+		return nil
+	}()
+	r.Duration = time.Since(start)
+	if err != nil {
+		r.Error = err.Error()
+	}
+	rec := audit.Record{
+		Kind: audit.RollbackHost, RequestID: req.ID, RunID: req.RunID, DeployID: req.DeployID,
+		Service: req.Service, Environment: req.Environment, Version: req.Version, Policy: p.Name,
+		Detail: map[string]any{"host": r.Host, "link": r.Link, "from": r.From, "to": r.To, "source": r.Source,
+			"switched": r.Switched, "duration_seconds": r.Duration.Seconds(), "error": r.Error, "after_output": r.After},
+	}
+	switch {
+	case err != nil:
+		rec.Message = fmt.Sprintf("%s: %v", r.Host, err)
+	case pl.noop:
+		rec.Message = fmt.Sprintf("%s: already on %s (rolled back earlier)", r.Host, filepath.Base(r.To))
+	default:
+		rec.Message = fmt.Sprintf("%s: %s -> %s in %s", r.Host, filepath.Base(r.From), filepath.Base(r.To), r.Duration.Round(time.Microsecond))
+	}
+	if aerr := e.Audit.Record(ctx, rec); aerr != nil {
+		e.logger.Error("rollback.host not recorded", "host", r.Host, "err", aerr)
+	}
+	return r
+}
+
+// rollbackEnv describes the rollback to after and data commands.
+func rollbackEnv(req events.RollbackRequest, pl *plan) []string {
+	return []string{
+		"WATCHER_SERVICE=" + req.Service,
+		"WATCHER_ENVIRONMENT=" + req.Environment,
+		"WATCHER_VERSION=" + pl.data.Version,
+		"WATCHER_PREVIOUS_VERSION=" + pl.data.PreviousVersion,
+		"WATCHER_FROM=" + pl.release.Current,
+		"WATCHER_TO=" + pl.release.Previous,
+		"WATCHER_HOST=" + pl.host,
+		"WATCHER_REQUEST_ID=" + req.ID,
+		"WATCHER_RUN_ID=" + req.RunID,
+		"WATCHER_REASON=" + req.Reason,
+	}
+}
+
+// maxDataOutput bounds the data step's output kept in the audit.
+const maxDataOutput = 16 << 10
+
+// runData runs the policy's data step where run_on says.
+func (e *Executor) runData(ctx context.Context, req events.RollbackRequest, p *policy.Policy, plans []*plan) (map[string]any, error) {
+	ds := p.Rollback.Data
+	var targets []*plan
+	switch ds.RunOn {
+	case "all":
+		targets = plans
+	case "first":
+		targets = plans[:1]
+	default:
+		local := *plans[0]
+		local.target = e.Local
+		local.host = "local"
+		local.data.Host = "local"
+		targets = []*plan{&local}
+	}
+	out := map[string]any{}
+	for _, pl := range targets {
+		argv, err := ds.RenderCommand(pl.data)
+		if err != nil {
+			return out, err
+		}
+		tctx, cancel := context.WithTimeout(ctx, time.Duration(ds.Timeout))
+		start := time.Now()
+		b, err := pl.target.Run(tctx, argv, rollbackEnv(req, pl))
+		cancel()
+		if len(b) > maxDataOutput {
+			b = append(b[:maxDataOutput:maxDataOutput], "\n[output truncated]"...)
+		}
+		entry := map[string]any{"command": argv, "output": string(b), "duration_seconds": time.Since(start).Seconds()}
+		out[pl.target.Name()] = entry
+		if err != nil {
+			entry["error"] = err.Error()
+			return out, fmt.Errorf("%s: %q: %w", pl.target.Name(), strings.Join(argv, " "), err)
+		}
+	}
+	return out, nil
+}
+
+func (e *Executor) failed(ctx context.Context, base audit.Record, hosts []HostResult, err error) Result {
+	return e.failedWith(ctx, base, hosts, err, nil)
+}
+
+func (e *Executor) failedWith(ctx context.Context, base audit.Record, hosts []HostResult, err error, extra map[string]any) Result {
+	rec := base
+	rec.Kind = audit.RollbackFailed
+	rec.Message = fmt.Sprintf("rollback of %s in %s failed: %v", base.Service, base.Environment, err)
+	rec.Detail = map[string]any{"error": err.Error(), "hosts": hosts}
+	for k, v := range extra {
+		if v != nil && !isNilMap(v) {
+			rec.Detail[k] = v
+		}
+	}
+	if aerr := e.Audit.Record(ctx, rec); aerr != nil {
+		e.logger.Error("rollback.failed not recorded", "request", base.RequestID, "err", aerr)
+	}
+	e.logger.Error("rollback failed", "request", base.RequestID, "service", base.Service, "environment", base.Environment, "err", err)
+	return Result{Status: ResultFailed, Hosts: hosts, Err: err}
+}
+
+func isNilMap(v any) bool {
+	m, ok := v.(map[string]any)
+	return ok && m == nil
+}
+
+// publishRolledBack announces the rollback as a CDEvents service.rolledback
+// on the deploy subject, where deploy tooling listens; it starts no run.
+func (e *Executor) publishRolledBack(ctx context.Context, req events.RollbackRequest, from, to string) {
+	b, err := events.EncodeRolledBack(events.RolledBack{
+		ID: "rolledback-" + req.ID, Service: req.Service, Environment: req.Environment,
+		Version: to, FromVersion: from, RequestID: req.ID, Reason: req.Reason, Time: time.Now().UTC(),
+	}, e.Source)
+	if err != nil {
+		e.logger.Error("service.rolledback not encoded", "err", err)
+		return
+	}
+	msg := &nats.Msg{
+		Subject: events.Subject(events.DeploysPrefix, req.Environment, req.Service),
+		Data:    b,
+		Header:  nats.Header{"Content-Type": []string{events.ContentTypeCloudEvents}},
+	}
+	if _, err := e.JS.PublishMsg(ctx, msg, jetstream.WithMsgID("rolledback-"+req.ID)); err != nil {
+		e.logger.Error("service.rolledback not published", "request", req.ID, "err", err)
+	}
+}
+
+// currentRelease is the absolute path the link points at.
+func currentRelease(t Target, link string) (string, error) {
+	target, err := t.Readlink(link)
+	if err != nil {
+		return "", fmt.Errorf("reading link %s: %w", link, err)
+	}
+	if !filepath.IsAbs(target) {
+		target = filepath.Join(filepath.Dir(link), target)
+	}
+	return filepath.Clean(target), nil
+}
+
+// hostOnly strips the port: templates see the host name.
+func hostOnly(h string) string {
+	if host, _, err := net.SplitHostPort(h); err == nil {
+		return host
+	}
+	return h
+}
+

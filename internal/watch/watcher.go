@@ -1,0 +1,498 @@
+// Package watch owns validation runs: it turns deploy events into runs,
+// measures each run's checks on schedule, and publishes a rollback request
+// when a run fails.
+package watch
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/policy"
+)
+
+// Auditor records decisions; *audit.Publisher is one.
+type Auditor interface {
+	Record(ctx context.Context, r audit.Record) error
+}
+
+// Watcher consumes deploy events and runs validations.
+type Watcher struct {
+	JS       jetstream.JetStream
+	Policies func() *policy.Set
+	Querier  Querier
+	Audit    Auditor
+	Logger   *slog.Logger
+	// Consumer is the durable consumer name on DEPLOYS; replicas sharing it
+	// share the work.
+	Consumer string
+	// Recent is how many finished runs /api/v1/runs keeps.
+	Recent int
+
+	metrics *metrics
+	logger  *slog.Logger
+	ids     jetstream.KeyValue
+	wg      sync.WaitGroup
+
+	mu     sync.Mutex
+	active map[string]*Run
+	recent []*Run
+}
+
+// DedupBucket remembers deploy event ids, so that the same event id starts
+// one run however often, and by whichever tool, it is published.
+const DedupBucket = "WATCHER_DEPLOY_IDS"
+
+type metrics struct {
+	active       prometheus.GaugeFunc
+	runs         *prometheus.CounterVec
+	events       *prometheus.CounterVec
+	measurements *prometheus.CounterVec
+}
+
+// Register adds the watcher's metrics to reg. Call it once before Run.
+func (w *Watcher) Register(reg prometheus.Registerer) {
+	w.init()
+	reg.MustRegister(w.metrics.active, w.metrics.runs, w.metrics.events, w.metrics.measurements)
+}
+
+func (w *Watcher) init() {
+	if w.metrics != nil {
+		return
+	}
+	w.active = map[string]*Run{}
+	w.logger = w.Logger
+	if w.logger == nil {
+		w.logger = slog.New(slog.DiscardHandler)
+	}
+	w.logger = w.logger.With("component", "watch")
+	if w.Consumer == "" {
+		w.Consumer = "watcher"
+	}
+	if w.Recent == 0 {
+		w.Recent = 200
+	}
+	w.metrics = &metrics{
+		active: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "watcher_runs_active", Help: "Validation runs in their window.",
+		}, func() float64 {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return float64(len(w.active))
+		}),
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watcher_runs_total", Help: "Validation runs ended, by verdict.",
+		}, []string{"verdict"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watcher_deploy_events_total", Help: "Deploy events received, by result (started, rejected, skipped, duplicate, ignored).",
+		}, []string{"result"}),
+		measurements: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watcher_measurements_total", Help: "Measurements taken, by outcome.",
+		}, []string{"outcome"}),
+	}
+	for _, v := range []string{VerdictPassed, VerdictFailed, VerdictInconclusive} {
+		w.metrics.runs.WithLabelValues(v)
+	}
+	for _, v := range []string{"started", "rejected", "skipped", "duplicate", "ignored"} {
+		w.metrics.events.WithLabelValues(v)
+	}
+}
+
+// Start creates what the watcher needs on the server and consumes deploy
+// events in the background until ctx ends. Wait waits for it to stop.
+func (w *Watcher) Start(ctx context.Context) error {
+	w.init()
+	kv, err := w.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:  DedupBucket,
+		TTL:     30 * 24 * time.Hour,
+		Storage: jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("creating KV bucket %s: %w", DedupBucket, err)
+	}
+	w.ids = kv
+	cons, err := w.JS.CreateOrUpdateConsumer(ctx, bus.DeploysStream, jetstream.ConsumerConfig{
+		Durable:       w.Consumer,
+		FilterSubject: events.DeploysPrefix + ".>",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       time.Minute,
+		MaxAckPending: 1000,
+		DeliverPolicy: jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("creating consumer %s on %s: %w", w.Consumer, bus.DeploysStream, err)
+	}
+	cc, err := cons.Consume(func(msg jetstream.Msg) { w.handle(ctx, msg) })
+	if err != nil {
+		return fmt.Errorf("consuming %s: %w", bus.DeploysStream, err)
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		<-ctx.Done()
+		cc.Stop()
+	}()
+	return nil
+}
+
+// Wait blocks until the consumer and every run have stopped.
+func (w *Watcher) Wait() { w.wg.Wait() }
+
+// handle gives one message its outcome. It acks only once that outcome is
+// in the audit stream; if the audit cannot be written the message is
+// redelivered, so that nothing is lost.
+func (w *Watcher) handle(ctx context.Context, msg jetstream.Msg) {
+	result, err := w.handleDeploy(ctx, msg.Subject(), msg.Headers(), msg.Data(), msgSeq(msg))
+	if err != nil {
+		w.logger.Error("deploy event not handled; will retry", "subject", msg.Subject(), "err", err)
+		_ = msg.NakWithDelay(2 * time.Second)
+		return
+	}
+	w.metrics.events.WithLabelValues(result).Inc()
+	if err := msg.Ack(); err != nil {
+		w.logger.Warn("ack failed", "subject", msg.Subject(), "err", err)
+	}
+}
+
+func msgSeq(msg jetstream.Msg) uint64 {
+	md, err := msg.Metadata()
+	if err != nil {
+		return 0
+	}
+	return md.Sequence.Stream
+}
+
+// handleDeploy decodes and validates one event and starts its run. It
+// returns the result for watcher_deploy_events_total.
+func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Header, data []byte, seq uint64) (string, error) {
+	now := time.Now().UTC()
+	d, err := events.DecodeDeploy(subject, hdr, data)
+	var notDeploy *events.NotDeployError
+	var reject *events.RejectError
+	switch {
+	case errors.As(err, &notDeploy):
+		env, svc := events.SubjectNames(subject)
+		return "ignored", w.Audit.Record(ctx, audit.Record{
+			Kind: audit.RunSkipped, Service: svc, Environment: env,
+			Message: err.Error(),
+			Detail:  map[string]any{"subject": subject, "type": notDeploy.Type, "reason": "not a deploy event"},
+		})
+	case errors.As(err, &reject):
+		env, svc := events.SubjectNames(subject)
+		w.logger.Warn("deploy event rejected", "subject", subject, "field", reject.Field, "err", err)
+		return "rejected", w.Audit.Record(ctx, audit.Record{
+			Kind: audit.EventRejected, Service: svc, Environment: env,
+			Message: "deploy event rejected: " + err.Error(),
+			Detail:  map[string]any{"subject": subject, "field": reject.Field, "reason": reject.Reason, "size": len(data), "stream_seq": seq},
+		})
+	case err != nil:
+		return "", err
+	}
+	if d.Time.IsZero() {
+		d.Time = now
+	}
+
+	p := w.Policies().Match(d.Service, d.Environment)
+	base := audit.Record{DeployID: d.ID, Service: d.Service, Environment: d.Environment, Version: d.Version}
+	if p == nil {
+		r := base
+		r.Kind = audit.RunSkipped
+		r.Message = fmt.Sprintf("no policy matches service %s in environment %s: deploy %s not validated", d.Service, d.Environment, d.Version)
+		r.Detail = map[string]any{"subject": subject, "format": d.Format}
+		return "skipped", w.Audit.Record(ctx, r)
+	}
+
+	runID, dup, err := w.claim(ctx, d, seq)
+	if err != nil {
+		return "", err
+	}
+	if dup {
+		r := base
+		r.Kind = audit.RunSkipped
+		r.RunID = runID
+		r.Policy = p.Name
+		r.Message = fmt.Sprintf("duplicate deploy event id %s: run %s already validates it", d.ID, runID)
+		r.Detail = map[string]any{"subject": subject, "reason": "duplicate"}
+		return "duplicate", w.Audit.Record(ctx, r)
+	}
+
+	run, err := newRun(runID, d, p, now)
+	if err != nil {
+		// The policy loaded, so its templates are sound; a failure here is
+		// a value from the event that a template rejects (a path, say).
+		r := base
+		r.Kind = audit.EventRejected
+		r.Policy = p.Name
+		r.Message = "deploy event rejected: " + err.Error()
+		r.Detail = map[string]any{"subject": subject, "field": "policy template"}
+		return "rejected", w.Audit.Record(ctx, r)
+	}
+	first, interval, end := run.schedule()
+	if err := w.record(ctx, run, audit.RunStarted,
+		fmt.Sprintf("validating %s %s in %s with policy %s: %d checks every %s until %s",
+			d.Service, d.Version, d.Environment, p.Name, len(run.checks), interval, end.Format(time.RFC3339)),
+		map[string]any{
+			"format": d.Format, "previous_version": d.PreviousVersion, "hosts": d.Hosts, "labels": d.Labels,
+			"deploy_time": d.Time, "first_measurement": first, "window_end": end, "policy_file": fmt.Sprintf("%s:%d", p.File, p.Line),
+		}); err != nil {
+		return "", err
+	}
+	w.start(ctx, run)
+	return "started", nil
+}
+
+// claim records the event id, so that the same id twice starts one run. A
+// redelivery of the message that made the claim (the watcher died before
+// acking) is not a duplicate.
+func (w *Watcher) claim(ctx context.Context, d events.Deploy, seq uint64) (runID string, dup bool, err error) {
+	sum := sha256.Sum256([]byte(d.ID))
+	key := hex.EncodeToString(sum[:16])
+	type claim struct {
+		RunID string `json:"run_id"`
+		Seq   uint64 `json:"seq"`
+	}
+	runID = events.NewID()
+	b, _ := json.Marshal(claim{RunID: runID, Seq: seq})
+	_, err = w.ids.Create(ctx, key, b)
+	if err == nil {
+		return runID, false, nil
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return "", false, fmt.Errorf("recording deploy id %s: %w", d.ID, err)
+	}
+	e, err := w.ids.Get(ctx, key)
+	if err != nil {
+		return "", false, fmt.Errorf("reading deploy id %s: %w", d.ID, err)
+	}
+	var c claim
+	_ = json.Unmarshal(e.Value(), &c)
+	return c.RunID, !(seq != 0 && c.Seq == seq), nil
+}
+
+func (w *Watcher) start(ctx context.Context, r *Run) {
+	w.mu.Lock()
+	w.active[r.ID] = r
+	w.mu.Unlock()
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		w.loop(ctx, r)
+	}()
+}
+
+// loop measures r on schedule until it fails or its window closes.
+func (w *Watcher) loop(ctx context.Context, r *Run) {
+	next, interval, end := r.schedule()
+	timer := time.NewTimer(time.Until(next))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		failed, err := w.measure(ctx, r, time.Now())
+		if err != nil {
+			if ctx.Err() == nil {
+				w.logger.Error("measurement not recorded", "run", r.ID, "err", err)
+			}
+			if ctx.Err() != nil {
+				return
+			}
+		}
+		if len(failed) > 0 {
+			w.fail(ctx, r, failed)
+			return
+		}
+		next = next.Add(interval)
+		if next.After(end) {
+			break
+		}
+		timer.Reset(time.Until(next))
+	}
+	// Wait for the window to close: a last measurement may come before it.
+	if d := time.Until(end); d > 0 {
+		timer.Reset(d)
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+	}
+	verdict, reason := endVerdict(r)
+	kind := audit.RunPassed
+	if verdict == VerdictInconclusive {
+		// An inconclusive run rolls nothing back: a policy that wants no
+		// data to roll back says no_data: fail, which fails the run above.
+		kind = audit.RunInconclusive
+	}
+	w.finish(ctx, r, verdict, kind, reason, nil)
+}
+
+// fail ends r as failed and requests the rollback. The request id derives
+// from the run, so a retried publish is dropped by the stream's duplicate
+// window instead of rolling back twice.
+func (w *Watcher) fail(ctx context.Context, r *Run, failed []*checkState) {
+	reason := events.ClampReason(failReason(failed))
+	req := events.RollbackRequest{
+		ID:          "rb-" + r.ID,
+		Service:     r.Deploy.Service,
+		Environment: r.Deploy.Environment,
+		Version:     r.Deploy.Version,
+		ToVersion:   r.Deploy.PreviousVersion,
+		Hosts:       r.Deploy.Hosts,
+		Labels:      r.Deploy.Labels,
+		Reason:      reason,
+		Source:      events.SourceValidation,
+		RunID:       r.ID,
+		DeployID:    r.Deploy.ID,
+		Policy:      r.Policy.Name,
+		Time:        time.Now().UTC(),
+	}
+	checks := make([]map[string]any, 0, len(failed))
+	for _, cs := range failed {
+		checks = append(checks, map[string]any{
+			"check": cs.check.Name, "query": cs.query, "reason": cs.last.Reason,
+			"failures": cs.tally.Fail, "failure_limit": cs.check.FailureLimit,
+		})
+	}
+	w.finish(ctx, r, VerdictFailed, audit.RunFailed, reason+"; rollback requested ("+req.ID+")",
+		map[string]any{"checks": checks, "request_id": req.ID})
+	if err := PublishRollback(ctx, w.JS, req); err != nil {
+		w.logger.Error("rollback request not published", "run", r.ID, "err", err)
+	}
+}
+
+// PublishRollback sends a rollback request to ROLLBACKS. The request id is
+// the message id: JetStream drops a resend within its duplicate window.
+func PublishRollback(ctx context.Context, js jetstream.JetStream, req events.RollbackRequest) error {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	subj := events.Subject(events.RollbacksPrefix, req.Environment, req.Service)
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		if _, lastErr = js.Publish(ctx, subj, b, jetstream.WithMsgID(req.ID)); lastErr == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("publishing rollback request %s on %s: %w", req.ID, subj, lastErr)
+}
+
+func (w *Watcher) finish(ctx context.Context, r *Run, verdict, kind, reason string, detail map[string]any) {
+	r.mu.Lock()
+	r.verdict, r.reason, r.ended = verdict, reason, time.Now().UTC()
+	r.mu.Unlock()
+	if detail == nil {
+		detail = map[string]any{}
+	}
+	if err := w.record(ctx, r, kind, reason, detail); err != nil {
+		w.logger.Error("verdict not recorded", "run", r.ID, "verdict", verdict, "err", err)
+	}
+	w.metrics.runs.WithLabelValues(verdict).Inc()
+	w.logger.Info("run ended", "run", r.ID, "service", r.Deploy.Service, "environment", r.Deploy.Environment,
+		"version", r.Deploy.Version, "verdict", verdict, "reason", reason)
+	w.mu.Lock()
+	delete(w.active, r.ID)
+	w.recent = append(w.recent, r)
+	if len(w.recent) > w.Recent {
+		w.recent = w.recent[len(w.recent)-w.Recent:]
+	}
+	w.mu.Unlock()
+}
+
+func (w *Watcher) record(ctx context.Context, r *Run, kind, msg string, detail map[string]any) error {
+	return w.Audit.Record(ctx, audit.Record{
+		Kind: kind, RunID: r.ID, DeployID: r.Deploy.ID, Service: r.Deploy.Service,
+		Environment: r.Deploy.Environment, Version: r.Deploy.Version, Policy: r.Policy.Name,
+		Message: msg, Detail: detail,
+	})
+}
+
+// RunStatus is a run as /api/v1/runs shows it.
+type RunStatus struct {
+	ID           string               `json:"id"`
+	DeployID     string               `json:"deploy_id"`
+	Service      string               `json:"service"`
+	Environment  string               `json:"environment"`
+	Version      string               `json:"version"`
+	Policy       string               `json:"policy"`
+	Started      time.Time            `json:"started"`
+	WindowEnd    time.Time            `json:"window_end"`
+	Ended        *time.Time           `json:"ended,omitempty"`
+	Verdict      string               `json:"verdict"`
+	Reason       string               `json:"reason,omitempty"`
+	Measurements []*MeasurementStatus `json:"measurements"`
+}
+
+// MeasurementStatus is a check's latest measurement.
+type MeasurementStatus struct {
+	Check     string    `json:"check"`
+	Time      time.Time `json:"time"`
+	Value     *float64  `json:"value"`
+	Outcome   string    `json:"outcome"`
+	Threshold string    `json:"threshold"`
+	Reason    string    `json:"reason"`
+}
+
+// Runs lists active runs (newest first), then recent ones (newest first).
+func (w *Watcher) Runs() (active, recent []RunStatus) {
+	w.init()
+	w.mu.Lock()
+	act := make([]*Run, 0, len(w.active))
+	for _, r := range w.active {
+		act = append(act, r)
+	}
+	rec := append([]*Run(nil), w.recent...)
+	w.mu.Unlock()
+	sort.Slice(act, func(i, j int) bool { return act[i].Start.After(act[j].Start) })
+	for _, r := range act {
+		active = append(active, r.status())
+	}
+	for i := len(rec) - 1; i >= 0; i-- {
+		recent = append(recent, rec[i].status())
+	}
+	return active, recent
+}
+
+func (r *Run) status() RunStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, _, end := r.schedule()
+	s := RunStatus{
+		ID: r.ID, DeployID: r.Deploy.ID, Service: r.Deploy.Service, Environment: r.Deploy.Environment,
+		Version: r.Deploy.Version, Policy: r.Policy.Name, Started: r.Start, WindowEnd: end,
+		Verdict: r.verdict, Reason: r.reason, Measurements: []*MeasurementStatus{},
+	}
+	if !r.ended.IsZero() {
+		e := r.ended
+		s.Ended = &e
+	}
+	for _, cs := range r.checks {
+		if cs.last != nil {
+			m := *cs.last
+			s.Measurements = append(s.Measurements, &m)
+		}
+	}
+	return s
+}

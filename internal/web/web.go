@@ -1,0 +1,61 @@
+// Package web serves the watcher's HTTP endpoints (contract section 8).
+package web
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/rollback-watcher/watcher/internal/watch"
+)
+
+// Server holds what the endpoints show and do.
+type Server struct {
+	Gatherer prometheus.Gatherer
+	// Reload reloads the policies; its error is shown to the caller.
+	Reload func() error
+	// Ready says whether the watcher consumes events (nil means ready).
+	Ready  func() error
+	Runs   func() (active, recent []watch.RunStatus)
+	Logger *slog.Logger
+}
+
+// Handler returns the routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("Healthy.\n"))
+	})
+	mux.HandleFunc("GET /-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if s.Ready != nil {
+			if err := s.Ready(); err != nil {
+				http.Error(w, "Not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("Ready.\n"))
+	})
+	mux.HandleFunc("POST /-/reload", func(w http.ResponseWriter, _ *http.Request) {
+		if err := s.Reload(); err != nil {
+			http.Error(w, "failed to reload policies, keeping the ones in force: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		_, _ = w.Write([]byte("Policies reloaded.\n"))
+	})
+	mux.HandleFunc("GET /api/v1/runs", func(w http.ResponseWriter, _ *http.Request) {
+		active, recent := s.Runs()
+		if active == nil {
+			active = []watch.RunStatus{}
+		}
+		if recent == nil {
+			recent = []watch.RunStatus{}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"status": "success", "data": map[string]any{"active": active, "recent": recent}})
+	})
+	return mux
+}

@@ -1,0 +1,32 @@
+#!/bin/sh
+# Installs what the tests need that Go does not ship, when it is missing:
+# the real Prometheus server (Debian package "prometheus"). Idempotent.
+set -eu
+
+need=""
+command -v prometheus >/dev/null 2>&1 || need="$need prometheus"
+
+if [ -n "$need" ]; then
+	echo "deps: installing Debian packages:$need" >&2
+	if [ "$(id -u)" -eq 0 ]; then
+		SUDO=""
+	elif command -v sudo >/dev/null 2>&1; then
+		SUDO="sudo"
+	else
+		echo "deps: need root to install$need; install them (apt-get install$need) and run again" >&2
+		exit 1
+	fi
+	$SUDO apt-get update -qq
+	# The package's init script must not start a system Prometheus: tests
+	# start their own on free ports.
+	cleanup=""
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+		$SUDO chmod +x /usr/sbin/policy-rc.d
+		cleanup="/usr/sbin/policy-rc.d"
+	fi
+	RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+	[ -z "$cleanup" ] || $SUDO rm -f "$cleanup"
+fi
+
+go mod download
