@@ -632,4 +632,3 @@ func hostOnly(h string) string {
 	}
 	return h
 }
-
