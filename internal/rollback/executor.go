@@ -2,6 +2,8 @@ package rollback
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,11 +51,12 @@ type Executor struct {
 	// one service and environment never has two at once).
 	Workers int
 
-	logger  *slog.Logger
-	results *prometheus.CounterVec
-	keys    sync.Map // "env/service" -> *sync.Mutex
-	wg      sync.WaitGroup
-	sem     chan struct{}
+	initOnce sync.Once
+	logger   *slog.Logger
+	results  *prometheus.CounterVec
+	keys     sync.Map // "env/service" -> *sync.Mutex
+	wg       sync.WaitGroup
+	sem      chan struct{}
 }
 
 // Rollback results for watcher_rollbacks_total.
@@ -69,10 +72,13 @@ func (e *Executor) Register(reg prometheus.Registerer) {
 	reg.MustRegister(e.results)
 }
 
-func (e *Executor) init() {
-	if e.results != nil {
-		return
-	}
+// init fills in the defaults once. Execute is safe to call from several
+// goroutines (it takes a per-service lock), including on an executor that
+// Register and Start never set up; a plain "if e.results != nil" check let
+// two first calls write these fields at once (a data race under -race).
+func (e *Executor) init() { e.initOnce.Do(e.setup) }
+
+func (e *Executor) setup() {
 	e.logger = e.Logger
 	if e.logger == nil {
 		e.logger = slog.New(slog.DiscardHandler)
@@ -132,6 +138,9 @@ func (e *Executor) Start(ctx context.Context) error {
 		defer e.wg.Done()
 		<-ctx.Done()
 		cc.Stop()
+		// Callbacks may still run until the subscription is closed; holding
+		// the wait group until then keeps Wait from returning under them.
+		<-cc.Closed()
 	}()
 	return nil
 }
@@ -179,6 +188,11 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 		// Shutting down mid-way: leave the request for the next start.
 		return
 	}
+	if res.Retry {
+		e.logger.Error("rollback request not handled; will retry", "request", req.ID, "err", res.Err)
+		_ = msg.NakWithDelay(2 * time.Second)
+		return
+	}
 	_ = msg.Ack()
 }
 
@@ -200,6 +214,8 @@ type Result struct {
 	Status string // ResultCompleted, ResultFailed, ResultSkipped
 	Hosts  []HostResult
 	Err    error
+	// Retry says the request was not acted on and may be tried again.
+	Retry bool
 }
 
 type plan struct {
@@ -259,7 +275,9 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Resu
 		requested.Detail["mode"] = p.Rollback.Mode
 	}
 	if err := e.Audit.Record(ctx, requested); err != nil {
-		return Result{Status: ResultFailed, Err: err}
+		// Nothing was done: worth retrying once the audit is back, since
+		// nothing may execute without its record.
+		return Result{Status: ResultFailed, Err: err, Retry: true}
 	}
 	if skip != "" {
 		return Result{Status: ResultSkipped}
@@ -321,7 +339,11 @@ func (e *Executor) policyFor(req events.RollbackRequest) *policy.Policy {
 	}
 	if req.Policy != "" {
 		for _, p := range set.Policies {
-			if p.Name == req.Policy {
+			// The named policy must still match the request's service and
+			// environment: otherwise whoever may publish on
+			// rollbacks.<env>.billing could roll back shop's link by naming
+			// shop's policy, defeating per-subject permissions.
+			if p.Name == req.Policy && p.Match.Matches(req.Service, req.Environment) {
 				return p
 			}
 		}
@@ -355,18 +377,18 @@ func (e *Executor) plan(ctx context.Context, req events.RollbackRequest, p *poli
 			plans[i].target = t
 		}
 	}
-	var errs []string
+	var errs []error
 	for _, pl := range plans {
 		pl.data = policy.TemplateData{
 			Service: req.Service, Environment: req.Environment, Version: req.Version,
 			PreviousVersion: req.ToVersion, Labels: req.Labels, Host: pl.host,
 		}
 		if err := e.resolve(req, p, pl); err != nil {
-			errs = append(errs, fmt.Sprintf("%s: %v", pl.target.Name(), err))
+			errs = append(errs, fmt.Errorf("%s: %w", pl.target.Name(), err))
 		}
 	}
 	if len(errs) > 0 {
-		return plans, fmt.Errorf("previous release not resolved, nothing touched: %s", strings.Join(errs, "; "))
+		return plans, fmt.Errorf("previous release not resolved, nothing touched: %w", joinErrs(errs))
 	}
 	return plans, nil
 }
@@ -415,6 +437,12 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 		rel.Source = SourceEvent // the deploy event's previous_version
 	}
 	pl.release = rel
+	// Resolve returns Previous == Current when the host is already on the
+	// requested to_version (a retried request without a version). That is
+	// the same situation as the already-rolled-back case above: nothing to
+	// switch, mark or run after. Without this, a retry reported
+	// switched: true and ran the after command a second time.
+	pl.noop = rel.Previous == rel.Current
 	pl.data.Version = filepath.Base(pl.release.Current)
 	pl.data.PreviousVersion = filepath.Base(pl.release.Previous)
 	return nil
@@ -596,7 +624,7 @@ func isNilMap(v any) bool {
 // on the deploy subject, where deploy tooling listens; it starts no run.
 func (e *Executor) publishRolledBack(ctx context.Context, req events.RollbackRequest, from, to string) {
 	b, err := events.EncodeRolledBack(events.RolledBack{
-		ID: "rolledback-" + req.ID, Service: req.Service, Environment: req.Environment,
+		ID: rolledBackID(req.ID), Service: req.Service, Environment: req.Environment,
 		Version: to, FromVersion: from, RequestID: req.ID, Reason: req.Reason, Time: time.Now().UTC(),
 	}, e.Source)
 	if err != nil {
@@ -608,10 +636,42 @@ func (e *Executor) publishRolledBack(ctx context.Context, req events.RollbackReq
 		Data:    b,
 		Header:  nats.Header{"Content-Type": []string{events.ContentTypeCloudEvents}},
 	}
-	if _, err := e.JS.PublishMsg(ctx, msg, jetstream.WithMsgID("rolledback-"+req.ID)); err != nil {
+	if _, err := e.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(rolledBackID(req.ID))); err != nil {
 		e.logger.Error("service.rolledback not published", "request", req.ID, "err", err)
 	}
 }
+
+// rolledBackID derives the event id from the request, so that a retry
+// announces the same event; a long request id is hashed to stay within the
+// id limit.
+func rolledBackID(requestID string) string {
+	id := "rolledback-" + requestID
+	if len(id) <= 200 {
+		return id
+	}
+	sum := sha256.Sum256([]byte(requestID))
+	return "rolledback-" + hex.EncodeToString(sum[:16])
+}
+
+// joinErrs joins errors on one line ("a; b") and keeps them for errors.Is.
+func joinErrs(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return joinedErr(errs)
+}
+
+type joinedErr []error
+
+func (j joinedErr) Error() string {
+	s := make([]string, len(j))
+	for i, e := range j {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "; ")
+}
+
+func (j joinedErr) Unwrap() []error { return j }
 
 // currentRelease is the absolute path the link points at.
 func currentRelease(t Target, link string) (string, error) {

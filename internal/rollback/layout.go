@@ -1,6 +1,7 @@
 package rollback
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/rand"
 	"encoding/json"
@@ -558,11 +559,15 @@ func MarkRolledBack(t Target, releaseDir string, m Marker) error {
 	if m.Time.IsZero() {
 		m.Time = time.Now().UTC()
 	}
-	data, err := json.Marshal(m)
-	if err != nil {
+	// Reasons quote thresholds ("12 < min 50"): keep them readable for
+	// the person who opens the file.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(m); err != nil {
 		return err
 	}
-	if err := t.WriteFile(filepath.Join(releaseDir, MarkerFile), append(data, '\n'), 0o644); err != nil {
+	if err := t.WriteFile(filepath.Join(releaseDir, MarkerFile), buf.Bytes(), 0o644); err != nil {
 		return fmt.Errorf("mark rolled back: %w", err)
 	}
 	return nil

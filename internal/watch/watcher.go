@@ -145,6 +145,9 @@ func (w *Watcher) Start(ctx context.Context) error {
 		defer w.wg.Done()
 		<-ctx.Done()
 		cc.Stop()
+		// Callbacks may still run until the subscription is closed; holding
+		// the wait group until then keeps Wait from returning under them.
+		<-cc.Closed()
 	}()
 	return nil
 }
