@@ -232,6 +232,16 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		r.Detail = map[string]any{"subject": subject, "reason": "duplicate"}
 		return "duplicate", w.Audit.Record(ctx, r)
 	}
+	// A redelivery of the claiming message (its ack was lost or timed out)
+	// while this process still has the run must not start a second loop
+	// under the same run id: that recorded every measurement and the
+	// verdict twice, counted the run twice, and let the first loop to end
+	// drop the run from the active list while the other still ran. Only a
+	// process without the run (a restart) starts it again.
+	if w.hasRun(runID) {
+		w.logger.Info("deploy event redelivered; its run is already here", "run", runID, "deploy", d.ID, "stream_seq", seq)
+		return "started", nil
+	}
 
 	run, err := newRun(runID, d, p, now)
 	if err != nil {
@@ -284,6 +294,21 @@ func (w *Watcher) claim(ctx context.Context, d events.Deploy, seq uint64) (runID
 	var c claim
 	_ = json.Unmarshal(e.Value(), &c)
 	return c.RunID, !(seq != 0 && c.Seq == seq), nil
+}
+
+// hasRun reports whether run id is active or recent in this process.
+func (w *Watcher) hasRun(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.active[id]; ok {
+		return true
+	}
+	for _, r := range w.recent {
+		if r.ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 func (w *Watcher) start(ctx context.Context, r *Run) {

@@ -1,0 +1,252 @@
+package metrics
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/config"
+	"github.com/prometheus/common/model"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/rollback-watcher/watcher/internal/testutil"
+)
+
+func TestQueryRealPrometheus(t *testing.T) {
+	exp := testutil.NewExporter(t)
+	exp.Set("shop_orders_per_minute", map[string]string{"service": "shop"}, 73)
+	exp.Set("shop_orders_per_minute", map[string]string{"service": "cart"}, 12)
+	prom := testutil.StartPrometheus(t, exp.URL)
+	c, err := New(Options{URL: prom.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	now := time.Now()
+
+	tests := []struct {
+		query   string
+		want    []float64
+		wantErr string
+	}{
+		{query: `shop_orders_per_minute{service="shop"}`, want: []float64{73}},
+		{query: `sum(shop_orders_per_minute)`, want: []float64{85}},
+		{query: `shop_orders_per_minute`, want: []float64{12, 73}},
+		{query: `scalar(shop_orders_per_minute{service="cart"})`, want: []float64{12}},
+		{query: `42`, want: []float64{42}},
+		{query: `shop_orders_per_minute{service="nope"}`, want: []float64{}},
+		{query: `shop_orders_per_minute[1m]`, wantErr: "want an instant vector or scalar"},
+		{query: `sum(`, wantErr: "parse error"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.query, func(t *testing.T) {
+			vec, err := c.Query(ctx, tt.query, now)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := values(vec)
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("values = %v, want %v", got, tt.want)
+			}
+		})
+	}
+
+	// A query at an earlier time sees the value then: baselines rely on it.
+	before := time.Now()
+	exp.Set("shop_orders_per_minute", map[string]string{"service": "shop"}, 5)
+	testutil.Eventually(t, 10*time.Second, "new value scraped", func() bool {
+		vec, err := c.Query(ctx, `shop_orders_per_minute{service="shop"}`, time.Now())
+		return err == nil && len(vec) == 1 && vec[0].Value == 5
+	})
+	vec, err := c.Query(ctx, `shop_orders_per_minute{service="shop"}`, before)
+	if err != nil || len(vec) != 1 || vec[0].Value != 73 {
+		t.Errorf("query at %s = %v, %v; want 73", before, vec, err)
+	}
+}
+
+func values(vec model.Vector) []float64 {
+	out := make([]float64, len(vec))
+	for i, s := range vec {
+		out[i] = float64(s.Value)
+	}
+	// Series order is Prometheus's; sort for comparison.
+	for i := 1; i < len(out); i++ {
+		for j := i; j > 0 && out[j] < out[j-1]; j-- {
+			out[j], out[j-1] = out[j-1], out[j]
+		}
+	}
+	return out
+}
+
+// TestQueryAuthAndTLS runs a real Prometheus behind TLS and basic auth (its
+// --web.config.file) and checks that HTTPClientConfig reaches it, and that a
+// client without the password or the CA is refused.
+func TestQueryAuthAndTLS(t *testing.T) {
+	dir := t.TempDir()
+	caFile, certFile, keyFile := writeCert(t, dir)
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret-pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webCfg := filepath.Join(dir, "web.yml")
+	writeFile(t, webCfg, fmt.Sprintf("tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  watcher: %s\n", certFile, keyFile, hash))
+	promCfg := filepath.Join(dir, "prometheus.yml")
+	writeFile(t, promCfg, "global:\n  scrape_interval: 1s\n")
+	pwFile := filepath.Join(dir, "password")
+	writeFile(t, pwFile, "s3cret-pw\n")
+
+	addr := freeAddr(t)
+	cmd := exec.Command(testutil.PrometheusBinary(t), "--config.file="+promCfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--web.config.file="+webCfg)
+	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); logf.Close() })
+
+	url := "https://" + addr
+	good := Options{URL: url, HTTP: config.HTTPClientConfig{
+		BasicAuth: &config.BasicAuth{Username: "watcher", PasswordFile: pwFile},
+		TLSConfig: config.TLSConfig{CAFile: caFile, ServerName: "localhost"},
+	}}
+	c, err := New(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vec model.Vector
+	testutil.Eventually(t, 30*time.Second, "prometheus answering over TLS with auth", func() bool {
+		vec, err = c.Query(context.Background(), "1 + 1", time.Now())
+		return err == nil
+	})
+	if len(vec) != 1 || vec[0].Value != 2 {
+		t.Errorf("1 + 1 = %v", vec)
+	}
+
+	noAuth := good
+	noAuth.HTTP.BasicAuth = nil
+	if _, err := mustNew(t, noAuth).Query(context.Background(), "1", time.Now()); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Errorf("without credentials: err = %v, want 401", err)
+	}
+	noCA := good
+	noCA.HTTP.TLSConfig = config.TLSConfig{}
+	_, err = mustNew(t, noCA).Query(context.Background(), "1", time.Now())
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("without the CA: err = %v, want a certificate error", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "s3cret-pw") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+}
+
+func TestQueryTimeout(t *testing.T) {
+	// A Prometheus that hangs cannot be had on demand; a fake can.
+	stop := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	defer srv.Close()
+	defer close(stop)
+	c := mustNew(t, Options{URL: srv.URL, Timeout: model.Duration(200 * time.Millisecond)})
+	start := time.Now()
+	_, err := c.Query(context.Background(), "up", time.Now())
+	if err == nil {
+		t.Fatal("no error from a hanging server")
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Errorf("query took %s, the timeout did not apply", time.Since(start))
+	}
+}
+
+func TestNewRejectsBadURL(t *testing.T) {
+	for _, u := range []string{"", "localhost:9090", "ftp://x", "http://"} {
+		if _, err := New(Options{URL: u}); err == nil {
+			t.Errorf("New(%q) accepted", u)
+		}
+	}
+}
+
+func mustNew(t *testing.T, o Options) *Client {
+	t.Helper()
+	c, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func writeFile(t *testing.T, name, content string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// writeCert writes a self-signed CA-like certificate for localhost and
+// 127.0.0.1, its key, and returns (ca, cert, key) paths (ca == cert).
+func writeCert(t *testing.T, dir string) (string, string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "localhost"},
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := filepath.Join(dir, "cert.pem")
+	keyFile := filepath.Join(dir, "key.pem")
+	writeFile(t, cert, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})))
+	return cert, cert, keyFile
+}
