@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -56,13 +57,18 @@ var tokenRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 // that are not valid tokens; their records go to audit._invalid.* so that
 // they are still kept.
 func Subject(environment, service string) string {
-	if !tokenRE.MatchString(environment) {
-		environment = Invalid
+	return events.Subject(events.AuditPrefix, token(environment), token(service))
+}
+
+// token is name as it appears in an audit subject: itself, or Invalid.
+func token(name string) string {
+	// tokenRE lets through "a..b" and "shop.", whose empty subject tokens
+	// NATS cannot store: the record would be lost ("no response from
+	// stream") instead of kept under _invalid.
+	if !tokenRE.MatchString(name) || strings.Contains(name, "..") || strings.HasSuffix(name, ".") {
+		return Invalid
 	}
-	if !tokenRE.MatchString(service) {
-		service = Invalid
-	}
-	return events.Subject(events.AuditPrefix, environment, service)
+	return name
 }
 
 // Publisher writes records to the AUDIT stream.
@@ -106,17 +112,26 @@ type Filter struct {
 
 func (f Filter) subject() string {
 	env, svc := "*", "*"
+	// Names that are not subject tokens are read where Record put them,
+	// under _invalid (Read then compares the names themselves); used raw
+	// they made an invalid filter subject and a confusing NATS error.
 	if f.Environment != "" {
-		env = f.Environment
+		env = token(f.Environment)
 	}
 	if f.Service != "" {
-		svc = f.Service
+		svc = token(f.Service)
 	}
 	if svc == "*" {
 		// A service name may contain dots (several tokens).
 		return events.AuditPrefix + "." + env + ".>"
 	}
 	return events.Subject(events.AuditPrefix, env, svc)
+}
+
+// renamed reports whether a filter name is read under _invalid and must be
+// compared with the records' names ("_invalid" itself selects them all).
+func renamed(name string) bool {
+	return name != "" && name != Invalid && token(name) == Invalid
 }
 
 // Read returns the records matching f, oldest first.
@@ -155,6 +170,9 @@ func Read(ctx context.Context, js jetstream.JetStream, f Filter) ([]Record, erro
 			}
 			if f.RunID != "" && r.RunID != f.RunID {
 				continue
+			}
+			if (renamed(f.Service) && r.Service != f.Service) || (renamed(f.Environment) && r.Environment != f.Environment) {
+				continue // another invalid name under _invalid
 			}
 			out = append(out, r)
 			if f.Limit > 0 && len(out) > 2*f.Limit {

@@ -87,9 +87,23 @@ func Connect(o Options, name string, extra ...nats.Option) (*nats.Conn, error) {
 	opts = append(opts, extra...)
 	nc, err := nats.Connect(o.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect to NATS at %s: %w (is the watcher or nats-server running? see --nats.url)", redactURL(o.URL), err)
+		return nil, fmt.Errorf("cannot connect to NATS at %s: %w (%s)", redactURL(o.URL), err, connectHint(err))
 	}
 	return nc, nil
+}
+
+// connectHint says what to check after a failed connect. The server was
+// reached when auth or TLS failed, so "is it running?" would mislead there.
+func connectHint(err error) string {
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired),
+		errors.Is(err, nats.ErrAuthRevoked), errors.Is(err, nats.ErrAccountAuthExpired):
+		return "check the nats user and password_file, token_file, credentials_file or nkey_file"
+	case errors.Is(err, nats.ErrTLS), errors.Is(err, nats.ErrSecureConnRequired), errors.Is(err, nats.ErrSecureConnWanted):
+		return "check the nats tls_config: ca_file, cert_file, key_file, server_name"
+	default:
+		return "is the watcher or nats-server running? see --nats.url"
+	}
 }
 
 func readSecret(file string) (string, error) {
@@ -104,13 +118,18 @@ func readSecret(file string) (string, error) {
 }
 
 // redactURL hides a password in a URL so that errors can print it.
+// The user info ends at the last "@" (as Go's URL parser, and so nats.go,
+// split it: a password may hold an unescaped "@"), and nats.go accepts a URL
+// without a scheme ("user:pass@host:4222"), so both must be redacted too.
 func redactURL(u string) string {
 	var out []string
 	for _, part := range strings.Split(u, ",") {
-		if i := strings.Index(part, "@"); i >= 0 {
+		if i := strings.LastIndex(part, "@"); i >= 0 {
+			start := 0
 			if j := strings.Index(part, "://"); j >= 0 && j < i {
-				part = part[:j+3] + "xxxxx" + part[i:]
+				start = j + 3
 			}
+			part = part[:start] + "xxxxx" + part[i:]
 		}
 		out = append(out, part)
 	}
@@ -135,8 +154,18 @@ func StartEmbedded(listen, storeDir string, logger *slog.Logger) (*Embedded, err
 	}
 	if port == 0 {
 		port = server.RANDOM_PORT
+	} else {
+		// nats-server only logs a failed listen, and ReadyForConnections
+		// then waits out its whole timeout: try the address first, so that
+		// a port in use is reported at once and with the real cause.
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return nil, fmt.Errorf("--nats.listen %q: %w (is the port in use by another watcher or nats-server?)", listen, err)
+		}
+		ln.Close()
 	}
-	dir, err := filepath.Abs(filepath.Join(storeDir, "jetstream"))
+	// nats-server adds its own "jetstream" directory under StoreDir.
+	dir, err := filepath.Abs(storeDir)
 	if err != nil {
 		return nil, err
 	}

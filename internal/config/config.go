@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 
 	"go.yaml.in/yaml/v3"
 
@@ -35,7 +37,7 @@ func Load(path string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, yamlError(path, err)
 	}
 	dir, err := filepath.Abs(filepath.Dir(path))
 	if err != nil {
@@ -55,6 +57,36 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("%s: prometheus.http_client: %w", path, err)
 	}
 	return c, nil
+}
+
+var (
+	yamlLineRE     = regexp.MustCompile(`^(?:yaml: )?line (\d+): (.*)$`)
+	unknownFieldRE = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+)
+
+// yamlError reports a decoding error as "file:line: message", one line per
+// problem, as the house style and `watcher check` do. yaml's own text
+// ("yaml: unmarshal errors:\n  line 3: ...") puts the file name and the
+// line on different lines.
+func yamlError(path string, err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+			return fmt.Errorf("%s:%s: %s", path, m[1], m[2])
+		}
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	lines := make([]string, len(te.Errors))
+	for i, e := range te.Errors {
+		if m := yamlLineRE.FindStringSubmatch(e); m != nil {
+			// "field x not found in type config.plain" names a Go type.
+			msg := unknownFieldRE.ReplaceAllString(m[2], "unknown key $1")
+			lines[i] = fmt.Sprintf("%s:%s: %s", path, m[1], msg)
+		} else {
+			lines[i] = path + ": " + e
+		}
+	}
+	return errors.New(strings.Join(lines, "\n"))
 }
 
 func join(dir, p string) string {

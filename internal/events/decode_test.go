@@ -278,6 +278,8 @@ func TestDecodeDeployRejects(t *testing.T) {
 		{name: "object for service", data: edit(t, nativeBase, set("service", map[string]any{"x": 1})), field: "service"},
 		{name: "missing service", data: edit(t, nativeBase, del("service")), field: "service"},
 		{name: "traversal service", data: edit(t, nativeBase, set("service", "../../etc")), field: "service"},
+		{name: "service with a trailing dot", data: edit(t, nativeBase, set("service", "shop.")), field: "service"},
+		{name: "environment with an empty token", data: edit(t, nativeBase, set("environment", "prod..eu")), field: "environment"},
 		{name: "dots service", data: edit(t, nativeBase, set("service", "shop..x")), field: "service"},
 		{name: "shell service", data: edit(t, nativeBase, set("service", "shop;rm -rf /")), field: "service"},
 		{name: "wildcard service", data: edit(t, nativeBase, set("service", "*")), field: "service"},

@@ -174,6 +174,11 @@ func checkName(field, v string) error {
 	if strings.Contains(v, "..") {
 		return reject(field, v, `must not contain ".."`)
 	}
+	// A trailing dot would make an empty token in the subjects the name
+	// becomes part of.
+	if strings.HasSuffix(v, ".") {
+		return reject(field, v, `must not end with "."`)
+	}
 	return nil
 }
 
