@@ -181,7 +181,7 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 	cmd.Flag("service", "Only this service.").StringVar(&flt.Service)
 	cmd.Flag("environment", "Only this environment.").StringVar(&flt.Environment)
 	cmd.Flag("run", "Only this run.").StringVar(&flt.RunID)
-	cmd.Flag("limit", "Newest N records (0: all).").Default("100").IntVar(&flt.Limit)
+	cmd.Flag("limit", "Newest N records (0: all).").Default("100").SetValue(intFlag{"limit", &flt.Limit})
 	cmd.Flag("json", "One JSON record per line, for scripts.").BoolVar(&asJSON)
 	cmds["history"] = func(ctx context.Context, e *env) error {
 		js, closeNC, err := f.connect(ctx, "watcher history")

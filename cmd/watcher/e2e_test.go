@@ -55,6 +55,7 @@ func readlink(t *testing.T, link string) string {
 // watcherProc is `watcher run` inside the test process.
 type watcherProc struct {
 	web, nats string
+	reload    chan struct{}
 	cancel    context.CancelFunc
 	done      chan int
 	stderr    *syncBuffer
@@ -89,12 +90,12 @@ func freePort(t *testing.T) string {
 
 func startWatcher(t *testing.T, args ...string) *watcherProc {
 	t.Helper()
-	w := &watcherProc{web: freePort(t), nats: freePort(t), done: make(chan int, 1), stderr: &syncBuffer{}}
+	w := &watcherProc{web: freePort(t), nats: freePort(t), done: make(chan int, 1), stderr: &syncBuffer{}, reload: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	all := append([]string{"run", "--nats.listen=" + w.nats, "--storage.path=" + t.TempDir(),
 		"--web.listen-address=" + w.web, "--log.level=debug"}, args...)
-	go func() { w.done <- run(ctx, all, io.Discard, w.stderr, make(chan struct{})) }()
+	go func() { w.done <- run(ctx, all, io.Discard, w.stderr, w.reload) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -133,20 +134,7 @@ func cli(t *testing.T, args ...string) (int, string, string) {
 
 func history(t *testing.T, natsAddr string, args ...string) []audit.Record {
 	t.Helper()
-	code, out, errOut := cli(t, append([]string{"history", "--json", "--limit=0", "--nats.url=nats://" + natsAddr}, args...)...)
-	if code != 0 {
-		t.Fatalf("history exited %d: %s", code, errOut)
-	}
-	var recs []audit.Record
-	dec := json.NewDecoder(strings.NewReader(out))
-	for dec.More() {
-		var r audit.Record
-		if err := dec.Decode(&r); err != nil {
-			t.Fatalf("history --json: %v", err)
-		}
-		recs = append(recs, r)
-	}
-	return recs
+	return historyURL(t, "nats://"+natsAddr, args...)
 }
 
 func kinds(recs []audit.Record) []string {
@@ -217,6 +205,11 @@ func TestBadDeployRolledBackGoodOneUntouched(t *testing.T) {
 	testutil.Eventually(t, 30*time.Second, "shop link back on the previous release", func() bool {
 		return readlink(t, shopLink) == "2026.11.24-3"
 	})
+	var shop []audit.Record
+	testutil.Eventually(t, 20*time.Second, "rollback.completed in the audit", func() bool {
+		shop = history(t, w.nats, "--service=shop", "--environment=production")
+		return hasKind(shop, audit.RollbackCompleted)
+	})
 	if s, _ := os.Readlink(shopLink); filepath.IsAbs(s) {
 		t.Errorf("link style changed: %s was relative, is now %s", shopLink, s)
 	}
@@ -232,11 +225,6 @@ func TestBadDeployRolledBackGoodOneUntouched(t *testing.T) {
 		t.Errorf("after command did not run: %v", err)
 	}
 
-	var shop []audit.Record
-	testutil.Eventually(t, 20*time.Second, "rollback.completed in the audit", func() bool {
-		shop = history(t, w.nats, "--service=shop", "--environment=production")
-		return hasKind(shop, audit.RollbackCompleted)
-	})
 	assertOrder(t, kinds(shop), []string{audit.RunStarted, audit.Measurement, audit.RunFailed,
 		audit.RollbackRequested, audit.RollbackHost, audit.RollbackCompleted})
 	for _, r := range shop {
@@ -388,4 +376,78 @@ func httpGet(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestExternalNATSAndReloadSignal runs the watcher against a NATS server it
+// does not own (--nats.url: nothing embedded) and reloads its policies the
+// way SIGHUP does (main turns the signal into the reload channel).
+func TestExternalNATSAndReloadSignal(t *testing.T) {
+	ext := testutil.StartNATS(t)
+	exp := testutil.NewExporter(t)
+	exp.Set("up_ratio", map[string]string{"service": "api"}, 1)
+	prom := testutil.StartPrometheus(t, exp.URL)
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules.yml")
+	policyYAML := func(name, svc string) string {
+		return fmt.Sprintf(`policies:
+  - name: %s
+    match: {service: %s}
+    window: 1s
+    interval: 500ms
+    checks:
+      - {name: up, query: 'up_ratio{service="api"}', min: 0.5}
+    rollback: {mode: publish}
+`, name, svc)
+	}
+	writeFile(t, rules, policyYAML("first", "web"))
+	w := startWatcher(t, "--rules="+rules, "--prometheus.url="+prom.URL, "--nats.url="+ext.URL)
+
+	// Nothing embedded: the --nats.listen port stays free.
+	if ln, err := net.Listen("tcp", w.nats); err != nil {
+		t.Errorf("--nats.url given, yet something listens on --nats.listen %s: %v", w.nats, err)
+	} else {
+		ln.Close()
+	}
+	for _, s := range []string{"DEPLOYS", "ROLLBACKS", "AUDIT"} {
+		if _, err := ext.JS.Stream(context.Background(), s); err != nil {
+			t.Errorf("stream %s on the external server: %v", s, err)
+		}
+	}
+
+	writeFile(t, rules, policyYAML("second", "api"))
+	w.reload <- struct{}{}
+	extURL := "--nats.url=" + ext.URL
+	testutil.Eventually(t, 20*time.Second, "deploy of api validated by the reloaded policy", func() bool {
+		// Publish until the reload has taken effect: before it, api
+		// matches no policy (run.skipped).
+		recs := historyURL(t, ext.URL, "--service=api")
+		for _, r := range recs {
+			if r.Kind == audit.RunStarted && r.Policy == "second" {
+				return true
+			}
+		}
+		if code, _, errOut := cli(t, "publish", extURL, "--service=api", "--environment=prod", "--version=1.0."+fmt.Sprint(len(recs))); code != 0 {
+			t.Fatalf("publish: %s", errOut)
+		}
+		time.Sleep(300 * time.Millisecond)
+		return false
+	})
+}
+
+func historyURL(t *testing.T, url string, args ...string) []audit.Record {
+	t.Helper()
+	code, out, errOut := cli(t, append([]string{"history", "--json", "--limit=0", "--nats.url=" + url}, args...)...)
+	if code != 0 {
+		t.Fatalf("history exited %d: %s", code, errOut)
+	}
+	var recs []audit.Record
+	dec := json.NewDecoder(strings.NewReader(out))
+	for dec.More() {
+		var r audit.Record
+		if err := dec.Decode(&r); err != nil {
+			t.Fatalf("history --json: %v", err)
+		}
+		recs = append(recs, r)
+	}
+	return recs
 }

@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -97,7 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 		return 0 // --help or --version printed what was asked
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "watcher: error: %v; try --help\n", err)
+		fmt.Fprintf(stderr, "watcher: error: %s; try --help\n", errLine(err))
 		return 2
 	}
 	e := &env{stdout: stdout, stderr: stderr, logger: promslog.New(&logCfg), reload: reload}
@@ -105,12 +107,38 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 		var ee *exitError
 		if errors.As(err, &ee) {
 			if ee.err != nil && ee.err.Error() != "" {
-				fmt.Fprintf(stderr, "watcher %s: %v\n", name, ee.err)
+				fmt.Fprintf(stderr, "watcher %s: %s\n", name, errLine(ee.err))
 			}
 			return ee.code
 		}
-		fmt.Fprintf(stderr, "watcher %s: %v\n", name, err)
+		fmt.Fprintf(stderr, "watcher %s: %s\n", name, errLine(err))
 		return 1
 	}
 	return 0
 }
+
+// errLine keeps an error on the one stderr line the contract promises: the
+// lines of a multi-line error (a policy LoadError has one per problem) are
+// joined with "; ".
+func errLine(err error) string {
+	return strings.Join(strings.Split(strings.TrimSpace(err.Error()), "\n"), "; ")
+}
+
+// intFlag is an integer flag whose parse error names the flag (kingpin's
+// own says only `strconv.ParseFloat: parsing "abc"`). Negative values are
+// refused: no integer flag here has a meaning for them.
+type intFlag struct {
+	name string
+	p    *int
+}
+
+func (f intFlag) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("--%s=%q: want a whole number, 0 or more", f.name, s)
+	}
+	*f.p = n
+	return nil
+}
+
+func (f intFlag) String() string { return strconv.Itoa(*f.p) }

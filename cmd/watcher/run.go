@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -82,7 +83,7 @@ func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env
 	cmd.Flag("rules", "Policy files or globs; repeatable. Default: the config file's rule_files, else "+DefaultRules+".").StringsVar(&f.rules)
 	addNATSURL(cmd, &f, "")
 	cmd.Flag("nats.listen", "Address of the embedded NATS server, used when --nats.url is not set.").Default("127.0.0.1:4222").StringVar(&listen)
-	cmd.Flag("nats.replicas", "Replication factor of the streams the watcher creates (NATS cluster).").Default("0").IntVar(&f.replicas)
+	cmd.Flag("nats.replicas", "Replication factor of the streams the watcher creates (NATS cluster).").Default("0").SetValue(intFlag{"nats.replicas", &f.replicas})
 	cmd.Flag("storage.path", "Directory for the embedded NATS server's JetStream data.").Default("data").StringVar(&storage)
 	cmd.Flag("prometheus.url", "Prometheus to query; auth and TLS go in --config.file.").Default("http://127.0.0.1:9090").IsSetByUser(&f.promSet).StringVar(&f.promURL)
 	cmd.Flag("web.listen-address", "Address for /metrics, health, reload and the API.").Default("127.0.0.1:9797").StringVar(&webAddr)
@@ -98,9 +99,20 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, we
 	if err != nil {
 		return err
 	}
+	// Bad addresses are usage errors, reported before anything starts.
+	if cfg.NATS.URL == "" {
+		if _, port, err := net.SplitHostPort(listen); err != nil {
+			return usageErr("--nats.listen %q: %v", listen, err)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return usageErr("--nats.listen %q: bad port", listen)
+		}
+	}
+	if _, _, err := net.SplitHostPort(webAddr); err != nil {
+		return usageErr("--web.listen-address %q: %v", webAddr, err)
+	}
 	set, err := policy.Load(cfg.RuleFiles...)
 	if err != nil {
-		return fmt.Errorf("policies are invalid (fix them, `watcher check` lists every problem):\n%w", err)
+		return fmt.Errorf("policies are invalid (`watcher check` lists every problem): %w", err)
 	}
 	var policies atomic.Pointer[policy.Set]
 	policies.Store(set)

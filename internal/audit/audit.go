@@ -139,6 +139,11 @@ func Read(ctx context.Context, js jetstream.JetStream, f Filter) ([]Record, erro
 	cons, err := js.OrderedConsumer(ctx, "AUDIT", jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{f.subject()},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		// The server keeps an idle consumer for InactiveThreshold (5m by
+		// default) and caps consumers per stream: a script polling
+		// `watcher history` would hit that cap. A reader fetches without
+		// pause, so a short threshold loses nothing.
+		InactiveThreshold: 5 * time.Second,
 	})
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {

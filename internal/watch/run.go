@@ -91,6 +91,7 @@ type Querier interface {
 // audit, and returns the checks that went past their failure limit.
 func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) ([]*checkState, error) {
 	var failed []*checkState
+	var recErr error
 	for _, cs := range r.checks {
 		c := cs.check
 		if c.Baseline != nil && cs.baseline == nil {
@@ -130,14 +131,16 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) ([]*checkSt
 			detail["baseline"] = jsonFloat(j.Baseline)
 			detail["ratio"] = jsonFloat(j.Ratio)
 		}
-		if err := w.record(ctx, r, audit.Measurement, c.Describe(j, tally), detail); err != nil {
-			return nil, err
+		// A record that cannot be written must not hide a failure: the
+		// verdict still counts it (fail safe, not fail open).
+		if err := w.record(ctx, r, audit.Measurement, c.Describe(j, tally), detail); err != nil && recErr == nil {
+			recErr = err
 		}
 		if c.Failed(tally) {
 			failed = append(failed, cs)
 		}
 	}
-	return failed, nil
+	return failed, recErr
 }
 
 // baseline evaluates a check's query before the deploy. A failure leaves it

@@ -334,13 +334,11 @@ func (w *Watcher) loop(ctx context.Context, r *Run) {
 		case <-timer.C:
 		}
 		failed, err := w.measure(ctx, r, time.Now())
+		if ctx.Err() != nil {
+			return
+		}
 		if err != nil {
-			if ctx.Err() == nil {
-				w.logger.Error("measurement not recorded", "run", r.ID, "err", err)
-			}
-			if ctx.Err() != nil {
-				return
-			}
+			w.logger.Error("measurement not recorded", "run", r.ID, "err", err)
 		}
 		if len(failed) > 0 {
 			w.fail(ctx, r, failed)
