@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
 // assertOneLine checks the contract's promise for a failing command: one
@@ -51,7 +53,7 @@ func cliWithin(t *testing.T, d time.Duration, args ...string) (int, string, stri
 // --nats.url given is closed, so a command that wrongly got as far as
 // connecting fails the test with exit 1 instead of publishing.
 func TestBadCommandLines(t *testing.T) {
-	closed := "--nats.url=nats://" + freePort(t)
+	closed := "--nats.url=nats://" + testutil.FreeAddr(t)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -94,7 +96,7 @@ func TestBadCommandLines(t *testing.T) {
 // TestUnreachableServer: the client commands say quickly, in one line, that
 // they cannot reach NATS.
 func TestUnreachableServer(t *testing.T) {
-	url := "--nats.url=nats://" + freePort(t) // nothing listens there
+	url := "--nats.url=nats://" + testutil.FreeAddr(t) // nothing listens there
 	for _, args := range [][]string{
 		{"publish", url, "--service=shop", "--environment=production", "--version=2026.11.25-1"},
 		{"history", url},

@@ -78,19 +78,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func startWatcher(t *testing.T, args ...string) *watcherProc {
 	t.Helper()
-	w := &watcherProc{web: freePort(t), nats: freePort(t), done: make(chan int, 1), stderr: &syncBuffer{}, reload: make(chan struct{}, 1)}
+	w := &watcherProc{web: testutil.FreeAddr(t), nats: testutil.FreeAddr(t), done: make(chan int, 1), stderr: &syncBuffer{}, reload: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
 	all := append([]string{"run", "--nats.listen=" + w.nats, "--storage.path=" + t.TempDir(),

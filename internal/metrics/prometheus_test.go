@@ -116,7 +116,7 @@ func TestQueryAuthAndTLS(t *testing.T) {
 	pwFile := filepath.Join(dir, "password")
 	writeFile(t, pwFile, "s3cret-pw\n")
 
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	cmd := exec.Command(testutil.PrometheusBinary(t), "--config.file="+promCfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
 		"--web.listen-address="+addr, "--web.config.file="+webCfg)
 	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
@@ -204,16 +204,6 @@ func writeFile(t *testing.T, name, content string) {
 	if err := os.WriteFile(name, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // writeCert writes a self-signed CA-like certificate for localhost and

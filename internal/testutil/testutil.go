@@ -149,7 +149,7 @@ scrape_configs:
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := FreeAddr(t)
 	logf, err := os.Create(filepath.Join(dir, "prometheus.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -193,10 +193,10 @@ scrape_configs:
 	return p
 }
 
-// freeAddr finds a free loopback port. Prometheus binds it itself, so there
+// FreeAddr finds a free loopback port. Prometheus binds it itself, so there
 // is a small window in which another process could take it; tests accept
 // that rather than parse Prometheus's log for the port.
-func freeAddr(t testing.TB) string {
+func FreeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
