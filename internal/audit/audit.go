@@ -25,6 +25,7 @@ const (
 	RunPassed         = "run.passed"
 	RunFailed         = "run.failed"
 	RunInconclusive   = "run.inconclusive"
+	RunSuperseded     = "run.superseded" // a newer deploy of the same service and environment took over
 	RollbackRequested = "rollback.requested"
 	RollbackHost      = "rollback.host"
 	RollbackCompleted = "rollback.completed"

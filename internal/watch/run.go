@@ -21,6 +21,7 @@ const (
 	VerdictPassed       = "passed"
 	VerdictFailed       = "failed"
 	VerdictInconclusive = "inconclusive"
+	VerdictSuperseded   = "superseded"
 )
 
 // Run is the validation of one deploy against one policy. The policy pointer
@@ -36,6 +37,9 @@ type Run struct {
 	verdict string
 	reason  string
 	ended   time.Time
+
+	cancel       context.CancelFunc // stops the run's loop
+	supersededBy *events.Deploy     // set when a newer deploy stopped it
 }
 
 type checkState struct {

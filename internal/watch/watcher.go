@@ -104,7 +104,7 @@ func (w *Watcher) init() {
 			Name: "watcher_measurements_total", Help: "Measurements taken, by outcome.",
 		}, []string{"outcome"}),
 	}
-	for _, v := range []string{VerdictPassed, VerdictFailed, VerdictInconclusive} {
+	for _, v := range []string{VerdictPassed, VerdictFailed, VerdictInconclusive, VerdictSuperseded} {
 		w.metrics.runs.WithLabelValues(v)
 	}
 	for _, v := range []string{"started", "rejected", "skipped", "duplicate", "ignored"} {
@@ -311,18 +311,54 @@ func (w *Watcher) hasRun(id string) bool {
 	return false
 }
 
+// start runs r in the background, and supersedes the older runs of the same
+// service and environment: what they validate is no longer what is deployed.
 func (w *Watcher) start(ctx context.Context, r *Run) {
+	runCtx, cancel := context.WithCancel(ctx)
+	r.cancel = cancel
+	var older []*Run
 	w.mu.Lock()
+	for _, o := range w.active {
+		if o.Deploy.Service == r.Deploy.Service && o.Deploy.Environment == r.Deploy.Environment {
+			older = append(older, o)
+		}
+	}
 	w.active[r.ID] = r
 	w.mu.Unlock()
+	for _, o := range older {
+		o.mu.Lock()
+		if o.supersededBy == nil {
+			d := r.Deploy
+			o.supersededBy = &d
+		}
+		o.mu.Unlock()
+		o.cancel()
+	}
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		w.loop(ctx, r)
+		defer cancel()
+		w.loop(runCtx, r)
+		if ctx.Err() == nil && runCtx.Err() != nil {
+			w.superseded(ctx, r)
+		}
 	}()
 }
 
-// loop measures r on schedule until it fails or its window closes.
+// superseded ends a run stopped by a newer deploy, naming that deploy.
+func (w *Watcher) superseded(ctx context.Context, r *Run) {
+	r.mu.Lock()
+	by := r.supersededBy
+	r.mu.Unlock()
+	if by == nil {
+		return
+	}
+	w.finish(ctx, r, VerdictSuperseded, audit.RunSuperseded,
+		fmt.Sprintf("superseded by deploy %s of version %s: its own run validates what is deployed now", by.ID, by.Version),
+		map[string]any{"superseded_by": map[string]any{"deploy_id": by.ID, "version": by.Version}})
+}
+
+// loop measures r on schedule until it fails, its window closes or ctx ends.
 func (w *Watcher) loop(ctx context.Context, r *Run) {
 	next, interval, end := r.schedule()
 	timer := time.NewTimer(time.Until(next))
@@ -425,8 +461,13 @@ func PublishRollback(ctx context.Context, js jetstream.JetStream, req events.Rol
 	return fmt.Errorf("publishing rollback request %s on %s: %w", req.ID, subj, lastErr)
 }
 
+// finish records r's verdict; a run is decided once, whatever ends it first.
 func (w *Watcher) finish(ctx context.Context, r *Run, verdict, kind, reason string, detail map[string]any) {
 	r.mu.Lock()
+	if r.verdict != VerdictPending {
+		r.mu.Unlock()
+		return
+	}
 	r.verdict, r.reason, r.ended = verdict, reason, time.Now().UTC()
 	r.mu.Unlock()
 	if detail == nil {

@@ -772,7 +772,7 @@ func TestReloadKeepsRunningPolicy(t *testing.T) {
 - name: latency-v1
   query: max(latency_v1_seconds{service="{{ .Service }}"})
   max: 1`)
-	v2 := "policies:\n" + policyYAML("shop-v2", shopMatch, "window: 1s\ninterval: 200ms", `
+	v2 := "policies:\n" + policyYAML("shop-v2", "{service: shop}", "window: 1s\ninterval: 200ms", `
 - name: latency-v2
   query: max(latency_v2_seconds{service="{{ .Service }}"})
   max: 1`)
@@ -781,7 +781,8 @@ func TestReloadKeepsRunningPolicy(t *testing.T) {
 	h.waitMeasurements("d-1", 1)
 	reloaded := time.Now()
 	h.set.Store(loadRules(t, v2))
-	h.publish(deployEvent("d-2", "shop", "production", "2"))
+	// Another environment: a second production deploy would supersede d-1.
+	h.publish(deployEvent("d-2", "shop", "staging", "2"))
 
 	for _, id := range []string{"d-1", "d-2"} {
 		if v := h.waitFor(id, verdictKinds...); v.Kind != audit.RunPassed {
@@ -972,4 +973,42 @@ func TestCancelStopsRuns(t *testing.T) {
 	if msgs := h.rollbacks(); len(msgs) != 0 {
 		t.Errorf("%d rollback requests after a shutdown", len(msgs))
 	}
+}
+
+// A newer deploy of the same service and environment supersedes the older
+// run: what the older run validates is no longer deployed. Another
+// environment's run is left alone.
+func TestNewerDeploySupersedesOlderRun(t *testing.T) {
+	t.Parallel()
+	rules := "policies:\n" + policyYAML("shop-orders", `{service: shop}`, "window: 3s\ninterval: 200ms", `
+- name: orders
+  query: sum(orders{service="{{ .Service }}"})
+  min: 1`)
+	h := newHarness(t, rules, always(10))
+	h.publish(deployEvent("d-old", "shop", "production", "1"))
+	h.publish(deployEvent("d-staging", "shop", "staging", "1"))
+	old := runID(h, "d-old")
+	h.waitMeasurements("d-old", 1)
+	h.publish(deployEvent("d-new", "shop", "production", "2"))
+
+	sup := h.waitFor("d-old", audit.RunSuperseded)
+	if sup.RunID != old || !strings.Contains(sup.Message, "d-new") {
+		t.Errorf("run.superseded = %+v, want run %s naming deploy d-new", sup, old)
+	}
+	if by, _ := sup.Detail["superseded_by"].(map[string]any); by["deploy_id"] != "d-new" || by["version"] != "2" {
+		t.Errorf("superseded_by = %v", sup.Detail["superseded_by"])
+	}
+	h.waitFor("d-new", audit.RunPassed)
+	h.waitFor("d-staging", audit.RunPassed)
+	if n := len(h.rec.ofDeploy("d-old", verdictKinds...)); n != 1 {
+		t.Errorf("%d verdicts for the superseded run, want 1", n)
+	}
+	// Nothing is measured for the old run after it was superseded.
+	last := h.rec.ofDeploy("d-old", audit.Measurement)
+	for _, m := range last {
+		if m.Time.After(sup.Time) {
+			t.Errorf("measurement %s after run.superseded %s", m.Time, sup.Time)
+		}
+	}
+	h.waitMetric(1, "watcher_runs_total", "verdict", "superseded")
 }
