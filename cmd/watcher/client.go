@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -204,6 +206,9 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 			}
 			return nil
 		}
+		if flt.RunID != "" {
+			return runTable(e.stdout, flt.RunID, recs)
+		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "TIME\tKIND\tSERVICE\tENVIRONMENT\tVERSION\tRUN\tMESSAGE")
 		for _, r := range recs {
@@ -211,6 +216,51 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 				dash(r.Service), dash(r.Environment), dash(r.Version), dash(r.RunID), oneLine(r.Message))
 		}
 		return tw.Flush()
+	}
+}
+
+// runTable shows one run as its measurements: what each check saw, against
+// what, and how it counted, then the verdict and what followed.
+func runTable(w io.Writer, runID string, recs []audit.Record) error {
+	if len(recs) == 0 {
+		return fmt.Errorf("no audit records for run %s", runID)
+	}
+	first := recs[0]
+	fmt.Fprintf(w, "run %s: %s %s in %s, policy %s\n\n", runID, first.Service, first.Version, first.Environment, dash(first.Policy))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tCHECK\tVALUE\tBASELINE\tRATIO\tTHRESHOLD\tOUTCOME\tCOUNTS")
+	var others []audit.Record
+	for _, r := range recs {
+		if r.Kind != audit.Measurement {
+			others = append(others, r)
+			continue
+		}
+		d := r.Detail
+		c, _ := d["counts"].(map[string]any)
+		counts := fmt.Sprintf("pass %v fail %v inconclusive %v error %v", num(c["pass"]), num(c["fail"]), num(c["inconclusive"]), num(c["error"]))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), d["check"],
+			num(d["value"]), num(d["baseline"]), num(d["ratio"]), dash(fmt.Sprint(d["threshold"])), d["outcome"], counts)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, r := range others {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), r.Kind, oneLine(r.Message))
+	}
+	return tw.Flush()
+}
+
+// num prints a number from decoded JSON compactly, "-" when absent.
+func num(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "-"
+	case float64:
+		return strconv.FormatFloat(x, 'g', 6, 64)
+	default:
+		return fmt.Sprint(x)
 	}
 }
 

@@ -335,6 +335,15 @@ func TestBadDeployRolledBackGoodOneUntouched(t *testing.T) {
 	if code != 0 || !strings.Contains(table, "rollback.completed") || !strings.Contains(table, "KIND") {
 		t.Errorf("history table:\n%s", table)
 	}
+	// One run's measurements, as a table of numbers.
+	runID := shop[0].RunID
+	code, table, _ = cli(t, "history", natsURL, "--run="+runID)
+	for _, want := range []string{"run " + runID + ": shop 2026.11.25-1 in production, policy orders", "CHECK", "THRESHOLD",
+		"orders-per-minute  12 ", "min 50", "fail", " fail 2 inconclusive 0", "run.failed", "rollback.completed"} {
+		if code != 0 || !strings.Contains(table, want) {
+			t.Errorf("history --run lacks %q:\n%s", want, table)
+		}
+	}
 }
 
 func assertOrder(t *testing.T, got, want []string) {
