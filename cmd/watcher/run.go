@@ -116,6 +116,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, we
 	}
 	var policies atomic.Pointer[policy.Set]
 	policies.Store(set)
+	var w *watch.Watcher // set below; a reload tells its runs
 	reload := func() error {
 		s, err := policy.Load(cfg.RuleFiles...)
 		if err != nil {
@@ -124,6 +125,9 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, we
 		}
 		policies.Store(s)
 		logger.Info("policies reloaded", "policies", len(s.Policies), "files", len(s.Files))
+		if w != nil {
+			w.Reloaded(ctx, s)
+		}
 		return nil
 	}
 	prom, err := metrics.New(cfg.Prometheus)
@@ -161,7 +165,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, we
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), versionCollector())
 	aud := &audit.Publisher{JS: js}
 	host, _ := os.Hostname()
-	w := &watch.Watcher{JS: js, Policies: policies.Load, Querier: prom, Audit: aud, Logger: logger}
+	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: prom, Audit: aud, Logger: logger}
 	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: dryRun,
 		Source: "rollback-watcher/" + host}
 	w.Register(reg)

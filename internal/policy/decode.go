@@ -170,6 +170,14 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		v.SetInt(int64(i))
+	case reflect.Bool:
+		// yaml.v3 would take "yes" and "on" too; a flag takes true or false.
+		var b bool
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
+			d.errorf(n.Line, "%sexpected true or false, got %s", prefix(path), describe(n))
+			return
+		}
+		v.SetBool(b)
 	case reflect.Float64:
 		var f float64
 		if n.Kind != yaml.ScalarNode || n.Decode(&f) != nil || math.IsNaN(f) || math.IsInf(f, 0) {

@@ -24,6 +24,7 @@ var (
 	DefaultWindow            = model.Duration(10 * time.Minute)
 	DefaultInterval          = model.Duration(30 * time.Second)
 	DefaultInitialDelay      = model.Duration(0)
+	DefaultOnInconclusive    = OnInconclusiveKeep
 	DefaultNoData            = NoDataInconclusive
 	DefaultFailureLimit      = 0
 	DefaultMode              = ModeExecute

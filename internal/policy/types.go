@@ -21,8 +21,11 @@ type Policy struct {
 	Window       model.Duration `yaml:"window"`
 	Interval     model.Duration `yaml:"interval"`
 	InitialDelay model.Duration `yaml:"initial_delay"`
-	Checks       []*Check       `yaml:"checks"`
-	Rollback     Rollback       `yaml:"rollback"`
+	// OnInconclusive says what a run that ends inconclusive leads to:
+	// OnInconclusiveKeep (the default) or OnInconclusiveRollback.
+	OnInconclusive string   `yaml:"on_inconclusive"`
+	Checks         []*Check `yaml:"checks"`
+	Rollback       Rollback `yaml:"rollback"`
 
 	// Where the policy was defined, for messages ("rules/shop.yml:3").
 	File string `yaml:"-"`
@@ -37,6 +40,12 @@ type Match struct {
 	Service     string `yaml:"service"`
 	Environment string `yaml:"environment"`
 }
+
+// What a run that ends inconclusive leads to (Policy.OnInconclusive).
+const (
+	OnInconclusiveKeep     = "keep"     // keep the deploy: no rollback
+	OnInconclusiveRollback = "rollback" // roll it back as if it had failed
+)
 
 // NoData says what a measurement with no data counts as.
 type NoData string
@@ -60,17 +69,42 @@ type Baseline struct {
 	Offset model.Duration // for Kind "offset"
 }
 
+// Ways to reduce the series of a query to one value (Check.Aggregate).
+const (
+	AggregateMin = "min"
+	AggregateMax = "max"
+	AggregateAvg = "avg"
+	AggregateSum = "sum"
+)
+
 // Check is one PromQL query and its thresholds.
 type Check struct {
-	Name         string    `yaml:"name"`
-	Query        string    `yaml:"query"`
-	Min          *float64  `yaml:"min"`
-	Max          *float64  `yaml:"max"`
-	Baseline     *Baseline `yaml:"baseline"`
-	MinRatio     *float64  `yaml:"min_ratio"`
-	MaxRatio     *float64  `yaml:"max_ratio"`
-	FailureLimit int       `yaml:"failure_limit"`
-	NoData       NoData    `yaml:"no_data"`
+	Name     string    `yaml:"name"`
+	Query    string    `yaml:"query"`
+	Min      *float64  `yaml:"min"`
+	Max      *float64  `yaml:"max"`
+	Baseline *Baseline `yaml:"baseline"`
+	MinRatio *float64  `yaml:"min_ratio"`
+	MaxRatio *float64  `yaml:"max_ratio"`
+
+	// Each judges every series of the query on its own: one bad series
+	// fails the measurement. Aggregate ("min", "max", "avg" or "sum")
+	// reduces the series to one value instead. Without either, a query
+	// must return one series.
+	Each      bool   `yaml:"each"`
+	Aggregate string `yaml:"aggregate"`
+
+	// Measurements of each outcome the check tolerates; one more decides
+	// it (see State). A nil limit is no limit.
+	FailureLimit          int  `yaml:"failure_limit"`
+	InconclusiveLimit     *int `yaml:"inconclusive_limit"`
+	ConsecutiveErrorLimit *int `yaml:"consecutive_error_limit"` // query errors in a row
+
+	NoData NoData `yaml:"no_data"`
+
+	// DryRun checks are measured and audited but never count toward the
+	// run's verdict.
+	DryRun bool `yaml:"dry_run"`
 
 	Line  int                `yaml:"-"`
 	query *template.Template // parsed Query
@@ -138,23 +172,52 @@ const (
 	Error        Outcome = "error"        // the query failed
 )
 
+// Series is one sample of an instant query's result.
+type Series struct {
+	Labels string // canonical label set as Prometheus prints it, {instance="a:9100", job="shop"}; "{}" for none
+	Value  float64
+}
+
 // Judgement is the verdict on one measurement, with the numbers that decided it.
 type Judgement struct {
 	Outcome   Outcome
-	Value     float64 // NaN when there is none
+	Value     float64 // NaN when there is none; for `each`, the worst series' (see Judge)
 	Baseline  float64 // NaN when the check has no baseline or it had no data
 	Ratio     float64 // Value / Baseline, NaN when not used
 	Threshold string  // "min 50", "max 0.05", "min_ratio 0.8"
-	Reason    string  // "12 < min 50", "no data", "query returned 3 series"
+	Reason    string  // "12 < min 50", "no data", "query returned 3 series; ..."
+
+	// Series has the verdict on every series, sorted by Labels, for a
+	// check with `each: true` whose query returned any; nil otherwise.
+	Series []SeriesJudgement
+}
+
+// SeriesJudgement is the verdict on one series of an `each` check.
+type SeriesJudgement struct {
+	Labels   string
+	Value    float64
+	Baseline float64 // NaN when none
+	Ratio    float64 // NaN when not used
+	Outcome  Outcome
+	Reason   string // as in Judgement: "0.09 > max 0.05", "no baseline", "ok"
 }
 
 // Tally counts a check's outcomes over a run.
 type Tally struct {
 	Pass, Fail, Inconclusive, Error int
+
+	// ConsecutiveErrors is the number of errors since the last outcome
+	// that was not one.
+	ConsecutiveErrors int
 }
 
 // Add counts one outcome.
 func (t *Tally) Add(o Outcome) {
+	if o == Error {
+		t.ConsecutiveErrors++
+	} else {
+		t.ConsecutiveErrors = 0
+	}
 	switch o {
 	case Pass:
 		t.Pass++
@@ -166,5 +229,14 @@ func (t *Tally) Add(o Outcome) {
 		t.Error++
 	}
 }
+
+// CheckState is where a check stands after its measurements so far.
+type CheckState string
+
+const (
+	CheckOK           CheckState = "ok"
+	CheckFailed       CheckState = "failed"       // more failures than failure_limit
+	CheckInconclusive CheckState = "inconclusive" // past inconclusive_limit or consecutive_error_limit, or blind at the end
+)
 
 var nan = math.NaN()

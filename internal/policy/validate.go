@@ -42,6 +42,12 @@ func (d *decoder) checkPolicy(p *Policy) {
 		d.errorf(d.line(p.Line, &p.Interval, &p.Window), "interval %s is longer than window %s", p.Interval, p.Window)
 	}
 
+	if l, ok := d.set(&p.OnInconclusive); !ok {
+		p.OnInconclusive = DefaultOnInconclusive
+	} else if p.OnInconclusive != OnInconclusiveKeep && p.OnInconclusive != OnInconclusiveRollback {
+		d.errorf(l, "on_inconclusive must be keep or rollback, got %q", p.OnInconclusive)
+	}
+
 	if len(p.Checks) == 0 && !d.failed[&p.Checks] {
 		d.errorf(d.line(p.Line, &p.Checks), "%s has no checks", what)
 	}
@@ -127,8 +133,27 @@ func (d *decoder) checkCheck(c *Check, names map[string]int) {
 		d.errorf(d.line(c.Line, &c.Baseline), "%s: baseline is set but no min_ratio or max_ratio uses it", what)
 	}
 
+	if l, ok := d.set(&c.Aggregate); ok {
+		switch c.Aggregate {
+		case AggregateMin, AggregateMax, AggregateAvg, AggregateSum:
+		default:
+			d.errorf(l, "%s: aggregate must be min, max, avg or sum, got %q", what, c.Aggregate)
+		}
+		if c.Each {
+			d.errorf(l, "%s: set each or aggregate, not both: each judges every series on its own, aggregate reduces them to one value", what)
+		}
+	}
+
 	if c.FailureLimit < 0 {
 		d.errorf(d.line(c.Line, &c.FailureLimit), "%s: failure_limit must not be negative, got %d", what, c.FailureLimit)
+	}
+	for _, l := range []struct {
+		v    **int
+		name string
+	}{{&c.InconclusiveLimit, "inconclusive_limit"}, {&c.ConsecutiveErrorLimit, "consecutive_error_limit"}} {
+		if *l.v != nil && **l.v < 0 {
+			d.errorf(d.line(c.Line, l.v), "%s: %s must not be negative, got %d", what, l.name, **l.v)
+		}
 	}
 	if line, ok := d.set(&c.NoData); !ok {
 		c.NoData = DefaultNoData

@@ -46,7 +46,7 @@ type checkState struct {
 	check    *policy.Check
 	query    string
 	tally    policy.Tally
-	baseline *float64
+	baseline []policy.Series
 	last     *MeasurementStatus
 }
 
@@ -105,11 +105,12 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) ([]*checkSt
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
+		series := toSeries(vec)
 		values := make([]float64, len(vec))
 		for i, s := range vec {
 			values[i] = float64(s.Value)
 		}
-		j := c.Judge(values, cs.baseline, qerr)
+		j := c.Judge(series, cs.baseline, qerr)
 		r.mu.Lock()
 		cs.tally.Add(j.Outcome)
 		tally := cs.tally
@@ -149,18 +150,26 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) ([]*checkSt
 
 // baseline evaluates a check's query before the deploy. A failure leaves it
 // unset, so the next measurement tries again and this one is inconclusive.
-func (w *Watcher) baseline(ctx context.Context, r *Run, cs *checkState, now time.Time) *float64 {
+func (w *Watcher) baseline(ctx context.Context, r *Run, cs *checkState, now time.Time) []policy.Series {
 	at := r.deployTime()
 	if cs.check.Baseline.Kind != policy.BaselinePreDeploy {
 		at = now.Add(-time.Duration(cs.check.Baseline.Offset))
 	}
 	vec, err := w.Querier.Query(ctx, cs.query, at)
-	if err != nil || len(vec) != 1 {
+	if err != nil || len(vec) == 0 {
 		w.logger.Debug("baseline unavailable", "run", r.ID, "check", cs.check.Name, "series", len(vec), "err", err)
 		return nil
 	}
-	v := float64(vec[0].Value)
-	return &v
+	return toSeries(vec)
+}
+
+// toSeries turns a query's result into what policy.Check.Judge takes.
+func toSeries(vec model.Vector) []policy.Series {
+	out := make([]policy.Series, len(vec))
+	for i, s := range vec {
+		out[i] = policy.Series{Labels: s.Metric.String(), Value: float64(s.Value)}
+	}
+	return out
 }
 
 // jsonFloat turns NaN and Inf, which JSON cannot carry, into null.

@@ -781,6 +781,11 @@ func TestReloadKeepsRunningPolicy(t *testing.T) {
 	h.waitMeasurements("d-1", 1)
 	reloaded := time.Now()
 	h.set.Store(loadRules(t, v2))
+	h.w.Reloaded(h.ctx, h.set.Load())
+	kept := h.waitFor("d-1", RunPolicyKept)
+	if !strings.Contains(kept.Message, "shop-v2 matches instead") || kept.Policy != "shop-v1" {
+		t.Errorf("reload note = %q under policy %q, want it to say shop-v2 matches and the run keeps shop-v1", kept.Message, kept.Policy)
+	}
 	// Another environment: a second production deploy would supersede d-1.
 	h.publish(deployEvent("d-2", "shop", "staging", "2"))
 
@@ -1011,4 +1016,29 @@ func TestNewerDeploySupersedesOlderRun(t *testing.T) {
 		}
 	}
 	h.waitMetric(1, "watcher_runs_total", "verdict", "superseded")
+}
+
+func TestReloadNotesOnlyChangedPolicies(t *testing.T) {
+	t.Parallel()
+	mk := func(max string) string {
+		return "policies:\n" + policyYAML("shop-orders", shopMatch, "window: 2s\ninterval: 200ms", `
+- name: latency
+  query: max(latency_seconds{service="{{ .Service }}"})
+  max: `+max)
+	}
+	h := newHarness(t, mk("1"), always(0.5))
+	h.publish(deployEvent("d-1", "shop", "production", "1"))
+	h.waitMeasurements("d-1", 1)
+	// The same policy, reloaded from a new file: no note.
+	h.w.Reloaded(h.ctx, loadRules(t, mk("1")))
+	// A changed threshold: a note.
+	h.w.Reloaded(h.ctx, loadRules(t, mk("2")))
+	note := h.waitFor("d-1", RunPolicyKept)
+	if !strings.Contains(note.Message, "policy shop-orders changed on reload") {
+		t.Errorf("note = %q", note.Message)
+	}
+	h.waitFor("d-1", audit.RunPassed)
+	if n := len(h.rec.ofDeploy("d-1", RunPolicyKept)); n != 1 {
+		t.Errorf("%d reload notes, want 1 (an unchanged policy is no change)", n)
+	}
 }
