@@ -91,73 +91,120 @@ type Querier interface {
 	Query(ctx context.Context, query string, ts time.Time) (model.Vector, error)
 }
 
-// measure takes one measurement of every check at ts, records each in the
-// audit, and returns the checks that went past their failure limit.
-func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) ([]*checkState, error) {
-	var failed []*checkState
-	var recErr error
+// measure takes one measurement of every check at ts and records each in
+// the audit. It returns the checks (dry-run ones aside) that went past their
+// failure limit, and those that went past an inconclusive or error limit.
+func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) (failed, blind []*checkState, err error) {
 	for _, cs := range r.checks {
 		c := cs.check
-		if c.Baseline != nil && cs.baseline == nil {
-			cs.baseline = w.baseline(ctx, r, cs, ts)
+		var baseAt time.Time
+		if c.Baseline != nil {
+			baseAt = cs.baselineTime(r, ts)
+			// A pre-deploy baseline is one moment, fetched once it has data;
+			// an offset baseline moves with the measurement.
+			if c.Baseline.Kind != policy.BaselinePreDeploy || cs.baseline == nil {
+				cs.baseline = w.baseline(ctx, r, cs, baseAt)
+			}
 		}
 		vec, qerr := w.Querier.Query(ctx, cs.query, ts)
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
-		series := toSeries(vec)
-		values := make([]float64, len(vec))
-		for i, s := range vec {
-			values[i] = float64(s.Value)
-		}
-		j := c.Judge(series, cs.baseline, qerr)
+		j := c.Judge(toSeries(vec), cs.baseline, qerr)
 		r.mu.Lock()
 		cs.tally.Add(j.Outcome)
 		tally := cs.tally
 		cs.last = &MeasurementStatus{
 			Check: c.Name, Time: ts, Value: jsonFloat(j.Value), Outcome: string(j.Outcome),
-			Threshold: j.Threshold, Reason: j.Reason,
+			Threshold: j.Threshold, Reason: j.Reason, DryRun: c.DryRun,
 		}
 		r.mu.Unlock()
 		w.metrics.measurements.WithLabelValues(string(j.Outcome)).Inc()
-		detail := map[string]any{
-			"check":         c.Name,
-			"query":         cs.query,
-			"eval_time":     ts.UTC(),
-			"value":         jsonFloat(j.Value),
-			"values":        jsonFloats(values),
-			"threshold":     j.Threshold,
-			"outcome":       string(j.Outcome),
-			"reason":        j.Reason,
-			"failure_limit": c.FailureLimit,
-			"counts":        map[string]int{"pass": tally.Pass, "fail": tally.Fail, "inconclusive": tally.Inconclusive, "error": tally.Error},
-		}
+		detail := measurementDetail(cs, j, tally, vec, ts)
 		if c.Baseline != nil {
-			detail["baseline"] = jsonFloat(j.Baseline)
-			detail["ratio"] = jsonFloat(j.Ratio)
+			detail["baseline_time"] = baseAt.UTC()
 		}
 		// A record that cannot be written must not hide a failure: the
 		// verdict still counts it (fail safe, not fail open).
-		if err := w.record(ctx, r, audit.Measurement, c.Describe(j, tally), detail); err != nil && recErr == nil {
-			recErr = err
+		if rerr := w.record(ctx, r, audit.Measurement, c.Describe(j, tally), detail); rerr != nil && err == nil {
+			err = rerr
 		}
-		if c.Failed(tally) {
+		if c.DryRun {
+			continue
+		}
+		switch c.State(tally) {
+		case policy.CheckFailed:
 			failed = append(failed, cs)
+		case policy.CheckInconclusive:
+			blind = append(blind, cs)
 		}
 	}
-	return failed, recErr
+	return failed, blind, err
 }
 
-// baseline evaluates a check's query before the deploy. A failure leaves it
-// unset, so the next measurement tries again and this one is inconclusive.
-func (w *Watcher) baseline(ctx context.Context, r *Run, cs *checkState, now time.Time) []policy.Series {
-	at := r.deployTime()
-	if cs.check.Baseline.Kind != policy.BaselinePreDeploy {
-		at = now.Add(-time.Duration(cs.check.Baseline.Offset))
+// measurementDetail is what a measurement record carries: enough numbers to
+// explain the verdict without re-running the query.
+func measurementDetail(cs *checkState, j policy.Judgement, t policy.Tally, vec model.Vector, ts time.Time) map[string]any {
+	c := cs.check
+	values := make([]float64, len(vec))
+	for i, s := range vec {
+		values[i] = float64(s.Value)
 	}
+	d := map[string]any{
+		"check":     c.Name,
+		"query":     cs.query,
+		"eval_time": ts.UTC(),
+		"value":     jsonFloat(j.Value),
+		"values":    jsonFloats(values),
+		"threshold": j.Threshold,
+		"outcome":   string(j.Outcome),
+		"reason":    j.Reason,
+		"limits":    c.Limits(),
+		"counts": map[string]int{"pass": t.Pass, "fail": t.Fail, "inconclusive": t.Inconclusive,
+			"error": t.Error, "consecutive_errors": t.ConsecutiveErrors},
+		"state":         string(c.State(t)),
+		"failure_limit": c.FailureLimit,
+	}
+	if c.DryRun {
+		d["dry_run"] = true
+	}
+	if c.Aggregate != "" {
+		d["aggregate"] = c.Aggregate
+	}
+	if c.Baseline != nil {
+		d["baseline"] = jsonFloat(j.Baseline)
+		d["ratio"] = jsonFloat(j.Ratio)
+	}
+	if c.Each {
+		series := make([]map[string]any, len(j.Series))
+		for i, sj := range j.Series {
+			series[i] = map[string]any{"labels": sj.Labels, "value": jsonFloat(sj.Value), "outcome": string(sj.Outcome), "reason": sj.Reason}
+			if c.Baseline != nil {
+				series[i]["baseline"] = jsonFloat(sj.Baseline)
+				series[i]["ratio"] = jsonFloat(sj.Ratio)
+			}
+		}
+		d["series"] = series
+	}
+	return d
+}
+
+// baselineTime is when a check's baseline is evaluated for a measurement at
+// ts: the deploy's time, or ts minus the offset.
+func (cs *checkState) baselineTime(r *Run, ts time.Time) time.Time {
+	if cs.check.Baseline.Kind == policy.BaselinePreDeploy {
+		return r.deployTime()
+	}
+	return ts.Add(-time.Duration(cs.check.Baseline.Offset))
+}
+
+// baseline evaluates a check's query at the baseline time. A failure leaves
+// it unset: this measurement is inconclusive ("no baseline") and a
+// pre-deploy baseline is tried again at the next one.
+func (w *Watcher) baseline(ctx context.Context, r *Run, cs *checkState, at time.Time) []policy.Series {
 	vec, err := w.Querier.Query(ctx, cs.query, at)
 	if err != nil || len(vec) == 0 {
-		w.logger.Debug("baseline unavailable", "run", r.ID, "check", cs.check.Name, "series", len(vec), "err", err)
+		w.logger.Debug("baseline unavailable", "run", r.ID, "check", cs.check.Name, "at", at, "series", len(vec), "err", err)
 		return nil
 	}
 	return toSeries(vec)
@@ -202,22 +249,53 @@ func failReason(failed []*checkState) string {
 	return strings.Join(parts, "; ")
 }
 
-// endVerdict decides a run whose window closed without a failure: a check
-// that never got a usable value (pass or fail) makes the run inconclusive,
-// because no data is never silently healthy.
-func endVerdict(r *Run) (string, string) {
-	var blind []string
+// blindReason says why checks are inconclusive, with the counts that decided.
+func blindReason(blind []*checkState) string {
+	var parts []string
+	for _, cs := range blind {
+		c, t := cs.check, cs.tally
+		var why string
+		switch {
+		case c.ConsecutiveErrorLimit != nil && t.ConsecutiveErrors > *c.ConsecutiveErrorLimit:
+			why = fmt.Sprintf("%d query errors in a row, limit %d", t.ConsecutiveErrors, *c.ConsecutiveErrorLimit)
+		case c.InconclusiveLimit != nil && t.Inconclusive > *c.InconclusiveLimit:
+			why = fmt.Sprintf("inconclusive %d of limit %d", t.Inconclusive, *c.InconclusiveLimit)
+		default:
+			why = fmt.Sprintf("no usable measurement (inconclusive %d, error %d)", t.Inconclusive, t.Error)
+		}
+		if cs.last != nil && cs.last.Reason != "" {
+			why += "; last: " + cs.last.Reason
+		}
+		parts = append(parts, fmt.Sprintf("check %s is inconclusive: %s", c.Name, why))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// endVerdict decides a run whose window closed without a failure. A check
+// that never got a usable value, or went past an inconclusive or error
+// limit, makes the run inconclusive: no data is never silently healthy.
+// Dry-run checks are measured and recorded, and never decide.
+func endVerdict(r *Run) (verdict, reason string, blind []*checkState) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for _, cs := range r.checks {
-		if cs.tally.Pass+cs.tally.Fail == 0 {
-			blind = append(blind, fmt.Sprintf("%s (inconclusive %d, error %d)", cs.check.Name, cs.tally.Inconclusive, cs.tally.Error))
+		if !cs.check.DryRun && cs.check.EndState(cs.tally) != policy.CheckOK {
+			blind = append(blind, cs)
 		}
 	}
 	if len(blind) > 0 {
-		return VerdictInconclusive, "no usable measurement for " + strings.Join(blind, ", ")
+		return VerdictInconclusive, blindReason(blind), blind
 	}
 	var parts []string
 	for _, cs := range r.checks {
-		parts = append(parts, fmt.Sprintf("%s pass %d fail %d", cs.check.Name, cs.tally.Pass, cs.tally.Fail))
+		p := fmt.Sprintf("%s pass %d fail %d", cs.check.Name, cs.tally.Pass, cs.tally.Fail)
+		if n := cs.tally.Inconclusive + cs.tally.Error; n > 0 {
+			p += fmt.Sprintf(" inconclusive %d error %d", cs.tally.Inconclusive, cs.tally.Error)
+		}
+		if cs.check.DryRun {
+			p += " (dry-run)"
+		}
+		parts = append(parts, p)
 	}
-	return VerdictPassed, "window closed healthy: " + strings.Join(parts, ", ")
+	return VerdictPassed, "window closed healthy: " + strings.Join(parts, ", "), nil
 }

@@ -369,7 +369,7 @@ func (w *Watcher) loop(ctx context.Context, r *Run) {
 			return
 		case <-timer.C:
 		}
-		failed, err := w.measure(ctx, r, time.Now())
+		failed, blind, err := w.measure(ctx, r, time.Now())
 		if ctx.Err() != nil {
 			return
 		}
@@ -378,6 +378,13 @@ func (w *Watcher) loop(ctx context.Context, r *Run) {
 		}
 		if len(failed) > 0 {
 			w.fail(ctx, r, failed)
+			return
+		}
+		// Past an inconclusive or error limit, a policy that rolls back on
+		// doubt does so now; one that keeps goes on measuring, since a
+		// failure later in the window still fails the run.
+		if len(blind) > 0 && r.Policy.OnInconclusive == policy.OnInconclusiveRollback {
+			w.inconclusive(ctx, r, blindReason(blind), blind)
 			return
 		}
 		next = next.Add(interval)
@@ -395,21 +402,56 @@ func (w *Watcher) loop(ctx context.Context, r *Run) {
 		case <-timer.C:
 		}
 	}
-	verdict, reason := endVerdict(r)
-	kind := audit.RunPassed
+	verdict, reason, blind := endVerdict(r)
 	if verdict == VerdictInconclusive {
-		// An inconclusive run rolls nothing back: a policy that wants no
-		// data to roll back says no_data: fail, which fails the run above.
-		kind = audit.RunInconclusive
+		w.inconclusive(ctx, r, reason, blind)
+		return
 	}
-	w.finish(ctx, r, verdict, kind, reason, nil)
+	w.finish(ctx, r, verdict, audit.RunPassed, reason, nil)
 }
 
-// fail ends r as failed and requests the rollback. The request id derives
-// from the run, so a retried publish is dropped by the stream's duplicate
-// window instead of rolling back twice.
+// fail ends r as failed and requests the rollback, at once: not at the
+// window's end.
 func (w *Watcher) fail(ctx context.Context, r *Run, failed []*checkState) {
 	reason := events.ClampReason(failReason(failed))
+	w.requestRollback(ctx, r, VerdictFailed, audit.RunFailed, reason, "checks", checkDetails(failed))
+}
+
+// inconclusive ends r as inconclusive; the policy's on_inconclusive says
+// whether that rolls back (keep, the default, does not: doubt alone is no
+// reason to undo a deploy unless the policy says so).
+func (w *Watcher) inconclusive(ctx context.Context, r *Run, reason string, blind []*checkState) {
+	if r.Policy.OnInconclusive != policy.OnInconclusiveRollback {
+		w.finish(ctx, r, VerdictInconclusive, audit.RunInconclusive, reason+"; on_inconclusive: keep, nothing rolled back",
+			map[string]any{"checks": checkDetails(blind), "on_inconclusive": policy.OnInconclusiveKeep})
+		return
+	}
+	w.requestRollback(ctx, r, VerdictInconclusive, audit.RunInconclusive,
+		events.ClampReason(reason+"; on_inconclusive: rollback"), "checks", checkDetails(blind))
+}
+
+func checkDetails(css []*checkState) []map[string]any {
+	out := make([]map[string]any, 0, len(css))
+	for _, cs := range css {
+		m := map[string]any{
+			"check": cs.check.Name, "query": cs.query, "limits": cs.check.Limits(),
+			"counts": map[string]int{"pass": cs.tally.Pass, "fail": cs.tally.Fail, "inconclusive": cs.tally.Inconclusive,
+				"error": cs.tally.Error, "consecutive_errors": cs.tally.ConsecutiveErrors},
+			"failures": cs.tally.Fail, "failure_limit": cs.check.FailureLimit,
+		}
+		if cs.last != nil {
+			m["reason"] = cs.last.Reason
+			m["value"] = cs.last.Value
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// requestRollback records the verdict and publishes the rollback request.
+// The request id derives from the run, so a retried publish is dropped by
+// the stream's duplicate window instead of rolling back twice.
+func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason, key string, checks []map[string]any) {
 	req := events.RollbackRequest{
 		ID:          "rb-" + r.ID,
 		Service:     r.Deploy.Service,
@@ -425,15 +467,10 @@ func (w *Watcher) fail(ctx context.Context, r *Run, failed []*checkState) {
 		Policy:      r.Policy.Name,
 		Time:        time.Now().UTC(),
 	}
-	checks := make([]map[string]any, 0, len(failed))
-	for _, cs := range failed {
-		checks = append(checks, map[string]any{
-			"check": cs.check.Name, "query": cs.query, "reason": cs.last.Reason,
-			"failures": cs.tally.Fail, "failure_limit": cs.check.FailureLimit,
-		})
+	if !w.finish(ctx, r, verdict, kind, reason+"; rollback requested ("+req.ID+")",
+		map[string]any{key: checks, "request_id": req.ID}) {
+		return // decided already (superseded meanwhile)
 	}
-	w.finish(ctx, r, VerdictFailed, audit.RunFailed, reason+"; rollback requested ("+req.ID+")",
-		map[string]any{"checks": checks, "request_id": req.ID})
 	if err := PublishRollback(ctx, w.JS, req); err != nil {
 		w.logger.Error("rollback request not published", "run", r.ID, "err", err)
 	}
@@ -461,12 +498,13 @@ func PublishRollback(ctx context.Context, js jetstream.JetStream, req events.Rol
 	return fmt.Errorf("publishing rollback request %s on %s: %w", req.ID, subj, lastErr)
 }
 
-// finish records r's verdict; a run is decided once, whatever ends it first.
-func (w *Watcher) finish(ctx context.Context, r *Run, verdict, kind, reason string, detail map[string]any) {
+// finish records r's verdict; a run is decided once, whatever ends it
+// first. It reports whether this call decided it.
+func (w *Watcher) finish(ctx context.Context, r *Run, verdict, kind, reason string, detail map[string]any) bool {
 	r.mu.Lock()
 	if r.verdict != VerdictPending {
 		r.mu.Unlock()
-		return
+		return false
 	}
 	r.verdict, r.reason, r.ended = verdict, reason, time.Now().UTC()
 	r.mu.Unlock()
@@ -486,6 +524,7 @@ func (w *Watcher) finish(ctx context.Context, r *Run, verdict, kind, reason stri
 		w.recent = w.recent[len(w.recent)-w.Recent:]
 	}
 	w.mu.Unlock()
+	return true
 }
 
 func (w *Watcher) record(ctx context.Context, r *Run, kind, msg string, detail map[string]any) error {
@@ -520,6 +559,7 @@ type MeasurementStatus struct {
 	Outcome   string    `json:"outcome"`
 	Threshold string    `json:"threshold"`
 	Reason    string    `json:"reason"`
+	DryRun    bool      `json:"dry_run,omitempty"`
 }
 
 // Runs lists active runs (newest first), then recent ones (newest first).

@@ -283,7 +283,7 @@ func TestNoDataAndErrors(t *testing.T) {
 		rollback bool
 	}{
 		{name: "no data", script: steps(empty), verdict: audit.RunInconclusive,
-			outcomes: []string{"inconclusive", "inconclusive"}, message: "no usable measurement for orders (inconclusive"},
+			outcomes: []string{"inconclusive", "inconclusive"}, message: "check orders is inconclusive: no usable measurement (inconclusive"},
 		{name: "query errors only", script: steps(fails("connection refused")), verdict: audit.RunInconclusive,
 			outcomes: []string{"error", "error"}, message: "(inconclusive 0, error"},
 		{name: "NaN only", script: always(math.NaN()), verdict: audit.RunInconclusive,
@@ -519,7 +519,12 @@ func TestMeasurementRecords(t *testing.T) {
 		if tc.message != "" && m.Message != tc.message {
 			t.Errorf("measurement %d: message %q, want %q", i, m.Message, tc.message)
 		}
-		if !equalJSON(d["counts"], tc.counts) {
+		gotCounts, _ := d["counts"].(map[string]any)
+		if _, ok := gotCounts["consecutive_errors"]; !ok {
+			t.Errorf("measurement %d: counts %v lack consecutive_errors", i, gotCounts)
+		}
+		delete(gotCounts, "consecutive_errors")
+		if !equalJSON(gotCounts, tc.counts) {
 			t.Errorf("measurement %d: counts %v, want %v", i, d["counts"], tc.counts)
 		}
 		et, err := time.Parse(time.RFC3339Nano, fmt.Sprint(d["eval_time"]))
