@@ -61,7 +61,13 @@ func addCheck(app *kingpin.Application, cmds map[string]func(context.Context, *e
 	var f configFlags
 	cmd.Flag("config.file", "Configuration file whose rule_files to check when no file is given.").StringVar(&f.file)
 	cmd.Arg("rules", "Rule files or globs (default: the config file's rule_files, else "+DefaultRules+").").StringsVar(&f.rules)
-	cmds["check"] = func(_ context.Context, e *env) error {
+	var tf trialFlags
+	cmd.Flag("prometheus.url", "Also run every check's query on this Prometheus now, as if a deploy had just happened, and print what each check would get.").
+		IsSetByUser(&f.promSet).StringVar(&f.promURL)
+	cmd.Flag("service", "With --prometheus.url: the service templates see (default: the policy's match when it is not a glob).").StringVar(&tf.service)
+	cmd.Flag("environment", "With --prometheus.url: the environment templates see (default: as --service).").StringVar(&tf.environment)
+	cmd.Flag("version", "With --prometheus.url: the version templates see.").Default("trial").StringVar(&tf.version)
+	cmds["check"] = func(ctx context.Context, e *env) error {
 		cfg, err := f.load()
 		if err != nil {
 			return &exitError{code: 2, err: err}
@@ -78,7 +84,10 @@ func addCheck(app *kingpin.Application, cmds map[string]func(context.Context, *e
 			return &exitError{code: 1, err: err}
 		}
 		fmt.Fprintf(e.stdout, "%d policies in %d files are valid: %s\n", len(set.Policies), len(set.Files), strings.Join(set.Files, ", "))
-		return nil
+		if !f.promSet {
+			return nil
+		}
+		return trial(ctx, e, cfg, set, tf)
 	}
 }
 

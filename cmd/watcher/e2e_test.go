@@ -450,3 +450,62 @@ func historyURL(t *testing.T, url string, args ...string) []audit.Record {
 	}
 	return recs
 }
+
+// TestCheckAgainstPrometheus tries a policy on a real Prometheus before it
+// is trusted: every check's query runs now and the table says what it
+// would get.
+func TestCheckAgainstPrometheus(t *testing.T) {
+	exp := testutil.NewExporter(t)
+	exp.Set("orders_per_minute", map[string]string{"service": "shop"}, 73)
+	exp.Set("errors_ratio", map[string]string{"instance": "a"}, 0.01)
+	exp.Set("errors_ratio", map[string]string{"instance": "b"}, 0.09)
+	prom := testutil.StartPrometheus(t, exp.URL)
+	rules := filepath.Join(t.TempDir(), "rules.yml")
+	writeFile(t, rules, `policies:
+  - name: shop
+    match: {service: shop, environment: production}
+    checks:
+      - {name: orders, query: 'orders_per_minute{service="{{ .Service }}"}', min: 50}
+      - {name: orders-vs-before, query: 'orders_per_minute{service="{{ .Service }}"}', baseline: pre_deploy, min_ratio: 0.8}
+      - {name: errors-each, query: 'errors_ratio', each: true, max: 0.05}
+      - {name: gone, query: 'nothing_here', min: 1}
+    rollback: {link: /srv/shop/current}
+  - name: any
+    match: {service: "*"}
+    checks:
+      - {name: up, query: 'up', aggregate: min, min: 1}
+    rollback: {mode: publish}
+`)
+	code, out, errOut := cli(t, "check", "--prometheus.url="+prom.URL, rules)
+	if code != 0 {
+		t.Fatalf("check --prometheus.url: exit %d: %s\n%s", code, errOut, out)
+	}
+	for _, want := range []string{
+		"shop (" + rules + ":2) for service shop in production:",
+		"orders            73     -         -      min 50",
+		"orders-vs-before  73     73        1      min_ratio 0.8  pass",
+		`errors-each       0.09`, `instance="b"`, `0.09 > max 0.05 (1 of 2 series failed)`,
+		"gone              -", "inconclusive", "no data",
+		"its match is a glob; give --service and --environment",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, _ = cli(t, "check", "--prometheus.url="+prom.URL, "--service=api", "--environment=prod", rules)
+	if code != 0 || !strings.Contains(out, "any (") || !strings.Contains(out, "up") || !strings.Contains(out, "pass") {
+		t.Errorf("check with --service: exit %d\n%s", code, out)
+	}
+	// A query Prometheus refuses is an error: exit 1.
+	writeFile(t, rules, `policies:
+  - name: bad
+    match: {service: shop, environment: production}
+    checks:
+      - {name: many-to-many, query: 'errors_ratio * on() errors_ratio', min: 1}
+    rollback: {mode: publish}
+`)
+	code, out, errOut = cli(t, "check", "--prometheus.url="+prom.URL, rules)
+	if code != 1 || !strings.Contains(errOut, "could not be evaluated") {
+		t.Errorf("check with a failing query: exit %d, stderr %q\n%s", code, errOut, out)
+	}
+}

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"github.com/prometheus/common/model"
 	"math"
 	"slices"
 	"strconv"
@@ -440,4 +441,13 @@ func formatRatio(r, limit float64) string {
 		return formatNumber(r)
 	}
 	return s
+}
+
+// SeriesOf turns an instant query's result into what Judge takes.
+func SeriesOf(vec model.Vector) []Series {
+	out := make([]Series, len(vec))
+	for i, s := range vec {
+		out[i] = Series{Labels: s.Metric.String(), Value: float64(s.Value)}
+	}
+	return out
 }

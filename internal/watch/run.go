@@ -110,7 +110,7 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) (failed, bl
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
-		j := c.Judge(toSeries(vec), cs.baseline, qerr)
+		j := c.Judge(policy.SeriesOf(vec), cs.baseline, qerr)
 		r.mu.Lock()
 		cs.tally.Add(j.Outcome)
 		tally := cs.tally
@@ -207,16 +207,7 @@ func (w *Watcher) baseline(ctx context.Context, r *Run, cs *checkState, at time.
 		w.logger.Debug("baseline unavailable", "run", r.ID, "check", cs.check.Name, "at", at, "series", len(vec), "err", err)
 		return nil
 	}
-	return toSeries(vec)
-}
-
-// toSeries turns a query's result into what policy.Check.Judge takes.
-func toSeries(vec model.Vector) []policy.Series {
-	out := make([]policy.Series, len(vec))
-	for i, s := range vec {
-		out[i] = policy.Series{Labels: s.Metric.String(), Value: float64(s.Value)}
-	}
-	return out
+	return policy.SeriesOf(vec)
 }
 
 // jsonFloat turns NaN and Inf, which JSON cannot carry, into null.
