@@ -27,7 +27,7 @@ $W run --rules='rules/*.yml' --nats.listen=127.0.0.1:14222 --storage.path="$DEMO
 	--prometheus.url=http://127.0.0.1:19090 --web.listen-address=127.0.0.1:19797 2>"$DEMO/watcher.log" & pids="$pids $!"
 
 echo "quickstart: waiting for the shop to sell at its normal rate..."
-until curl -gfsS 'http://127.0.0.1:19090/api/v1/query?query=sum(rate(shop_orders_total[10s]))*60>50' 2>/dev/null | grep -q '"value"'; do sleep 1; done
+until curl -gfsS 'http://127.0.0.1:19090/api/v1/query?query=sum(rate(shop_orders_total[10s]))*60>100' 2>/dev/null | grep -q '"value"'; do sleep 1; done
 until curl -fsS http://127.0.0.1:19797/-/ready >/dev/null 2>&1; do sleep 1; done
 
 echo "quickstart: deploying the bad release 2026.11.25-1"
@@ -43,6 +43,9 @@ done
 sleep 1
 echo
 $W history --nats.url=$NATS --service=demo-shop
+run=$($W history --nats.url=$NATS --service=demo-shop --json | sed -n 's/.*"kind":"run.failed","run_id":"\([^"]*\)".*/\1/p' | head -1)
+echo
+$W history --nats.url=$NATS --run="$run"
 echo
 echo "quickstart: $DEMO/current -> $(readlink "$DEMO/current") (rolled back); marker:"
 cat "$DEMO/releases/2026.11.25-1/ROLLED_BACK"; echo
