@@ -623,6 +623,9 @@ func isNilMap(v any) bool {
 // publishRolledBack announces the rollback as a CDEvents service.rolledback
 // on the deploy subject, where deploy tooling listens; it starts no run.
 func (e *Executor) publishRolledBack(ctx context.Context, req events.RollbackRequest, from, to string) {
+	if e.JS == nil {
+		return // a drill: nothing to announce
+	}
 	b, err := events.EncodeRolledBack(events.RolledBack{
 		ID: rolledBackID(req.ID), Service: req.Service, Environment: req.Environment,
 		Version: to, FromVersion: from, RequestID: req.ID, Reason: req.Reason, Time: time.Now().UTC(),
