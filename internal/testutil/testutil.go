@@ -110,6 +110,21 @@ func (e *Exporter) Delete(name string, labels map[string]string) {
 // Prometheus is a running prometheus binary.
 type Prometheus struct {
 	URL string
+
+	cmd  *exec.Cmd
+	logf *os.File
+	once sync.Once
+}
+
+// Stop kills the Prometheus process and waits for it to exit, as an outage
+// would: queries to URL fail from then on. It is safe to call more than
+// once; the test's cleanup calls it too.
+func (p *Prometheus) Stop() {
+	p.once.Do(func() {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+		p.logf.Close()
+	})
 }
 
 // PrometheusBinary finds the prometheus binary or fails the test saying what
@@ -128,6 +143,9 @@ func PrometheusBinary(t testing.TB) string {
 
 // StartPrometheus runs a real Prometheus scraping targets every 500ms, with
 // its data in t.TempDir(), and waits until it is ready and has scraped.
+// It honors the exporter's labels, so that one exporter can stand for
+// several instances (a series it sets with instance="web3" keeps that label
+// instead of becoming exported_instance).
 func StartPrometheus(t testing.TB, targets ...string) *Prometheus {
 	t.Helper()
 	bin := PrometheusBinary(t)
@@ -142,6 +160,7 @@ func StartPrometheus(t testing.TB, targets ...string) *Prometheus {
   evaluation_interval: 500ms
 scrape_configs:
   - job_name: test
+    honor_labels: true
     static_configs:
       - targets: [%s]
 `, strings.Join(quoted, ", "))
@@ -164,12 +183,8 @@ scrape_configs:
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting prometheus: %v", err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		logf.Close()
-	})
-	p := &Prometheus{URL: "http://" + addr}
+	p := &Prometheus{URL: "http://" + addr, cmd: cmd, logf: logf}
+	t.Cleanup(p.Stop)
 	// Ready, and every target scraped once: tests then measure the
 	// watcher, not Prometheus's start-up.
 	want := `"value":[`
