@@ -148,8 +148,31 @@ func PrometheusBinary(t testing.TB) string {
 // instead of becoming exported_instance).
 func StartPrometheus(t testing.TB, targets ...string) *Prometheus {
 	t.Helper()
-	bin := PrometheusBinary(t)
+	return startPrometheus(t, t.TempDir(), targets)
+}
+
+// StartPrometheusWithHistory is StartPrometheus with history backfilled
+// before it starts: samples in OpenMetrics text with timestamps (seconds),
+// ending in "# EOF", written into its TSDB by `promtool tsdb
+// create-blocks-from openmetrics`. Last week's traffic, for instance.
+func StartPrometheusWithHistory(t testing.TB, openMetrics string, targets ...string) *Prometheus {
+	t.Helper()
 	dir := t.TempDir()
+	in := filepath.Join(dir, "history.om")
+	if err := os.WriteFile(in, []byte(openMetrics), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	promtool := filepath.Join(filepath.Dir(PrometheusBinary(t)), "promtool")
+	out, err := exec.Command(promtool, "tsdb", "create-blocks-from", "openmetrics", in, filepath.Join(dir, "data")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool tsdb create-blocks-from openmetrics: %v\n%s", err, out)
+	}
+	return startPrometheus(t, dir, targets)
+}
+
+func startPrometheus(t testing.TB, dir string, targets []string) *Prometheus {
+	t.Helper()
+	bin := PrometheusBinary(t)
 	quoted := make([]string, len(targets))
 	for i, tg := range targets {
 		quoted[i] = fmt.Sprintf("%q", tg)
