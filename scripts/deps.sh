@@ -1,10 +1,16 @@
 #!/bin/sh
 # Installs what the tests need that Go does not ship, when it is missing:
-# the real Prometheus server (Debian package "prometheus"). Idempotent.
+# the real Prometheus server (Debian package "prometheus"), OpenSSH's sshd
+# ("openssh-server") and PostgreSQL for the data rollback tests
+# ("postgresql"; its server binaries live off the PATH). Idempotent.
 set -eu
 
 need=""
 command -v prometheus >/dev/null 2>&1 || need="$need prometheus"
+# /usr/sbin is not on a normal user's PATH: test for the file the SSH tests run.
+[ -x /usr/sbin/sshd ] || need="$need openssh-server"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
+command -v psql >/dev/null 2>&1 || need="$need postgresql-client"
 
 if [ -n "$need" ]; then
 	echo "deps: installing Debian packages:$need" >&2
@@ -17,8 +23,8 @@ if [ -n "$need" ]; then
 		exit 1
 	fi
 	$SUDO apt-get update -qq
-	# The package's init script must not start a system Prometheus: tests
-	# start their own on free ports.
+	# The packages' init scripts must not start a system Prometheus or
+	# sshd: tests start their own on free ports.
 	cleanup=""
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null

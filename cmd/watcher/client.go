@@ -291,23 +291,60 @@ func addActivate(app *kingpin.Application, cmds map[string]func(context.Context,
 	var hosts []string
 	cmd.Flag("link", "The current link, e.g. /srv/shop/current.").Required().StringVar(&link)
 	cmd.Flag("release", "The release directory to activate.").Required().StringVar(&release)
-	cmd.Flag("host", "Host to activate on (default: this machine); repeatable.").StringsVar(&hosts)
-	cmds["activate"] = func(_ context.Context, e *env) error {
+	cmd.Flag("host", "Host to activate on over SSH (host or host:port; default: this machine); repeatable.").StringsVar(&hosts)
+	sshCfg := addSSHFlags(cmd)
+	cmds["activate"] = func(ctx context.Context, e *env) error {
+		if !filepath.IsAbs(link) || !filepath.IsAbs(release) || filepath.Clean(link) != link || filepath.Clean(release) != release {
+			return usageErr("--link and --release must be absolute, clean paths")
+		}
+		if err := (events.Deploy{ID: "activate", Service: "s", Environment: "e", Version: "v", Hosts: hosts}).Validate(); err != nil {
+			return usageErr("%v", err)
+		}
+		type target struct {
+			name string
+			t    rollback.Target
+		}
+		targets := []target{{"local", rollback.Local{}}}
 		if len(hosts) > 0 {
-			return usageErr("--host needs SSH support, which this version does not have; run activate on the host itself")
+			pool := rollback.NewSSHPool(len(hosts))
+			defer pool.Close()
+			targets = targets[:0]
+			for _, h := range hosts {
+				t, err := pool.Dial(ctx, h, *sshCfg)
+				if err != nil {
+					return fmt.Errorf("host %s: %w", h, err)
+				}
+				targets = append(targets, target{t.Name(), t})
+			}
 		}
-		if !filepath.IsAbs(link) || !filepath.IsAbs(release) {
-			return usageErr("--link and --release must be absolute paths")
+		failed := 0
+		for _, t := range targets {
+			prev, err := rollback.Activate(t.t, link, release)
+			switch {
+			case err != nil:
+				failed++
+				fmt.Fprintf(e.stdout, "%s: FAILED: %v\n", t.name, err)
+			case prev == "":
+				fmt.Fprintf(e.stdout, "%s: %s -> %s\n", t.name, link, release)
+			default:
+				fmt.Fprintf(e.stdout, "%s: %s -> %s (previous: %s)\n", t.name, link, release, prev)
+			}
 		}
-		prev, err := rollback.Activate(rollback.Local{}, filepath.Clean(link), filepath.Clean(release))
-		if err != nil {
-			return err
-		}
-		if prev == "" {
-			fmt.Fprintf(e.stdout, "%s -> %s\n", link, release)
-		} else {
-			fmt.Fprintf(e.stdout, "%s -> %s (previous: %s)\n", link, release, prev)
+		if failed > 0 {
+			return fmt.Errorf("activation failed on %d of %d hosts", failed, len(targets))
 		}
 		return nil
 	}
+}
+
+// addSSHFlags are the --ssh.* flags of the commands that reach hosts
+// without a policy. There is no password flag: keys and the agent only.
+func addSSHFlags(cmd *kingpin.CmdClause) *policy.SSH {
+	c := &policy.SSH{ConnectTimeout: policy.DefaultSSHConnectTimeout, CommandTimeout: policy.DefaultSSHCommandTimeout}
+	cmd.Flag("ssh.user", "SSH user (default: the current user).").StringVar(&c.User)
+	cmd.Flag("ssh.port", "SSH port when a host gives none.").Default("22").IntVar(&c.Port)
+	cmd.Flag("ssh.identity-file", "Private key file (unencrypted; otherwise use the agent via SSH_AUTH_SOCK).").StringVar(&c.IdentityFile)
+	cmd.Flag("ssh.known-hosts", "known_hosts file that host keys are verified against.").Default("~/.ssh/known_hosts").StringVar(&c.KnownHosts)
+	cmd.Flag("ssh.connect-timeout", "Connection timeout.").Default("10s").SetValue(&c.ConnectTimeout)
+	return c
 }

@@ -55,7 +55,10 @@ func addDrill(app *kingpin.Application, cmds map[string]func(context.Context, *e
 		if p == nil {
 			return fmt.Errorf("no policy matches service %s in environment %s: nothing says how to roll it back", service, environment)
 		}
-		dr := &drill{policy: p, set: set, release: release, service: service, environment: environment, hosts: hosts, out: e.stdout}
+		pool := rollback.NewSSHPool(0)
+		defer pool.Close()
+		dr := &drill{policy: p, set: set, release: release, service: service, environment: environment, hosts: hosts,
+			dial: pool.Dial, out: e.stdout}
 		return dr.run(ctx)
 	}
 }
@@ -210,9 +213,6 @@ func (d *drill) targets(ctx context.Context) ([]*drillTarget, error) {
 			return nil, err
 		}
 		return []*drillTarget{{name: "local", target: rollback.Local{}, link: link}}, nil
-	}
-	if d.dial == nil {
-		return nil, usageErr("hosts %v need SSH, which this watcher cannot do yet", hosts)
 	}
 	var out []*drillTarget
 	for _, h := range hosts {

@@ -166,8 +166,12 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, we
 	aud := &audit.Publisher{JS: js}
 	host, _ := os.Hostname()
 	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: prom, Audit: aud, Logger: logger}
+	// Connections to rollback hosts stay open for the next rollback; closed
+	// on return, after the executor has stopped.
+	sshPool := rollback.NewSSHPool(0)
+	defer sshPool.Close()
 	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: dryRun,
-		Source: "rollback-watcher/" + host}
+		Dial: sshPool.Dial, Source: "rollback-watcher/" + host}
 	w.Register(reg)
 	x.Register(reg)
 

@@ -207,6 +207,12 @@ type HostResult struct {
 	Duration time.Duration `json:"duration_ns"`
 	After    string        `json:"after_output,omitempty"`
 	Error    string        `json:"error,omitempty"`
+	// LinkNow is the release the link names when the rollback failed,
+	// read back from the host ("" when it could not be read; the failure
+	// message says why).
+	LinkNow string `json:"link_now,omitempty"`
+
+	standing string // where the link stands, for the rollback.failed message
 }
 
 // Result is what Execute did.
@@ -220,11 +226,13 @@ type Result struct {
 
 type plan struct {
 	target  Target
+	addr    string // the host as configured ("web1:2222"), or "local"
 	host    string // without port, for templates
 	link    string
 	release Release
 	data    policy.TemplateData
-	noop    bool // already rolled back: nothing to switch
+	noop    bool  // already rolled back: nothing to switch
+	err     error // why the host cannot be rolled back (not reached, not resolved)
 }
 
 // Execute handles one request and records every step in the audit.
@@ -288,14 +296,14 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Resu
 
 	plans, err := e.plan(ctx, req, p)
 	if err != nil {
-		return e.failed(ctx, base, hostResults(plans), err)
+		return e.failedOn(ctx, base, p, plans, hostResults(plans), err, nil)
 	}
 	data := p.Rollback.Data
 	var dataOut map[string]any
 	if data != nil && data.Order == "before_code" {
 		dataOut, err = e.runData(ctx, req, p, plans)
 		if err != nil {
-			return e.failedWith(ctx, base, hostResults(plans), fmt.Errorf("data step failed before the code switch, no host switched: %w", err), map[string]any{"data": dataOut})
+			return e.failedOn(ctx, base, p, plans, hostResults(plans), fmt.Errorf("data step failed before the code switch, no host switched: %w", err), map[string]any{"data": dataOut})
 		}
 	}
 	results := e.switchAll(ctx, req, p, plans)
@@ -308,11 +316,11 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Resu
 	if data != nil && data.Order != "before_code" && len(bad) == 0 {
 		dataOut, err = e.runData(ctx, req, p, plans)
 		if err != nil {
-			return e.failedWith(ctx, base, results, fmt.Errorf("code rolled back on every host, but the data step failed: %w", err), map[string]any{"data": dataOut})
+			return e.failedOn(ctx, base, p, plans, results, fmt.Errorf("code rolled back on every host, but the data step failed: %w", err), map[string]any{"data": dataOut})
 		}
 	}
 	if len(bad) > 0 {
-		return e.failedWith(ctx, base, results, fmt.Errorf("%d of %d hosts failed: %s", len(bad), len(results), strings.Join(bad, "; ")), map[string]any{"data": dataOut})
+		return e.failedOn(ctx, base, p, plans, results, fmt.Errorf("%d of %d hosts failed: %s", len(bad), len(results), strings.Join(bad, "; ")), map[string]any{"data": dataOut})
 	}
 
 	to := filepath.Base(plans[0].release.Previous)
@@ -351,9 +359,11 @@ func (e *Executor) policyFor(req events.RollbackRequest) *policy.Policy {
 	return set.Match(req.Service, req.Environment)
 }
 
-// plan resolves the previous release on every target before any is touched:
-// one target that cannot roll back fails the whole rollback with nothing
-// switched anywhere.
+// plan reaches every target and resolves its previous release before any
+// is touched, parallelism at once: one target that cannot roll back (not
+// reached, host key refused, no previous release), or targets that would
+// end on different releases, fail the whole rollback with nothing switched
+// anywhere.
 func (e *Executor) plan(ctx context.Context, req events.RollbackRequest, p *policy.Policy) ([]*plan, error) {
 	hosts := p.Rollback.Hosts
 	if len(hosts) == 0 {
@@ -361,36 +371,100 @@ func (e *Executor) plan(ctx context.Context, req events.RollbackRequest, p *poli
 	}
 	var plans []*plan
 	if len(hosts) == 0 {
-		plans = []*plan{{target: e.Local, host: "local"}}
+		plans = []*plan{{target: e.Local, addr: "local", host: "local"}}
 	} else {
 		for _, h := range hosts {
-			plans = append(plans, &plan{host: hostOnly(h), release: Release{}, link: ""})
+			plans = append(plans, &plan{addr: h, host: hostOnly(h)})
 		}
 		if e.Dial == nil {
 			return plans, fmt.Errorf("hosts %v need SSH, which this watcher cannot do yet; leave hosts empty to roll back the watcher's own filesystem", hosts)
 		}
-		for i, h := range hosts {
-			t, err := e.Dial(ctx, h, p.Rollback.SSH)
-			if err != nil {
-				return plans, fmt.Errorf("host %s: %w", h, err)
-			}
-			plans[i].target = t
-		}
 	}
-	var errs []error
-	for _, pl := range plans {
+	forEach(parallelism(p), len(plans), func(i int) {
+		pl := plans[i]
+		if pl.target == nil {
+			t, err := e.Dial(ctx, pl.addr, p.Rollback.SSH)
+			if err != nil {
+				pl.err = err
+				return
+			}
+			pl.target = t
+		}
 		pl.data = policy.TemplateData{
 			Service: req.Service, Environment: req.Environment, Version: req.Version,
 			PreviousVersion: req.ToVersion, Labels: req.Labels, Host: pl.host,
 		}
-		if err := e.resolve(req, p, pl); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", pl.target.Name(), err))
+		pl.err = e.resolve(req, p, pl)
+	})
+	var unreached, unresolved []error
+	for _, pl := range plans {
+		switch {
+		case pl.err == nil:
+		case pl.target == nil:
+			unreached = append(unreached, fmt.Errorf("host %s: %w", pl.addr, pl.err))
+		default:
+			unresolved = append(unresolved, fmt.Errorf("%s: %w", pl.target.Name(), pl.err))
 		}
 	}
-	if len(errs) > 0 {
-		return plans, fmt.Errorf("previous release not resolved, nothing touched: %w", joinErrs(errs))
+	switch {
+	case len(unreached) > 0:
+		return plans, fmt.Errorf("%d of %d hosts not reached, nothing touched: %w",
+			len(unreached), len(plans), joinErrs(append(unreached, unresolved...)))
+	case len(unresolved) > 0:
+		return plans, fmt.Errorf("previous release not resolved, nothing touched: %w", joinErrs(unresolved))
+	}
+	if req.ToVersion == "" {
+		if err := agree(plans); err != nil {
+			return plans, err
+		}
 	}
 	return plans, nil
+}
+
+// agree fails when the targets would end on different releases: each
+// resolved "previous" on its own (previousVersion files, newest release),
+// and a fleet split between two versions is worse than a failed rollback.
+func agree(plans []*plan) error {
+	to := filepath.Base(plans[0].release.Previous)
+	same := true
+	for _, pl := range plans[1:] {
+		same = same && filepath.Base(pl.release.Previous) == to
+	}
+	if same {
+		return nil
+	}
+	detail := make([]string, len(plans))
+	for i, pl := range plans {
+		detail[i] = fmt.Sprintf("%s: %s -> %s (%s)", pl.target.Name(),
+			filepath.Base(pl.release.Current), filepath.Base(pl.release.Previous), pl.release.Source)
+	}
+	return fmt.Errorf("hosts disagree on the previous release, no host switched: %s; roll back to a version named in the request (watcher rollback --to-version), or fix the hosts' previousVersion files",
+		strings.Join(detail, "; "))
+}
+
+func parallelism(p *policy.Policy) int {
+	if p.Rollback.Parallelism > 0 {
+		return p.Rollback.Parallelism
+	}
+	return policy.DefaultParallelism
+}
+
+// forEach calls f(0) ... f(n-1), at most par at once, and waits for them.
+func forEach(par, n int, f func(i int)) {
+	if n == 1 {
+		f(0)
+		return
+	}
+	sem := make(chan struct{}, max(par, 1))
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			f(i)
+		})
+	}
+	wg.Wait()
 }
 
 func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *plan) error {
@@ -451,13 +525,44 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 func hostResults(plans []*plan) []HostResult {
 	out := make([]HostResult, 0, len(plans))
 	for _, pl := range plans {
-		name := pl.host
+		name := pl.addr
 		if pl.target != nil {
 			name = pl.target.Name()
 		}
-		out = append(out, HostResult{Host: name, Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source})
+		r := HostResult{Host: name, Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source}
+		if pl.err != nil {
+			r.Error = pl.err.Error()
+		}
+		out = append(out, r)
 	}
 	return out
+}
+
+// standing reads back where each target's link stands, into results (in
+// plan order): after a failure, the operator's first question is which
+// hosts changed. A target whose connection dropped is redialled for this
+// (SSHTarget does so for reads).
+func standing(plans []*plan, results []HostResult, par int) {
+	if len(plans) != len(results) {
+		return
+	}
+	forEach(par, len(plans), func(i int) {
+		pl, r := plans[i], &results[i]
+		switch {
+		case pl.target == nil:
+			r.standing = "not reached"
+		case pl.link == "":
+			r.standing = "unknown (link not rendered)"
+		default:
+			cur, err := currentRelease(pl.target, pl.link)
+			if err != nil {
+				r.standing = "unknown (" + err.Error() + ")"
+				return
+			}
+			r.LinkNow = cur
+			r.standing = "on " + filepath.Base(cur)
+		}
+	})
 }
 
 // switchAll switches every target, at most parallelism at once, and records
@@ -552,6 +657,19 @@ func rollbackEnv(req events.RollbackRequest, pl *plan) []string {
 	}
 }
 
+// lastLine is the last non-empty line of a command's output, shortened.
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	l := strings.TrimSpace(lines[len(lines)-1])
+	if len(l) > 300 {
+		l = l[:300] + "…"
+	}
+	if l == "" {
+		return "no output"
+	}
+	return l
+}
+
 // maxDataOutput bounds the data step's output kept in the audit.
 const maxDataOutput = 16 << 10
 
@@ -588,7 +706,9 @@ func (e *Executor) runData(ctx context.Context, req events.RollbackRequest, p *p
 		out[pl.target.Name()] = entry
 		if err != nil {
 			entry["error"] = err.Error()
-			return out, fmt.Errorf("%s: %q: %w", pl.target.Name(), strings.Join(argv, " "), err)
+			// The command's own last words usually say why (psql's
+			// "ERROR: table ... does not exist"): put them in the message.
+			return out, fmt.Errorf("%s: %q: %w: %s", pl.target.Name(), strings.Join(argv, " "), err, lastLine(b))
 		}
 	}
 	return out, nil
@@ -598,10 +718,18 @@ func (e *Executor) failed(ctx context.Context, base audit.Record, hosts []HostRe
 	return e.failedWith(ctx, base, hosts, err, nil)
 }
 
+// failedOn records a failure after the targets were planned, saying where
+// each link stands now.
+func (e *Executor) failedOn(ctx context.Context, base audit.Record, p *policy.Policy, plans []*plan, hosts []HostResult, err error, extra map[string]any) Result {
+	standing(plans, hosts, parallelism(p))
+	return e.failedWith(ctx, base, hosts, err, extra)
+}
+
 func (e *Executor) failedWith(ctx context.Context, base audit.Record, hosts []HostResult, err error, extra map[string]any) Result {
 	rec := base
 	rec.Kind = audit.RollbackFailed
 	rec.Message = fmt.Sprintf("rollback of %s in %s failed: %v", base.Service, base.Environment, err)
+	rec.Message += whereLinksStand(hosts)
 	rec.Detail = map[string]any{"error": err.Error(), "hosts": hosts}
 	for k, v := range extra {
 		if v != nil && !isNilMap(v) {
@@ -613,6 +741,37 @@ func (e *Executor) failedWith(ctx context.Context, base audit.Record, hosts []Ho
 	}
 	e.logger.Error("rollback failed", "request", base.RequestID, "service", base.Service, "environment", base.Environment, "err", err)
 	return Result{Status: ResultFailed, Hosts: hosts, Err: err}
+}
+
+// whereLinksStand sums up where the links stand for a failure message:
+// "; links now: every host on v2", or the hosts grouped by where their link
+// stands when they differ ("; links now: on v1: web1, web2; on v2: web3").
+// The audit record's detail has each host's link_now.
+func whereLinksStand(hosts []HostResult) string {
+	var order []string
+	groups := map[string][]string{}
+	for _, h := range hosts {
+		if h.standing == "" {
+			continue
+		}
+		if _, ok := groups[h.standing]; !ok {
+			order = append(order, h.standing)
+		}
+		groups[h.standing] = append(groups[h.standing], h.Host)
+	}
+	switch {
+	case len(order) == 0:
+		return ""
+	case len(order) == 1 && len(hosts) == 1:
+		return "; link now " + order[0]
+	case len(order) == 1:
+		return "; links now: every host " + order[0]
+	}
+	parts := make([]string, len(order))
+	for i, w := range order {
+		parts[i] = w + ": " + strings.Join(groups[w], ", ")
+	}
+	return "; links now: " + strings.Join(parts, "; ")
 }
 
 func isNilMap(v any) bool {

@@ -1,0 +1,367 @@
+package testutil
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// SSHDPath is where Debian's openssh-server installs sshd. sshd re-executes
+// itself for every connection, so it must be started by absolute path; and
+// /usr/sbin is not on a normal user's PATH, so the file is what counts.
+const SSHDPath = "/usr/sbin/sshd"
+
+// maxListenSocks is OpenSSH's MAX_LISTEN_SOCKS: one sshd listens on at most
+// 16 addresses.
+const maxListenSocks = 16
+
+// SSHD is a real OpenSSH server on loopback addresses, with its own host key,
+// for integration tests: each address is a "host" of a fleet.
+type SSHD struct {
+	// Addrs are the listening addresses, "127.0.0.2:PORT", in the order asked.
+	Addrs []string
+	Port  int
+	// KnownHosts is a known_hosts file with a "[127.0.0.2]:PORT" line for
+	// every address.
+	KnownHosts string
+	// IdentityFile is an unencrypted ed25519 client key that may log in.
+	IdentityFile string
+	// User is who the tests log in as: the user running them.
+	User string
+	// HostKey is the server's public key, in authorized_keys format
+	// ("ssh-ed25519 AAAA..."), for tests that write their own known_hosts.
+	HostKey string
+	// HostPublicKey is the same key, parsed.
+	HostPublicKey ssh.PublicKey
+	// Dir holds the configuration, the keys and the log.
+	Dir string
+
+	cmd     *exec.Cmd
+	exited  chan error
+	logPath string
+	once    sync.Once
+}
+
+// SSHDBinary returns SSHDPath or fails the test saying what to install. It
+// never skips: `make test` installs it (scripts/deps.sh).
+func SSHDBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("SSHD_BIN"); p != "" {
+		return p
+	}
+	if _, err := os.Stat(SSHDPath); err != nil {
+		t.Fatalf("%s is needed for the SSH tests: install the Debian package openssh-server (apt-get install openssh-server, or run `make deps`), or set SSHD_BIN to an absolute path: %v", SSHDPath, err)
+	}
+	return SSHDPath
+}
+
+// StartSSHD runs sshd in the foreground (-D -e) listening on hosts (IPv4
+// loopback addresses such as "127.0.0.2"; every 127.x.y.z reaches the
+// loopback interface without setup), all on one free port. With no hosts, it
+// listens on 127.0.0.2. It returns once every address accepts connections
+// and answers with an SSH banner; the test's cleanup stops it.
+//
+// The user running the tests must be able to log in with a key: with
+// `UsePAM no`, an account whose password field is locked ("!") cannot, so
+// set it to "*" (usermod -p '*' USER).
+func StartSSHD(t testing.TB, hosts ...string) *SSHD {
+	t.Helper()
+	bin := SSHDBinary(t)
+	if len(hosts) == 0 {
+		hosts = []string{"127.0.0.2"}
+	}
+	if len(hosts) > maxListenSocks {
+		t.Fatalf("StartSSHD: %d addresses, but one sshd listens on at most %d: start several", len(hosts), maxListenSocks)
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip == nil || !ip.IsLoopback() {
+			t.Fatalf("StartSSHD: %q is not a loopback IP address", h)
+		}
+	}
+	// The privilege separation directory; only root's sshd needs it.
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil && os.Geteuid() == 0 {
+		t.Fatalf("creating /run/sshd, which sshd needs: %v", err)
+	}
+	u, err := user.Current()
+	if err != nil {
+		t.Fatalf("current user: %v", err)
+	}
+
+	s := &SSHD{Dir: t.TempDir(), User: u.Username}
+	hostKey := s.writeKey(t, "ssh_host_ed25519_key")
+	s.HostPublicKey = hostKey
+	s.HostKey = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(hostKey)))
+	s.IdentityFile = filepath.Join(s.Dir, "id_ed25519")
+	clientKey := s.writeKey(t, "id_ed25519")
+	authorized := filepath.Join(s.Dir, "authorized_keys")
+	if err := os.WriteFile(authorized, ssh.MarshalAuthorizedKey(clientKey), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The port is free when chosen, but sshd binds it later: another
+	// process may take it meanwhile, so a failed bind is worth a new port.
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		port, err := freePort(hosts)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if lastErr = s.start(t, bin, hosts, port, authorized); lastErr == nil {
+			break
+		}
+	}
+	if lastErr != nil {
+		t.Fatalf("sshd did not start: %v", lastErr)
+	}
+	t.Cleanup(s.Stop)
+
+	var kh bytes.Buffer
+	for _, a := range s.Addrs {
+		fmt.Fprintln(&kh, knownhosts.Line([]string{a}, hostKey))
+	}
+	s.KnownHosts = filepath.Join(s.Dir, "known_hosts")
+	if err := os.WriteFile(s.KnownHosts, kh.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// writeKey writes a new unencrypted ed25519 private key to Dir/name (0600:
+// sshd refuses a host key others can read) and returns its public key.
+func (s *SSHD) writeKey(t testing.TB, name string) ssh.PublicKey {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "rollback-watcher test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sshPub
+}
+
+func (s *SSHD) config(hosts []string, port int, authorized string, penalties bool) string {
+	var b strings.Builder
+	for _, h := range hosts {
+		fmt.Fprintf(&b, "ListenAddress %s\n", net.JoinHostPort(h, strconv.Itoa(port)))
+	}
+	fmt.Fprintf(&b, `HostKey %s
+PidFile %s
+AuthorizedKeysFile %s
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+Subsystem sftp internal-sftp
+MaxStartups 1000
+MaxSessions 1000
+MaxAuthTries 20
+LoginGraceTime 30
+UseDNS no
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+LogLevel VERBOSE
+`, filepath.Join(s.Dir, "ssh_host_ed25519_key"), filepath.Join(s.Dir, "sshd.pid"), authorized)
+	if penalties {
+		// OpenSSH 9.8 and later refuse, for a while, sources that failed
+		// to log in: the tests refuse host keys on purpose.
+		b.WriteString("PerSourcePenalties no\n")
+	}
+	return b.String()
+}
+
+// start writes the configuration for port, starts sshd and waits for every
+// address to answer.
+func (s *SSHD) start(t testing.TB, bin string, hosts []string, port int, authorized string) error {
+	t.Helper()
+	cfgPath := filepath.Join(s.Dir, "sshd_config")
+	cfg := s.config(hosts, port, authorized, true)
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	if out, err := exec.Command(bin, "-t", "-f", cfgPath).CombinedOutput(); err != nil {
+		if !strings.Contains(string(out), "PerSourcePenalties") {
+			return fmt.Errorf("%s -t -f %s: %v: %s", bin, cfgPath, err, out)
+		}
+		cfg = s.config(hosts, port, authorized, false) // an OpenSSH before 9.8
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+			return err
+		}
+	}
+	s.logPath = filepath.Join(s.Dir, "sshd.log")
+	logf, err := os.Create(s.logPath)
+	if err != nil {
+		return err
+	}
+	defer logf.Close() // sshd has its own copy
+	cmd := exec.Command(bin, "-D", "-e", "-f", cfgPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", bin, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	s.cmd = cmd
+	s.Port = port
+	s.Addrs = make([]string, len(hosts))
+	for i, h := range hosts {
+		s.Addrs[i] = net.JoinHostPort(h, strconv.Itoa(port))
+	}
+	s.once = sync.Once{}
+	s.exited = exited
+
+	deadline := time.Now().Add(10 * time.Second)
+	for _, a := range s.Addrs {
+		for {
+			if strings.Contains(s.Log(), "Bind to port") || strings.Contains(s.Log(), "Cannot bind") {
+				s.Stop()
+				return fmt.Errorf("sshd could not listen on port %d: %s", port, s.Log())
+			}
+			if err := banner(a); err == nil {
+				break
+			} else if time.Now().After(deadline) {
+				s.Stop()
+				return fmt.Errorf("%s not answering after 10s (%v); sshd's log:\n%s", a, err, s.Log())
+			}
+			select {
+			case err := <-exited:
+				exited <- err
+				return fmt.Errorf("sshd exited (%v); its log:\n%s", err, s.Log())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+// banner connects to addr and reads the SSH identification line.
+func banner(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "SSH-2.0-") {
+		return fmt.Errorf("not an SSH banner: %q", line)
+	}
+	return nil
+}
+
+// freePort finds a port free on every host.
+func freePort(hosts []string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(hosts[0], "0"))
+	if err != nil {
+		return 0, err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	defer ln.Close()
+	for _, h := range hosts[1:] {
+		l, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(port)))
+		if err != nil {
+			return 0, err
+		}
+		l.Close()
+	}
+	return port, nil
+}
+
+// Log returns what sshd wrote so far (LogLevel VERBOSE: connections, keys
+// accepted, refusals).
+func (s *SSHD) Log() string {
+	b, _ := os.ReadFile(s.logPath)
+	return string(b)
+}
+
+// Stop kills sshd and every connection it serves, as a host going down
+// would. Each connection is a process of its own (sshd re-executes itself
+// and calls setsid), so they are found by parentage, before the listener
+// dies and they are handed to init. Safe to call more than once.
+func (s *SSHD) Stop() {
+	s.once.Do(func() {
+		if s.cmd == nil || s.cmd.Process == nil {
+			return
+		}
+		kids := descendants(s.cmd.Process.Pid)
+		_ = s.cmd.Process.Kill()
+		for _, pid := range kids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		<-s.exited
+	})
+}
+
+// descendants lists the processes below pid, from /proc.
+func descendants(pid int) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	children := map[int][]int{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		rest := string(b)
+		if i := strings.LastIndexByte(rest, ')'); i >= 0 {
+			rest = rest[i+1:]
+		}
+		f := strings.Fields(rest)
+		if len(f) < 2 {
+			continue
+		}
+		if ppid, err := strconv.Atoi(f[1]); err == nil {
+			children[ppid] = append(children[ppid], p)
+		}
+	}
+	var out []int
+	todo := []int{pid}
+	for len(todo) > 0 {
+		p := todo[0]
+		todo = todo[1:]
+		for _, c := range children[p] {
+			out = append(out, c)
+			todo = append(todo, c)
+		}
+	}
+	return out
+}
