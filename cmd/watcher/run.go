@@ -165,11 +165,13 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, we
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), versionCollector())
 	aud := &audit.Publisher{JS: js}
 	host, _ := os.Hostname()
-	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: prom, Audit: aud, Logger: logger}
-	// Connections to rollback hosts stay open for the next rollback; closed
-	// on return, after the executor has stopped.
+	// Connections to rollback hosts are opened while a deploy is in its
+	// window and kept for its rollback; closed on return, after the
+	// executor has stopped.
 	sshPool := rollback.NewSSHPool(0)
 	defer sshPool.Close()
+	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: prom, Audit: aud, Logger: logger,
+		Warmer: &rollback.Warmer{Pool: sshPool, Logger: logger}}
 	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: dryRun,
 		Dial: sshPool.Dial, Source: "rollback-watcher/" + host}
 	w.Register(reg)

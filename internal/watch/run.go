@@ -40,6 +40,7 @@ type Run struct {
 
 	cancel       context.CancelFunc // stops the run's loop
 	supersededBy *events.Deploy     // set when a newer deploy stopped it
+	warmed       []string           // hosts whose connections the run keeps open
 }
 
 type checkState struct {

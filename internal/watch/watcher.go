@@ -42,6 +42,9 @@ type Watcher struct {
 	Consumer string
 	// Recent is how many finished runs /api/v1/runs keeps.
 	Recent int
+	// Warmer, when set, keeps connections to a deploy's hosts open while
+	// its run is in its window, so that a rollback does not pay for them.
+	Warmer Warmer
 
 	metrics *metrics
 	logger  *slog.Logger
@@ -51,6 +54,48 @@ type Watcher struct {
 	mu     sync.Mutex
 	active map[string]*Run
 	recent []*Run
+}
+
+// Warmer opens and releases connections to rollback hosts;
+// *rollback.Warmer is one.
+type Warmer interface {
+	Warm(ctx context.Context, hosts []string, cfg policy.SSH)
+	Cool(hosts []string, cfg policy.SSH)
+}
+
+// coolAfterRollback is how long connections stay warm after a run asked
+// for a rollback: the executor is about to use them.
+const coolAfterRollback = 5 * time.Minute
+
+// warm opens connections to the hosts r would roll back, if it would roll
+// back remote hosts at all.
+func (w *Watcher) warm(ctx context.Context, r *Run) {
+	if w.Warmer == nil || r.Policy.Rollback.Mode == policy.ModePublish {
+		return
+	}
+	hosts := r.Policy.Rollback.Hosts
+	if len(hosts) == 0 {
+		hosts = r.Deploy.Hosts
+	}
+	if len(hosts) == 0 {
+		return
+	}
+	r.warmed = hosts
+	w.Warmer.Warm(ctx, hosts, r.Policy.Rollback.SSH)
+}
+
+// cool releases r's connections: now, or once the rollback it requested has
+// had them.
+func (w *Watcher) cool(r *Run, rollbackRequested bool) {
+	if len(r.warmed) == 0 {
+		return
+	}
+	hosts, cfg := r.warmed, r.Policy.Rollback.SSH
+	if rollbackRequested {
+		time.AfterFunc(coolAfterRollback, func() { w.Warmer.Cool(hosts, cfg) })
+		return
+	}
+	w.Warmer.Cool(hosts, cfg)
 }
 
 // DedupBucket remembers deploy event ids, so that the same event id starts
@@ -334,6 +379,7 @@ func (w *Watcher) start(ctx context.Context, r *Run) {
 		o.mu.Unlock()
 		o.cancel()
 	}
+	w.warm(ctx, r)
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -524,6 +570,8 @@ func (w *Watcher) finish(ctx context.Context, r *Run, verdict, kind, reason stri
 		w.recent = w.recent[len(w.recent)-w.Recent:]
 	}
 	w.mu.Unlock()
+	_, requested := detail["request_id"]
+	w.cool(r, requested)
 	return true
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
@@ -1045,5 +1047,63 @@ func TestReloadNotesOnlyChangedPolicies(t *testing.T) {
 	h.waitFor("d-1", audit.RunPassed)
 	if n := len(h.rec.ofDeploy("d-1", RunPolicyKept)); n != 1 {
 		t.Errorf("%d reload notes, want 1 (an unchanged policy is no change)", n)
+	}
+}
+
+// fakeWarmer records which hosts runs hold open.
+type fakeWarmer struct {
+	mu    sync.Mutex
+	held  map[string]int
+	warms int
+}
+
+func (f *fakeWarmer) Warm(_ context.Context, hosts []string, _ policy.SSH) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.warms++
+	for _, h := range hosts {
+		f.held[h]++
+	}
+}
+
+func (f *fakeWarmer) Cool(hosts []string, _ policy.SSH) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, h := range hosts {
+		f.held[h]--
+	}
+}
+
+func (f *fakeWarmer) holds(h string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held[h]
+}
+
+// A run keeps its deploy's hosts warm during its window and lets them go
+// when it passes; a failed run keeps them for its rollback.
+func TestRunsKeepHostsWarm(t *testing.T) {
+	t.Parallel()
+	rules := strings.Replace("policies:\n"+policyYAML("shop-orders", `{service: "*"}`, "window: 1s\ninterval: 200ms", `
+- name: orders
+  query: sum(orders{service="{{ .Service }}"})
+  min: 5`), "mode: publish", "link: /srv/{{ .Service }}/current", 1)
+	h := newHarness(t, rules, byQuery(map[string]script{
+		`orders{service="good"}`: always(10),
+		`orders{service="bad"}`:  always(1),
+	}))
+	fw := &fakeWarmer{held: map[string]int{}}
+	h.w.Warmer = fw
+	h.publish(deployEvent("d-good", "good", "production", "2", "hosts", []string{"web1:22", "web2"}))
+	h.publish(deployEvent("d-bad", "bad", "production", "2", "hosts", []string{"db1"}))
+	h.waitMeasurements("d-good", 1)
+	if fw.holds("web1:22") != 1 || fw.holds("web2") != 1 {
+		t.Errorf("during the window web1:22 held %d, web2 %d; want 1 each", fw.holds("web1:22"), fw.holds("web2"))
+	}
+	h.waitFor("d-good", audit.RunPassed)
+	h.waitFor("d-bad", audit.RunFailed)
+	testutil.Eventually(t, 5*time.Second, "passed run released its hosts", func() bool { return fw.holds("web1:22") == 0 && fw.holds("web2") == 0 })
+	if fw.holds("db1") != 1 {
+		t.Errorf("the failed run released db1 (held %d) before its rollback could use it", fw.holds("db1"))
 	}
 }
