@@ -117,6 +117,7 @@ func TestDrillOverSSH(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("drill over SSH: exit %d: %s\n%s\nsshd log:\n%s", code, errOut, out, sshd.Log())
 	}
+	t.Logf("drill report:\n%s", out)
 	for _, h := range sshd.Addrs {
 		for _, step := range []string{"activate", "rollback", "activate again"} {
 			if !regexp.MustCompile(`(?m)^` + step + `\s+` + regexp.QuoteMeta(h) + `\s+ok`).MatchString(out) {
