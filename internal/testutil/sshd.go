@@ -104,6 +104,9 @@ func StartSSHD(t testing.TB, hosts ...string) *SSHD {
 		t.Fatalf("current user: %v", err)
 	}
 
+	if locked(u.Username) {
+		t.Fatalf("the account %s is locked (its /etc/shadow password starts with '!'), and sshd with UsePAM no refuses even key logins to it: run usermod -p '*' %s", u.Username, u.Username)
+	}
 	s := &SSHD{Dir: t.TempDir(), User: u.Username}
 	hostKey := s.writeKey(t, "ssh_host_ed25519_key")
 	s.HostPublicKey = hostKey
@@ -364,4 +367,19 @@ func descendants(pid int) []int {
 		}
 	}
 	return out
+}
+
+// locked reports whether name's password field in /etc/shadow starts with
+// "!". Unreadable shadow (not root) says nothing: sshd will tell.
+func locked(name string) bool {
+	b, err := os.ReadFile("/etc/shadow")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.SplitN(line, ":", 3); len(f) >= 2 && f[0] == name {
+			return strings.HasPrefix(f[1], "!")
+		}
+	}
+	return false
 }
