@@ -1177,3 +1177,63 @@ func (px *freezingProxy) freeze() {
 	px.frozen[px.gen] = true
 	px.gen++
 }
+
+// TestSSHExecuteDataStepOrder runs the data step where run_on says (the
+// watcher's machine, the first host, every host) and when order says
+// (before or after the code switch), with the after command on each host:
+// each command logs what the host's link named when it ran.
+func TestSSHExecuteDataStepOrder(t *testing.T) {
+	n := testutil.StartNATS(t)
+	s := testutil.StartSSHD(t, fleetHosts...)
+	for _, tc := range []struct {
+		runOn, order string
+		wantData     []string // "<where> <release the host's link named>"
+	}{
+		{"all", "before_code", []string{"127.0.0.2 v2", "127.0.0.3 v2", "127.0.0.4 v2"}},
+		{"first", "after_code", []string{"127.0.0.2 v1"}},
+		{"local", "before_code", []string{"local -"}},
+	} {
+		t.Run(tc.runOn+"/"+tc.order, func(t *testing.T) {
+			f := newFleet(t, s, fleetHosts...)
+			logFile := filepath.Join(f.root, "steps.log")
+			// A host sees its own link; the watcher's machine has none.
+			data := yamlList("sh", "-c", `l=$(readlink "$0" 2>/dev/null | sed 's|.*/||'); echo "data $1 ${l:--}" >> "$2"`,
+				filepath.Join(f.root, "{{ .Host }}", "current"), "{{ .Host }}", logFile)
+			after := yamlList("sh", "-c", `echo "after $0" >> "$1"`, "{{ .Host }}", logFile)
+			rules := loadRules(t, f.policy(s, s.KnownHosts, "5s", f.addrs,
+				"after: "+after,
+				"data: {command: "+data+", run_on: "+tc.runOn+", order: "+tc.order+", timeout: 20s}"))
+			e, _ := fleetExecutor(t, n, rules)
+			res := e.Execute(ctxFor(t), request("rb-data-"+tc.runOn))
+			if res.Status != ResultCompleted {
+				t.Fatalf("result %s: %v", res.Status, res.Err)
+			}
+			lines := strings.Split(strings.TrimSpace(readFile(t, logFile)), "\n")
+			var dataLines, afterLines []string
+			firstAfter, lastData := len(lines), -1
+			for i, l := range lines {
+				switch {
+				case strings.HasPrefix(l, "data "):
+					dataLines = append(dataLines, strings.TrimPrefix(l, "data "))
+					lastData = i
+				case strings.HasPrefix(l, "after "):
+					afterLines = append(afterLines, l)
+					firstAfter = min(firstAfter, i)
+				}
+			}
+			slices.Sort(dataLines)
+			if !slices.Equal(dataLines, tc.wantData) {
+				t.Errorf("data step ran as %v, want %v (log:\n%s)", dataLines, tc.wantData, strings.Join(lines, "\n"))
+			}
+			if len(afterLines) != len(fleetHosts) {
+				t.Errorf("after ran %d times, want once per host: %v", len(afterLines), afterLines)
+			}
+			if tc.order == "before_code" && lastData > firstAfter {
+				t.Errorf("before_code data step ran after an after command:\n%s", strings.Join(lines, "\n"))
+			}
+			if tc.order == "after_code" && lastData < firstAfter {
+				t.Errorf("after_code data step ran before the code switch finished:\n%s", strings.Join(lines, "\n"))
+			}
+		})
+	}
+}
