@@ -34,3 +34,13 @@ check-rules: build
 
 clean:
 	rm -rf bin data
+
+# The fleet rollback benchmark (bench/fleet, figures in BENCHMARKS.md):
+# parallel-ssh against the watcher's executor on 64 sshd "hosts" on this
+# machine, in one run. Needs root: it creates the user rwbench and installs
+# pssh when missing. BENCHFLAGS passes flags, e.g. BENCHFLAGS='-runs 9'.
+BENCHFLAGS ?=
+
+.PHONY: bench-fleet
+bench-fleet:
+	$(GO) run ./bench/fleet $(BENCHFLAGS)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -477,13 +478,15 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 	if err != nil {
 		return err
 	}
+	// One step of one host: every path is read from it once (see readOnce).
+	t := newReadOnce(pl.target)
 	if req.Version != "" {
 		// Check the link before resolving anything: a host that is not on
 		// the release the request rolls away from either ran this request
 		// already (that release carries the marker) or got a newer deploy,
 		// which is not ours to undo. Resolving first would step a host that
 		// was already rolled back one release further.
-		cur, err := currentRelease(pl.target, link)
+		cur, err := currentRelease(t, link)
 		if err != nil {
 			return err
 		}
@@ -493,7 +496,7 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 				relDir = filepath.Dir(cur)
 			}
 			from := filepath.Join(relDir, req.Version)
-			done, err := RolledBack(pl.target, from)
+			done, err := RolledBack(t, from)
 			if err != nil || !done {
 				return fmt.Errorf("link %s is on %s, not on %s which the request rolls back: refusing to roll back a release that was not requested", link, filepath.Base(cur), req.Version)
 			}
@@ -503,7 +506,7 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 			return nil
 		}
 	}
-	rel, err := Resolve(pl.target, link, dir, req.ToVersion)
+	rel, err := Resolve(t, link, dir, req.ToVersion)
 	if err != nil {
 		return err
 	}
@@ -592,7 +595,10 @@ func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p 
 	r := HostResult{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source}
 	err := func() error {
 		if !pl.noop {
-			if _, err := Switch(pl.target, pl.link, pl.release.Previous); err != nil {
+			// A view of its own: Switch re-reads the link instead of
+			// trusting the plan, and its read-back follows a change, which
+			// readOnce never answers from what it read before.
+			if _, err := Switch(newReadOnce(pl.target), pl.link, pl.release.Previous); err != nil {
 				return err
 			}
 			r.Switched = true
@@ -834,6 +840,82 @@ func (j joinedErr) Error() string {
 }
 
 func (j joinedErr) Unwrap() []error { return j }
+
+// readOnce is a view of a target for one step of one host's rollback
+// (resolving its previous release, or switching its link) in which each
+// path is read from the target once: the first answer to Lstat, Stat or
+// Readlink of a path is kept and given again, until a change made through
+// the view (Symlink, Rename, WriteFile, Remove, Run) forgets them all, so
+// that a read after a change, such as Switch's read-back of the link, goes
+// to the target. Errors are not kept.
+//
+// Over SSH every read is a round trip through the host's sshd, and the
+// layout code asks the same questions more than once in one step: samePath
+// resolves both releases from "/", one Lstat per path component, and the
+// two share every directory down to the releases directory; the executor
+// reads the link before Resolve reads it again. Within one step, both
+// resolutions see one state of those directories rather than two taken a
+// round trip apart. A view serves one goroutine.
+type readOnce struct {
+	Target
+	lstat, stat map[string]fs.FileInfo
+	link        map[string]string
+}
+
+func newReadOnce(t Target) *readOnce { return &readOnce{Target: t} }
+
+func (r *readOnce) forget() { r.lstat, r.stat, r.link = nil, nil, nil }
+
+func remember[V any](m *map[string]V, name string, read func(string) (V, error)) (V, error) {
+	if v, ok := (*m)[name]; ok {
+		return v, nil
+	}
+	v, err := read(name)
+	if err == nil {
+		if *m == nil {
+			*m = map[string]V{}
+		}
+		(*m)[name] = v
+	}
+	return v, err
+}
+
+func (r *readOnce) Lstat(name string) (fs.FileInfo, error) {
+	return remember(&r.lstat, name, r.Target.Lstat)
+}
+
+func (r *readOnce) Stat(name string) (fs.FileInfo, error) {
+	return remember(&r.stat, name, r.Target.Stat)
+}
+
+func (r *readOnce) Readlink(name string) (string, error) {
+	return remember(&r.link, name, r.Target.Readlink)
+}
+
+func (r *readOnce) Symlink(oldname, newname string) error {
+	r.forget()
+	return r.Target.Symlink(oldname, newname)
+}
+
+func (r *readOnce) Rename(oldname, newname string) error {
+	r.forget()
+	return r.Target.Rename(oldname, newname)
+}
+
+func (r *readOnce) WriteFile(name string, data []byte, perm fs.FileMode) error {
+	r.forget()
+	return r.Target.WriteFile(name, data, perm)
+}
+
+func (r *readOnce) Remove(name string) error {
+	r.forget()
+	return r.Target.Remove(name)
+}
+
+func (r *readOnce) Run(ctx context.Context, argv []string, env []string) ([]byte, error) {
+	r.forget()
+	return r.Target.Run(ctx, argv, env)
+}
 
 // currentRelease is the absolute path the link points at.
 func currentRelease(t Target, link string) (string, error) {
