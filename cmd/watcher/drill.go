@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -220,7 +219,7 @@ func (d *drill) targets(ctx context.Context) ([]*drillTarget, error) {
 		if err != nil {
 			return nil, fmt.Errorf("host %s: %w", h, err)
 		}
-		data.Host = hostName(h)
+		data.Host = rollback.HostOnly(h)
 		link, err := d.policy.Rollback.RenderLink(data)
 		if err != nil {
 			return nil, err
@@ -256,13 +255,6 @@ func expectMarker(t rollback.Target, release string, want bool) error {
 		return fmt.Errorf("%s still carries a %s marker after it was activated again", release, rollback.MarkerFile)
 	}
 	return nil
-}
-
-func hostName(h string) string {
-	if host, _, err := net.SplitHostPort(h); err == nil {
-		return host
-	}
-	return h
 }
 
 // memAudit keeps the drill's records: a rehearsal needs no audit stream.

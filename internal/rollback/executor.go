@@ -375,7 +375,7 @@ func (e *Executor) plan(ctx context.Context, req events.RollbackRequest, p *poli
 		plans = []*plan{{target: e.Local, addr: "local", host: "local"}}
 	} else {
 		for _, h := range hosts {
-			plans = append(plans, &plan{addr: h, host: hostOnly(h)})
+			plans = append(plans, &plan{addr: h, host: HostOnly(h)})
 		}
 		if e.Dial == nil {
 			return plans, fmt.Errorf("hosts %v need SSH, which this watcher cannot do yet; leave hosts empty to roll back the watcher's own filesystem", hosts)
@@ -929,8 +929,8 @@ func currentRelease(t Target, link string) (string, error) {
 	return filepath.Clean(target), nil
 }
 
-// hostOnly strips the port: templates see the host name.
-func hostOnly(h string) string {
+// HostOnly strips the port: templates see the host name.
+func HostOnly(h string) string {
 	if host, _, err := net.SplitHostPort(h); err == nil {
 		return host
 	}
