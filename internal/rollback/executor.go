@@ -232,8 +232,11 @@ type plan struct {
 	link    string
 	release Release
 	data    policy.TemplateData
-	noop    bool  // already rolled back: nothing to switch
-	err     error // why the host cannot be rolled back (not reached, not resolved)
+	noop    bool // already rolled back: nothing to switch
+	// view holds what resolving read from the target, so that switching
+	// does not ask again whether each release is a directory.
+	view *readOnce
+	err  error // why the host cannot be rolled back (not reached, not resolved)
 }
 
 // Execute handles one request and records every step in the audit.
@@ -478,8 +481,9 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 	if err != nil {
 		return err
 	}
-	// One step of one host: every path is read from it once (see readOnce).
+	// Every path is read from the host once (see readOnce).
 	t := newReadOnce(pl.target)
+	pl.view = t
 	if req.Version != "" {
 		// Check the link before resolving anything: a host that is not on
 		// the release the request rolls away from either ran this request
@@ -595,10 +599,16 @@ func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p 
 	r := HostResult{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source}
 	err := func() error {
 		if !pl.noop {
-			// A view of its own: Switch re-reads the link instead of
-			// trusting the plan, and its read-back follows a change, which
-			// readOnce never answers from what it read before.
-			if _, err := Switch(newReadOnce(pl.target), pl.link, pl.release.Previous); err != nil {
+			// The link is read again, not taken from the plan: when it
+			// moved meanwhile (a deploy), SwitchFrom refuses. What the plan
+			// read of the release directories still stands; its read-back
+			// follows a change, which readOnce never answers from memory.
+			view := pl.view
+			if view == nil {
+				view = newReadOnce(pl.target)
+			}
+			view.forgetPath(pl.link)
+			if _, err := SwitchFrom(view, pl.link, pl.release.Current, pl.release.Previous); err != nil {
 				return err
 			}
 			r.Switched = true
@@ -841,21 +851,21 @@ func (j joinedErr) Error() string {
 
 func (j joinedErr) Unwrap() []error { return j }
 
-// readOnce is a view of a target for one step of one host's rollback
-// (resolving its previous release, or switching its link) in which each
-// path is read from the target once: the first answer to Lstat, Stat or
-// Readlink of a path is kept and given again, until a change made through
-// the view (Symlink, Rename, WriteFile, Remove, Run) forgets them all, so
+// readOnce is a view of a target for one host's rollback in which each path
+// is read from the target once: the first answer to Lstat, Stat or Readlink
+// of a path is kept and given again, until a change made through the view
+// (Symlink, Rename, WriteFile, CreateFile, Remove, Run) forgets them all, so
 // that a read after a change, such as Switch's read-back of the link, goes
 // to the target. Errors are not kept.
 //
 // Over SSH every read is a round trip through the host's sshd, and the
-// layout code asks the same questions more than once in one step: samePath
-// resolves both releases from "/", one Lstat per path component, and the
-// two share every directory down to the releases directory; the executor
-// reads the link before Resolve reads it again. Within one step, both
-// resolutions see one state of those directories rather than two taken a
-// round trip apart. A view serves one goroutine.
+// layout code asks the same questions more than once: the executor reads
+// the link before Resolve reads it again, samePath and checkPrevious both
+// look at the previous release, and switching asks again what resolving
+// learnt of the release directories. The switch step reuses the plan's view
+// with the link forgotten (forgetPath): the link is what a deploy changes
+// in between, while a release directory does not turn into a symlink
+// during a rollback. A view serves one goroutine at a time.
 type readOnce struct {
 	Target
 	lstat, stat map[string]fs.FileInfo
@@ -884,8 +894,20 @@ func (r *readOnce) Lstat(name string) (fs.FileInfo, error) {
 	return remember(&r.lstat, name, r.Target.Lstat)
 }
 
+// Stat answers from an Lstat of name already made when it found no
+// symlink there: Stat and Lstat agree then.
 func (r *readOnce) Stat(name string) (fs.FileInfo, error) {
+	if fi, ok := r.lstat[name]; ok && fi.Mode()&fs.ModeSymlink == 0 {
+		return fi, nil
+	}
 	return remember(&r.stat, name, r.Target.Stat)
+}
+
+// forgetPath drops what was read of name.
+func (r *readOnce) forgetPath(name string) {
+	delete(r.lstat, name)
+	delete(r.stat, name)
+	delete(r.link, name)
 }
 
 func (r *readOnce) Readlink(name string) (string, error) {
@@ -905,6 +927,11 @@ func (r *readOnce) Rename(oldname, newname string) error {
 func (r *readOnce) WriteFile(name string, data []byte, perm fs.FileMode) error {
 	r.forget()
 	return r.Target.WriteFile(name, data, perm)
+}
+
+func (r *readOnce) CreateFile(name string, data []byte) error {
+	r.forget()
+	return r.Target.CreateFile(name, data)
 }
 
 func (r *readOnce) Remove(name string) error {

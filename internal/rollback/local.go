@@ -134,6 +134,25 @@ func (Local) WriteFile(name string, data []byte, perm fs.FileMode) (err error) {
 	return syncDir(dir)
 }
 
+// CreateFile implements Target.
+func (Local) CreateFile(name string, data []byte) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
+
 // syncDir makes a rename in dir durable. File systems that cannot sync a
 // directory (EINVAL, ENOTSUP on some FUSE and network mounts) are accepted:
 // they offer no stronger guarantee to wait for.

@@ -28,6 +28,12 @@ type Target interface {
 	Rename(oldname, newname string) error
 	// WriteFile writes name atomically: temp file, fsync, rename.
 	WriteFile(name string, data []byte, perm fs.FileMode) error
+	// CreateFile writes name in place: created or truncated, written,
+	// fsynced, with mode 0666 less the umask. A reader may see it partly
+	// written, so it is only for files whose existence is what counts (the
+	// ROLLED_BACK marker); over SSH it costs half the round trips of
+	// WriteFile.
+	CreateFile(name string, data []byte) error
 	Remove(name string) error
 	// Run executes argv (no shell) with extra environment entries
 	// ("KEY=value") and returns its combined output.
