@@ -43,9 +43,9 @@ func (c *callCounter) dial(d rollback.Dialer) rollback.Dialer {
 // SSHTarget (see internal/rollback/ssh.go), for a small file and a server
 // with fsync@openssh.com: ReadFile is open, read, read (EOF), close;
 // WriteFile is open, write, fsync, fsetstat, close, posix-rename, and a
-// directory fsync (open, fsync, close); CreateFile is open, write, fsync,
-// close; Rename is posix-rename and the directory fsync.
-var sftpRequests = map[string]int{"ReadFile": 4, "WriteFile": 9, "CreateFile": 4, "Rename": 4}
+// directory fsync (open, fsync, close); ReplaceFile is open, write, fsync,
+// close, posix-rename; Rename is posix-rename and the directory fsync.
+var sftpRequests = map[string]int{"ReadFile": 4, "WriteFile": 9, "ReplaceFile": 5, "Rename": 4}
 
 // summary is "Lstat 16, Readlink 3, ... = N SFTP requests per host".
 func (c *callCounter) summary(hosts int) string {
@@ -53,7 +53,7 @@ func (c *callCounter) summary(hosts int) string {
 	defer c.mu.Unlock()
 	var parts []string
 	total := 0
-	for _, op := range []string{"Lstat", "Stat", "Readlink", "ReadFile", "ReadDir", "Symlink", "Rename", "WriteFile", "CreateFile", "Remove", "Run"} {
+	for _, op := range []string{"Lstat", "Stat", "Readlink", "ReadFile", "ReadDir", "Symlink", "Rename", "WriteFile", "ReplaceFile", "Remove", "Run"} {
 		n := c.n[op]
 		if n == 0 {
 			continue
@@ -114,9 +114,9 @@ func (t counted) WriteFile(name string, data []byte, perm fs.FileMode) error {
 	return t.Target.WriteFile(name, data, perm)
 }
 
-func (t counted) CreateFile(name string, data []byte) error {
-	t.c.add("CreateFile")
-	return t.Target.CreateFile(name, data)
+func (t counted) ReplaceFile(name string, data []byte) error {
+	t.c.add("ReplaceFile")
+	return t.Target.ReplaceFile(name, data)
 }
 
 func (t counted) Remove(name string) error {

@@ -854,7 +854,7 @@ func (j joinedErr) Unwrap() []error { return j }
 // readOnce is a view of a target for one host's rollback in which each path
 // is read from the target once: the first answer to Lstat, Stat or Readlink
 // of a path is kept and given again, until a change made through the view
-// (Symlink, Rename, WriteFile, CreateFile, Remove, Run) forgets them all, so
+// (Symlink, Rename, WriteFile, ReplaceFile, Remove, Run) forgets them all, so
 // that a read after a change, such as Switch's read-back of the link, goes
 // to the target. Errors are not kept.
 //
@@ -929,9 +929,9 @@ func (r *readOnce) WriteFile(name string, data []byte, perm fs.FileMode) error {
 	return r.Target.WriteFile(name, data, perm)
 }
 
-func (r *readOnce) CreateFile(name string, data []byte) error {
+func (r *readOnce) ReplaceFile(name string, data []byte) error {
 	r.forget()
-	return r.Target.CreateFile(name, data)
+	return r.Target.ReplaceFile(name, data)
 }
 
 func (r *readOnce) Remove(name string) error {

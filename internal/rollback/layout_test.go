@@ -154,8 +154,8 @@ type readOnly struct {
 func (r readOnly) Symlink(o, n string) error { r.t.Errorf("Symlink(%s, %s)", o, n); return nil }
 func (r readOnly) Rename(o, n string) error  { r.t.Errorf("Rename(%s, %s)", o, n); return nil }
 func (r readOnly) Remove(n string) error     { r.t.Errorf("Remove(%s)", n); return nil }
-func (r readOnly) CreateFile(n string, _ []byte) error {
-	r.t.Errorf("CreateFile(%s)", n)
+func (r readOnly) ReplaceFile(n string, _ []byte) error {
+	r.t.Errorf("ReplaceFile(%s)", n)
 	return nil
 }
 func (r readOnly) WriteFile(n string, _ []byte, _ fs.FileMode) error {

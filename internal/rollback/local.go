@@ -91,7 +91,11 @@ func (Local) Rename(oldname, newname string) error {
 // WriteFile implements Target: a reader sees either the old content or the
 // new one, never a partial file, and the temporary file never outlives a
 // failed write.
-func (Local) WriteFile(name string, data []byte, perm fs.FileMode) (err error) {
+func (l Local) WriteFile(name string, data []byte, perm fs.FileMode) error {
+	return l.writeFile(name, data, perm, true)
+}
+
+func (Local) writeFile(name string, data []byte, perm fs.FileMode, durable bool) (err error) {
 	dir, base := filepath.Dir(name), filepath.Base(name)
 	f, err := os.CreateTemp(dir, "."+base+".tmp")
 	if err != nil {
@@ -131,26 +135,15 @@ func (Local) WriteFile(name string, data []byte, perm fs.FileMode) (err error) {
 		return err
 	}
 	tmp = ""
+	if !durable {
+		return nil
+	}
 	return syncDir(dir)
 }
 
-// CreateFile implements Target.
-func (Local) CreateFile(name string, data []byte) error {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o666)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return nil
+// ReplaceFile implements Target.
+func (l Local) ReplaceFile(name string, data []byte) error {
+	return l.writeFile(name, data, 0o644, false)
 }
 
 // syncDir makes a rename in dir durable. File systems that cannot sync a

@@ -872,6 +872,12 @@ func (c *sshConn) syncDir(dir string) {
 // fsynced (when the server offers fsync@openssh.com), given perm, then
 // renamed over name; the temporary file never outlives a failure.
 func (t *SSHTarget) WriteFile(name string, data []byte, perm fs.FileMode) error {
+	return t.writeFile(name, data, perm, true)
+}
+
+// writeFile is WriteFile; without durable, the file keeps the mode the
+// server gives it and the directory is not synced.
+func (t *SSHTarget) writeFile(name string, data []byte, perm fs.FileMode, durable bool) error {
 	err := t.call(false, func(c *sshConn) (err error) {
 		if !c.posixRename {
 			return fmt.Errorf("%w, needed to replace %s atomically", ErrNoPosixRename, name)
@@ -900,8 +906,10 @@ func (t *SSHTarget) WriteFile(name string, data []byte, perm fs.FileMode) error 
 				return err
 			}
 		}
-		if err := f.Chmod(perm); err != nil {
-			return err
+		if durable {
+			if err := f.Chmod(perm); err != nil {
+				return err
+			}
 		}
 		closed = true
 		if err := f.Close(); err != nil {
@@ -910,7 +918,9 @@ func (t *SSHTarget) WriteFile(name string, data []byte, perm fs.FileMode) error 
 		if err := c.sftp.PosixRename(tmp, name); err != nil {
 			return err
 		}
-		c.syncDir(dir)
+		if durable {
+			c.syncDir(dir)
+		}
 		return nil
 	})
 	if err != nil {
@@ -919,27 +929,10 @@ func (t *SSHTarget) WriteFile(name string, data []byte, perm fs.FileMode) error 
 	return nil
 }
 
-// CreateFile implements Target: open, write, fsync (when the server offers
-// fsync@openssh.com), close; four requests where WriteFile needs nine.
-func (t *SSHTarget) CreateFile(name string, data []byte) error {
-	err := t.call(false, func(c *sshConn) error {
-		f, err := c.sftp.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
-		if err != nil {
-			return err
-		}
-		_, err = f.Write(data)
-		if err == nil && c.fsync {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return nil
+// ReplaceFile implements Target: WriteFile without the fsetstat and the
+// directory fsync.
+func (t *SSHTarget) ReplaceFile(name string, data []byte) error {
+	return t.writeFile(name, data, 0, false)
 }
 
 // Remove implements Target. Removing a path twice does no harm, so a

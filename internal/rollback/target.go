@@ -28,12 +28,14 @@ type Target interface {
 	Rename(oldname, newname string) error
 	// WriteFile writes name atomically: temp file, fsync, rename.
 	WriteFile(name string, data []byte, perm fs.FileMode) error
-	// CreateFile writes name in place: created or truncated, written,
-	// fsynced, with mode 0666 less the umask. A reader may see it partly
-	// written, so it is only for files whose existence is what counts (the
-	// ROLLED_BACK marker); over SSH it costs half the round trips of
-	// WriteFile.
-	CreateFile(name string, data []byte) error
+	// ReplaceFile writes name atomically like WriteFile (a reader sees the
+	// old content or the new, never part of it; the temporary file never
+	// outlives a failure) but does not sync the directory afterwards, and
+	// the mode is 0644 (0666 less the umask over SSH). It is for files
+	// whose loss in a crash costs nothing that matters, such as the
+	// ROLLED_BACK marker; over SSH it takes five requests where WriteFile
+	// takes nine.
+	ReplaceFile(name string, data []byte) error
 	Remove(name string) error
 	// Run executes argv (no shell) with extra environment entries
 	// ("KEY=value") and returns its combined output.
