@@ -46,6 +46,11 @@ type Record struct {
 	Policy      string         `json:"policy,omitempty"`
 	Message     string         `json:"message"`
 	Detail      map[string]any `json:"detail"`
+
+	// MsgID, when set, is the record's Nats-Msg-Id: a record written again
+	// with the same id within the stream's duplicate window (a run resumed
+	// by another replica repeating its last step) is stored once.
+	MsgID string `json:"-"`
 }
 
 // Invalid is the subject token used for a service or environment that cannot
@@ -96,7 +101,11 @@ func (p *Publisher) Record(ctx context.Context, r Record) error {
 	if err != nil {
 		return fmt.Errorf("encoding audit record %s: %w", r.Kind, err)
 	}
-	if _, err := p.JS.Publish(ctx, Subject(r.Environment, r.Service), b); err != nil {
+	var opts []jetstream.PublishOpt
+	if r.MsgID != "" {
+		opts = append(opts, jetstream.WithMsgID(r.MsgID))
+	}
+	if _, err := p.JS.Publish(ctx, Subject(r.Environment, r.Service), b, opts...); err != nil {
 		return fmt.Errorf("writing audit record %s: %w", r.Kind, err)
 	}
 	return nil

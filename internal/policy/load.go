@@ -192,6 +192,16 @@ func decodeFile(file string, data []byte) ([]*Policy, []Problem) {
 		d.checkPolicy(p)
 		policies = append(policies, p)
 	}
+	if len(d.problems) == 0 {
+		// Only a file without problems: its aliases were checked (spend)
+		// and cannot blow up when written out in full.
+		nodes := policyNodes(&root)
+		for i, p := range f.Policies {
+			if p != nil && i < len(nodes) {
+				p.source = snapshotSource(nodes[i])
+			}
+		}
+	}
 	return policies, d.problems
 }
 

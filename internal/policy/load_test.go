@@ -50,6 +50,7 @@ func stripTemplates(ps []*Policy) []*Policy {
 			cc.query = nil
 			q.Checks = append(q.Checks, &cc)
 		}
+		q.source = ""
 		q.Rollback.link, q.Rollback.releasesDir, q.Rollback.after = nil, nil, nil
 		if p.Rollback.Data != nil {
 			ds := *p.Rollback.Data

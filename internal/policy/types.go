@@ -31,7 +31,8 @@ type Policy struct {
 	File string `yaml:"-"`
 	Line int    `yaml:"-"`
 
-	nameLine int // of the name key, for duplicate names across files
+	nameLine int    // of the name key, for duplicate names across files
+	source   string // the policy as a rules file of its own (Snapshot)
 }
 
 // Match selects deploys by exact name or glob (path.Match syntax, "shop-*").
