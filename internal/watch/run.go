@@ -41,6 +41,15 @@ type Run struct {
 	cancel       context.CancelFunc // stops the run's loop
 	supersededBy *events.Deploy     // set when a newer deploy stopped it
 	warmed       []string           // hosts whose connections the run keeps open
+
+	// Durable state (store.go), guarded by mu.
+	seq     uint64    // DEPLOYS stream sequence of the event
+	owner   string    // replica measuring the run
+	rev     uint64    // revision of the run's key this process last wrote
+	next    time.Time // when the next measurement is due
+	kind    string    // audit kind of the verdict
+	detail  map[string]any
+	request *events.RollbackRequest // the rollback a decided run asks for
 }
 
 type checkState struct {
@@ -52,7 +61,8 @@ type checkState struct {
 }
 
 func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run, error) {
-	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, verdict: VerdictPending}
+	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, verdict: VerdictPending,
+		next: start.Add(time.Duration(p.InitialDelay))}
 	r.data = policy.TemplateData{
 		Service:         d.Service,
 		Environment:     d.Environment,
@@ -96,7 +106,7 @@ type Querier interface {
 // the audit. It returns the checks (dry-run ones aside) that went past their
 // failure limit, and those that went past an inconclusive or error limit.
 func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) (failed, blind []*checkState, err error) {
-	for _, cs := range r.checks {
+	for i, cs := range r.checks {
 		c := cs.check
 		var baseAt time.Time
 		if c.Baseline != nil {
@@ -127,7 +137,8 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) (failed, bl
 		}
 		// A record that cannot be written must not hide a failure: the
 		// verdict still counts it (fail safe, not fail open).
-		if rerr := w.record(ctx, r, audit.Measurement, c.Describe(j, tally), detail); rerr != nil && err == nil {
+		msgID := fmt.Sprintf("%s.m%d.%d", r.ID, i, ts.UnixMilli())
+		if rerr := w.recordID(ctx, r, msgID, audit.Measurement, c.Describe(j, tally), detail); rerr != nil && err == nil {
 			err = rerr
 		}
 		if c.DryRun {

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,11 +47,23 @@ type Watcher struct {
 	// Warmer, when set, keeps connections to a deploy's hosts open while
 	// its run is in its window, so that a rollback does not pay for them.
 	Warmer Warmer
+	// Replica names this process among the watchers sharing one NATS
+	// (default: host name and a random suffix). Lease is how long its runs
+	// stay its own after its last heartbeat (default DefaultLease).
+	// Replicas is the replication factor of the buckets it creates.
+	Replica  string
+	Lease    time.Duration
+	Replicas int
 
 	metrics *metrics
 	logger  *slog.Logger
 	ids     jetstream.KeyValue
-	wg      sync.WaitGroup
+	runs    jetstream.KeyValue
+	alive   jetstream.KeyValue
+	// startLive are the replicas live at start, for tend to notice one
+	// going.
+	startLive map[string]bool
+	wg        sync.WaitGroup
 
 	mu     sync.Mutex
 	active map[string]*Run
@@ -131,6 +145,13 @@ func (w *Watcher) init() {
 	if w.Recent == 0 {
 		w.Recent = 200
 	}
+	if w.Replica == "" {
+		host, _ := os.Hostname()
+		w.Replica = replicaName(host) + "-" + strings.ToLower(events.NewID()[20:])
+	}
+	if w.Lease <= 0 {
+		w.Lease = DefaultLease
+	}
 	w.metrics = &metrics{
 		active: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "watcher_runs_active", Help: "Validation runs in their window.",
@@ -170,6 +191,12 @@ func (w *Watcher) Start(ctx context.Context) error {
 		return fmt.Errorf("creating KV bucket %s: %w", DedupBucket, err)
 	}
 	w.ids = kv
+	if err := w.openStore(ctx); err != nil {
+		return err
+	}
+	if err := w.adoptAtStart(ctx); err != nil {
+		return err
+	}
 	cons, err := w.JS.CreateOrUpdateConsumer(ctx, bus.DeploysStream, jetstream.ConsumerConfig{
 		Durable:       w.Consumer,
 		FilterSubject: events.DeploysPrefix + ".>",
@@ -185,6 +212,11 @@ func (w *Watcher) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consuming %s: %w", bus.DeploysStream, err)
 	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		w.tend(ctx)
+	}()
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
@@ -264,9 +296,15 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		return "skipped", w.Audit.Record(ctx, r)
 	}
 
-	runID, dup, err := w.claim(ctx, d, seq)
+	runID, dup, done, err := w.claim(ctx, d, seq)
 	if err != nil {
 		return "", err
+	}
+	if done {
+		// The event came again after its run was decided (the ack was
+		// lost in a crash): its outcome is in the audit already.
+		w.logger.Info("deploy event redelivered after its run ended", "run", runID, "deploy", d.ID, "stream_seq", seq)
+		return "started", nil
 	}
 	if dup {
 		r := base
@@ -299,46 +337,87 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		r.Detail = map[string]any{"subject": subject, "field": "policy template"}
 		return "rejected", w.Audit.Record(ctx, r)
 	}
-	first, interval, end := run.schedule()
-	if err := w.record(ctx, run, audit.RunStarted,
-		fmt.Sprintf("validating %s %s in %s with policy %s: %d checks every %s until %s",
-			d.Service, d.Version, d.Environment, p.Name, len(run.checks), interval, end.Format(time.RFC3339)),
-		map[string]any{
-			"format": d.Format, "previous_version": d.PreviousVersion, "hosts": d.Hosts, "labels": d.Labels,
-			"deploy_time": d.Time, "first_measurement": first, "window_end": end, "policy_file": fmt.Sprintf("%s:%d", p.File, p.Line),
-		}); err != nil {
+	run.seq, run.owner = seq, w.Replica
+	switch err := w.create(ctx, run); {
+	case errors.Is(err, jetstream.ErrKeyExists):
+		// Stored before: the event came again after a crash between
+		// storing the run and acking. Whoever holds the run goes on with
+		// it; a dead owner's run is taken over here.
+		if err := w.adoptID(ctx, runID, true); err != nil {
+			return "", err
+		}
+		if err := w.recordStarted(ctx, run); err != nil {
+			return "", err
+		}
+		return "started", nil
+	case err != nil:
+		return "", fmt.Errorf("storing run %s: %w", runID, err)
+	}
+	if err := w.recordStarted(ctx, run); err != nil {
 		return "", err
 	}
 	w.start(ctx, run)
 	return "started", nil
 }
 
+// recordStarted writes r's run.started record; its message id makes a
+// repeat (a redelivered event) a no-op.
+func (w *Watcher) recordStarted(ctx context.Context, run *Run) error {
+	d, p := run.Deploy, run.Policy
+	first, interval, end := run.schedule()
+	return w.recordID(ctx, run, run.ID+".started", audit.RunStarted,
+		fmt.Sprintf("validating %s %s in %s with policy %s: %d checks every %s until %s",
+			d.Service, d.Version, d.Environment, p.Name, len(run.checks), interval, end.Format(time.RFC3339)),
+		map[string]any{
+			"format": d.Format, "previous_version": d.PreviousVersion, "hosts": d.Hosts, "labels": d.Labels,
+			"deploy_time": d.Time, "first_measurement": first, "window_end": end, "policy_file": fmt.Sprintf("%s:%d", p.File, p.Line),
+			"replica": run.owner,
+		})
+}
+
 // claim records the event id, so that the same id twice starts one run. A
 // redelivery of the message that made the claim (the watcher died before
-// acking) is not a duplicate.
-func (w *Watcher) claim(ctx context.Context, d events.Deploy, seq uint64) (runID string, dup bool, err error) {
-	sum := sha256.Sum256([]byte(d.ID))
-	key := hex.EncodeToString(sum[:16])
-	type claim struct {
-		RunID string `json:"run_id"`
-		Seq   uint64 `json:"seq"`
-	}
+// acking) is not a duplicate; done says its run was decided already.
+func (w *Watcher) claim(ctx context.Context, d events.Deploy, seq uint64) (runID string, dup, done bool, err error) {
+	key := claimKey(d.ID)
 	runID = events.NewID()
-	b, _ := json.Marshal(claim{RunID: runID, Seq: seq})
+	b, _ := json.Marshal(deployClaim{RunID: runID, Seq: seq})
 	_, err = w.ids.Create(ctx, key, b)
 	if err == nil {
-		return runID, false, nil
+		return runID, false, false, nil
 	}
 	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return "", false, fmt.Errorf("recording deploy id %s: %w", d.ID, err)
+		return "", false, false, fmt.Errorf("recording deploy id %s: %w", d.ID, err)
 	}
 	e, err := w.ids.Get(ctx, key)
 	if err != nil {
-		return "", false, fmt.Errorf("reading deploy id %s: %w", d.ID, err)
+		return "", false, false, fmt.Errorf("reading deploy id %s: %w", d.ID, err)
 	}
-	var c claim
+	var c deployClaim
 	_ = json.Unmarshal(e.Value(), &c)
-	return c.RunID, !(seq != 0 && c.Seq == seq), nil
+	redelivered := seq != 0 && c.Seq == seq
+	return c.RunID, !redelivered, redelivered && c.Done, nil
+}
+
+type deployClaim struct {
+	RunID string `json:"run_id"`
+	Seq   uint64 `json:"seq"`
+	Done  bool   `json:"done,omitempty"`
+}
+
+func claimKey(deployID string) string {
+	sum := sha256.Sum256([]byte(deployID))
+	return hex.EncodeToString(sum[:16])
+}
+
+// claimDone marks r's deploy id as decided, before r's stored state goes.
+func (w *Watcher) claimDone(ctx context.Context, r *Run) error {
+	r.mu.Lock()
+	c := deployClaim{RunID: r.ID, Seq: r.seq, Done: true}
+	r.mu.Unlock()
+	b, _ := json.Marshal(c)
+	_, err := w.ids.Put(ctx, claimKey(r.Deploy.ID), b)
+	return err
 }
 
 // hasRun reports whether run id is active or recent in this process.
@@ -405,22 +484,42 @@ func (w *Watcher) superseded(ctx context.Context, r *Run) {
 }
 
 // loop measures r on schedule until it fails, its window closes or ctx ends.
+//
+// Measurements happen at their scheduled times and are evaluated there: a
+// run resumed late (after a crash, by another replica) catches up on the
+// ones it missed, from Prometheus's history, instead of restarting its
+// window or skipping them.
 func (w *Watcher) loop(ctx context.Context, r *Run) {
-	next, interval, end := r.schedule()
+	_, interval, end := r.schedule()
+	r.mu.Lock()
+	next := r.next
+	r.mu.Unlock()
 	timer := time.NewTimer(time.Until(next))
 	defer timer.Stop()
-	for {
+	for !next.After(end) {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		}
-		failed, blind, err := w.measure(ctx, r, time.Now())
+		failed, blind, err := w.measure(ctx, r, next)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
 			w.logger.Error("measurement not recorded", "run", r.ID, "err", err)
+		}
+		next = next.Add(interval)
+		r.mu.Lock()
+		r.next = next
+		r.mu.Unlock()
+		if len(failed) == 0 && !(len(blind) > 0 && r.Policy.OnInconclusive == policy.OnInconclusiveRollback) {
+			if err := w.save(ctx, r); errors.Is(err, errRunLost) {
+				w.lost(r)
+				return
+			} else if err != nil {
+				w.logger.Warn("run state not saved; a restart would repeat this measurement", "run", r.ID, "err", err)
+			}
 		}
 		if len(failed) > 0 {
 			w.fail(ctx, r, failed)
@@ -432,10 +531,6 @@ func (w *Watcher) loop(ctx context.Context, r *Run) {
 		if len(blind) > 0 && r.Policy.OnInconclusive == policy.OnInconclusiveRollback {
 			w.inconclusive(ctx, r, blindReason(blind), blind)
 			return
-		}
-		next = next.Add(interval)
-		if next.After(end) {
-			break
 		}
 		timer.Reset(time.Until(next))
 	}
@@ -513,13 +608,8 @@ func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, re
 		Policy:      r.Policy.Name,
 		Time:        time.Now().UTC(),
 	}
-	if !w.finish(ctx, r, verdict, kind, reason+"; rollback requested ("+req.ID+")",
-		map[string]any{key: checks, "request_id": req.ID}) {
-		return // decided already (superseded meanwhile)
-	}
-	if err := PublishRollback(ctx, w.JS, req); err != nil {
-		w.logger.Error("rollback request not published", "run", r.ID, "err", err)
-	}
+	w.decide(ctx, r, verdict, kind, reason+"; rollback requested ("+req.ID+")",
+		map[string]any{key: checks, "request_id": req.ID}, &req)
 }
 
 // PublishRollback sends a rollback request to ROLLBACKS. The request id is
@@ -547,18 +637,59 @@ func PublishRollback(ctx context.Context, js jetstream.JetStream, req events.Rol
 // finish records r's verdict; a run is decided once, whatever ends it
 // first. It reports whether this call decided it.
 func (w *Watcher) finish(ctx context.Context, r *Run, verdict, kind, reason string, detail map[string]any) bool {
+	return w.decide(ctx, r, verdict, kind, reason, detail, nil)
+}
+
+// decide stores r's verdict (and the rollback it asks for, if any), then
+// concludes it. The verdict is stored first so that a process dying
+// half-way leaves a decided run, which whoever resumes it concludes
+// instead of judging again. It reports whether this call decided r.
+func (w *Watcher) decide(ctx context.Context, r *Run, verdict, kind, reason string, detail map[string]any, req *events.RollbackRequest) bool {
 	r.mu.Lock()
 	if r.verdict != VerdictPending {
 		r.mu.Unlock()
 		return false
 	}
-	r.verdict, r.reason, r.ended = verdict, reason, time.Now().UTC()
-	r.mu.Unlock()
 	if detail == nil {
 		detail = map[string]any{}
 	}
-	if err := w.record(ctx, r, kind, reason, detail); err != nil {
+	r.verdict, r.reason, r.kind, r.detail, r.request, r.ended = verdict, reason, kind, detail, req, time.Now().UTC()
+	r.mu.Unlock()
+	switch err := w.save(ctx, r); {
+	case errors.Is(err, errRunLost):
+		w.lost(r)
+		return false
+	case err != nil:
+		// Deciding matters more than storing the decision: a rollback
+		// must not wait for NATS to come back. A replica that resumes
+		// the stored run later decides it again, from the same
+		// measurements, and the message ids keep the records single.
+		w.logger.Warn("verdict not stored before concluding", "run", r.ID, "err", err)
+	}
+	w.conclude(ctx, r)
+	return true
+}
+
+// conclude records a decided run's verdict, publishes its rollback
+// request, and removes its stored state. Each step is idempotent (message
+// ids), so a resumed run concludes again without doubling anything.
+func (w *Watcher) conclude(ctx context.Context, r *Run) {
+	r.mu.Lock()
+	verdict, kind, reason, detail, req := r.verdict, r.kind, r.reason, r.detail, r.request
+	r.mu.Unlock()
+	if err := w.recordID(ctx, r, r.ID+".verdict", kind, reason, detail); err != nil {
 		w.logger.Error("verdict not recorded", "run", r.ID, "verdict", verdict, "err", err)
+	}
+	if req != nil {
+		if err := PublishRollback(ctx, w.JS, *req); err != nil {
+			w.logger.Error("rollback request not published", "run", r.ID, "err", err)
+		}
+	}
+	if err := w.claimDone(ctx, r); err != nil {
+		// Keep the stored state: a redelivered event must find the run.
+		w.logger.Warn("deploy id not marked decided; keeping the run's state", "run", r.ID, "err", err)
+	} else {
+		w.drop(ctx, r)
 	}
 	w.metrics.runs.WithLabelValues(verdict).Inc()
 	w.logger.Info("run ended", "run", r.ID, "service", r.Deploy.Service, "environment", r.Deploy.Environment,
@@ -570,16 +701,30 @@ func (w *Watcher) finish(ctx context.Context, r *Run, verdict, kind, reason stri
 		w.recent = w.recent[len(w.recent)-w.Recent:]
 	}
 	w.mu.Unlock()
-	_, requested := detail["request_id"]
-	w.cool(r, requested)
-	return true
+	w.cool(r, req != nil)
+}
+
+// lost forgets a run another replica took over: it is theirs to measure
+// and decide.
+func (w *Watcher) lost(r *Run) {
+	w.logger.Warn("run taken over by another replica; stopping here", "run", r.ID)
+	w.mu.Lock()
+	delete(w.active, r.ID)
+	w.mu.Unlock()
+	w.cool(r, false)
 }
 
 func (w *Watcher) record(ctx context.Context, r *Run, kind, msg string, detail map[string]any) error {
+	return w.recordID(ctx, r, "", kind, msg, detail)
+}
+
+// recordID is record with a message id: the same step repeated by a
+// resumed run is stored once.
+func (w *Watcher) recordID(ctx context.Context, r *Run, msgID, kind, msg string, detail map[string]any) error {
 	return w.Audit.Record(ctx, audit.Record{
 		Kind: kind, RunID: r.ID, DeployID: r.Deploy.ID, Service: r.Deploy.Service,
 		Environment: r.Deploy.Environment, Version: r.Deploy.Version, Policy: r.Policy.Name,
-		Message: msg, Detail: detail,
+		Message: msg, Detail: detail, MsgID: msgID,
 	})
 }
 

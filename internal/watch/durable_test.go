@@ -1,0 +1,136 @@
+package watch
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/testutil"
+)
+
+// replica starts one more Watcher on h's NATS, with its own name, querier
+// and lease, as a second process would be; it stops at the end of the test
+// or when the returned cancel is called (a crash, for the store: nothing is
+// decided or cleaned up on the way out).
+func (h *harness) replica(name string, lease time.Duration, s script) (*Watcher, *recorder, context.CancelFunc) {
+	h.t.Helper()
+	rec := &recorder{t: h.t, pub: &audit.Publisher{JS: h.js}}
+	w := &Watcher{
+		JS: h.js, Policies: h.set.Load, Querier: &fakeQuerier{script: s, counts: map[string]int{}}, Audit: rec,
+		Replica: name, Lease: lease,
+		Logger: slog.New(slog.NewTextHandler(h.t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})).With("replica", name),
+	}
+	w.Register(prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := w.Start(ctx); err != nil {
+		h.t.Fatalf("Start %s: %v", name, err)
+	}
+	h.t.Cleanup(func() { cancel(); w.Wait() })
+	return w, rec, cancel
+}
+
+// streamRecords reads the audit stream of a run: what was stored, after
+// JetStream dropped repeats by message id.
+func streamRecords(t *testing.T, h *harness, runID string) []audit.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	recs, err := audit.Read(ctx, h.js, audit.Filter{RunID: runID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// TestRunResumesAfterCrash: the process measuring a run dies mid-window; a
+// second one takes the run over once the first one's lease lapses, goes on
+// from the measurement that was due (missed ones caught up at their own
+// times, none repeated, the window not restarted) and decides it once.
+func TestRunResumesAfterCrash(t *testing.T) {
+	t.Parallel()
+	rules := "policies:\n" + policyYAML("shop-orders", shopMatch, "window: 3s\ninterval: 250ms", `
+- name: orders
+  query: sum(rate(orders_total{service="{{ .Service }}"}[1m]))
+  min: 50`)
+	h := newHarness(t, rules, always(0)) // never used: the replicas measure
+	h.stop()
+	lease := 600 * time.Millisecond
+	_, rec1, crash := h.replica("a", lease, always(100))
+
+	h.publish(deployEvent("d-resume", "shop", "production", "v2"))
+	var id string
+	testutil.Eventually(t, 10*time.Second, "3 measurements by replica a", func() bool {
+		ms := rec1.ofDeploy("d-resume", audit.Measurement)
+		if len(ms) > 0 {
+			id = ms[0].RunID
+		}
+		return len(ms) >= 3
+	})
+	crash()
+	crashed := time.Now()
+
+	_, rec2, _ := h.replica("b", lease, always(100))
+	var resumed []audit.Record
+	testutil.Eventually(t, 15*time.Second, "the run decided by replica b", func() bool {
+		resumed = rec2.ofDeploy("d-resume", RunResumed)
+		return len(rec2.ofDeploy("d-resume", verdictKinds...)) > 0
+	})
+	if len(resumed) != 1 {
+		t.Fatalf("%d run.resumed records by b, want 1", len(resumed))
+	}
+	if took := resumed[0].Time.Sub(crashed); took > 3*lease+time.Second {
+		t.Errorf("taken over %s after the crash, want within about the lease (%s)", took, lease)
+	}
+
+	recs := streamRecords(t, h, id)
+	var startedRecs, verdicts, evals []string
+	for _, r := range recs {
+		switch r.Kind {
+		case audit.RunStarted:
+			startedRecs = append(startedRecs, r.Message)
+		case audit.RunPassed, audit.RunFailed, audit.RunInconclusive, audit.RunSuperseded:
+			verdicts = append(verdicts, r.Kind)
+		case audit.Measurement:
+			evals = append(evals, r.Detail["eval_time"].(string))
+		}
+	}
+	if len(startedRecs) != 1 || !slices.Equal(verdicts, []string{audit.RunPassed}) {
+		t.Errorf("run.started %d, verdicts %v; want 1 and [run.passed]", len(startedRecs), verdicts)
+	}
+	// 0, 250ms, ..., 3s: 13 measurements, each once, on the schedule that
+	// started with the deploy.
+	if len(evals) != 13 {
+		t.Errorf("%d measurements in the audit stream, want 13 (window 3s / 250ms + 1): %v", len(evals), evals)
+	}
+	sorted := slices.Clone(evals)
+	slices.Sort(sorted)
+	if got := slices.Compact(sorted); len(got) != len(evals) {
+		t.Errorf("a measurement was stored twice: %v", evals)
+	}
+	for i := 1; i < len(sorted); i++ {
+		a, _ := time.Parse(time.RFC3339Nano, sorted[i-1])
+		b, _ := time.Parse(time.RFC3339Nano, sorted[i])
+		if b.Sub(a) != 250*time.Millisecond {
+			t.Errorf("measurements at %s and %s: not one interval apart", sorted[i-1], sorted[i])
+		}
+	}
+	// Nothing is left in the store once the run is decided.
+	if _, _, err := (&Watcher{runs: mustKV(t, h, RunsBucket)}).load(context.Background(), id); err == nil {
+		t.Error("the decided run is still in " + RunsBucket)
+	}
+}
+
+func mustKV(t *testing.T, h *harness, bucket string) jetstream.KeyValue {
+	t.Helper()
+	kv, err := h.js.KeyValue(context.Background(), bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}

@@ -1,0 +1,204 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// RunResumed records that a replica took over a run whose owner had died
+// (or that a restarted process picked up its own).
+const RunResumed = "run.resumed"
+
+var notKeyChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// replicaName makes a host name usable as a KV key.
+func replicaName(host string) string {
+	s := strings.Trim(notKeyChars.ReplaceAllString(host, "-"), "-")
+	if s == "" {
+		s = "watcher"
+	}
+	return s
+}
+
+// openStore creates the run and replica buckets and announces this
+// replica.
+func (w *Watcher) openStore(ctx context.Context) error {
+	replicas := max(w.Replicas, 1)
+	runs, err := w.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      RunsBucket,
+		Description: "validation runs in progress (rollback watcher)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("creating KV bucket %s: %w", RunsBucket, err)
+	}
+	alive, err := w.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      ReplicasBucket,
+		Description: "live rollback watcher replicas, one key each, kept by heartbeats",
+		TTL:         w.Lease,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("creating KV bucket %s: %w", ReplicasBucket, err)
+	}
+	w.runs, w.alive = runs, alive
+	return w.heartbeat(ctx)
+}
+
+func (w *Watcher) heartbeat(ctx context.Context) error {
+	if _, err := w.alive.PutString(ctx, w.Replica, time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+		return fmt.Errorf("announcing replica %s in %s: %w", w.Replica, ReplicasBucket, err)
+	}
+	return nil
+}
+
+// tend keeps this replica alive in ReplicasBucket and takes over the runs
+// of replicas that are not: at start (runs left by a crashed process),
+// whenever a replica disappears, and once in a while in case a scan was
+// missed.
+func (w *Watcher) tend(ctx context.Context) {
+	t := time.NewTicker(w.Lease / 3)
+	defer t.Stop()
+	known := w.startLive
+	for tick := 1; ; tick++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := w.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			w.logger.Warn("heartbeat", "err", err)
+		}
+		live, err := w.liveReplicas(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				w.logger.Warn("listing live replicas", "err", err)
+			}
+			continue
+		}
+		gone := tick%30 == 0
+		for r := range known {
+			gone = gone || !live[r]
+		}
+		known = live
+		if gone {
+			w.adoptOrphans(ctx, live, false)
+		}
+	}
+}
+
+// adoptAtStart takes over, before any event is consumed, the runs left by
+// dead replicas and by an earlier process of this replica's name.
+func (w *Watcher) adoptAtStart(ctx context.Context) error {
+	live, err := w.liveReplicas(ctx)
+	if err != nil {
+		return fmt.Errorf("listing live replicas in %s: %w", ReplicasBucket, err)
+	}
+	w.startLive = live
+	w.adoptOrphans(ctx, live, true)
+	return nil
+}
+
+func (w *Watcher) liveReplicas(ctx context.Context) (map[string]bool, error) {
+	keys, err := w.alive.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	live := map[string]bool{w.Replica: true}
+	for k := range keys.Keys() {
+		live[k] = true
+	}
+	return live, nil
+}
+
+// adoptOrphans takes over every stored run whose owner is not live. Runs
+// under this replica's own name are taken only at startup (mine): they were
+// left by an earlier process of the same name; later, they are this
+// process's own runs being started.
+func (w *Watcher) adoptOrphans(ctx context.Context, live map[string]bool, mine bool) {
+	keys, err := w.runs.ListKeys(ctx)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrNoKeysFound) && ctx.Err() == nil {
+			w.logger.Warn("listing stored runs", "err", err)
+		}
+		return
+	}
+	for id := range keys.Keys() {
+		if w.hasRun(id) {
+			continue
+		}
+		st, _, err := w.load(ctx, id)
+		if err != nil {
+			continue // decided and removed meanwhile
+		}
+		if st.Owner == w.Replica && !mine || st.Owner != w.Replica && live[st.Owner] {
+			continue
+		}
+		if err := w.adoptID(ctx, id, false); err != nil && ctx.Err() == nil {
+			w.logger.Warn("taking over run", "run", id, "err", err)
+		}
+	}
+}
+
+// adoptID takes run id over, unless a live replica other than this one
+// holds it (checked when checkLive), and resumes it here. Of replicas
+// racing for one run, the compare-and-set lets one win.
+func (w *Watcher) adoptID(ctx context.Context, id string, checkLive bool) error {
+	if w.hasRun(id) {
+		return nil
+	}
+	st, rev, err := w.load(ctx, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil // decided and removed
+	}
+	if err != nil {
+		return err
+	}
+	if checkLive && st.Owner != w.Replica {
+		live, err := w.liveReplicas(ctx)
+		if err != nil {
+			return err
+		}
+		if live[st.Owner] {
+			return nil // its owner goes on with it
+		}
+	}
+	r, err := restoreRun(st, rev)
+	if err != nil {
+		return err
+	}
+	from := r.owner
+	r.owner = w.Replica
+	if err := w.save(ctx, r); err != nil {
+		if errors.Is(err, errRunLost) {
+			return nil // another replica was quicker
+		}
+		return err
+	}
+	w.logger.Info("run taken over", "run", id, "from", from, "service", r.Deploy.Service, "version", r.Deploy.Version, "verdict", r.verdict)
+	r.mu.Lock()
+	next, rev := r.next, r.rev
+	r.mu.Unlock()
+	if err := w.recordID(ctx, r, fmt.Sprintf("%s.resumed.%d", r.ID, rev), RunResumed,
+		fmt.Sprintf("run resumed by replica %s (was %s); next measurement due %s", w.Replica, from, next.Format(time.RFC3339Nano)),
+		map[string]any{"replica": w.Replica, "previous_owner": from, "next_measurement": next, "verdict": r.verdict}); err != nil {
+		w.logger.Warn("run.resumed not recorded", "run", id, "err", err)
+	}
+	if r.verdict != VerdictPending {
+		w.mu.Lock()
+		w.active[r.ID] = r
+		w.mu.Unlock()
+		w.conclude(ctx, r)
+		return nil
+	}
+	w.start(ctx, r)
+	return nil
+}
