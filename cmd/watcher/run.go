@@ -88,13 +88,32 @@ func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env
 	cmd.Flag("prometheus.url", "Prometheus to query; auth and TLS go in --config.file.").Default("http://127.0.0.1:9090").IsSetByUser(&f.promSet).StringVar(&f.promURL)
 	cmd.Flag("web.listen-address", "Address for /metrics, health, reload and the API.").Default("127.0.0.1:9797").StringVar(&webAddr)
 	cmd.Flag("dry-run", "Evaluate and publish everything, execute no rollback (the audit says so).").BoolVar(&dryRun)
+	var rep replicaFlags
+	cmd.Flag("runs.replica", "Name of this watcher among the replicas sharing one NATS. Default: host name and a random suffix.").StringVar(&rep.name)
+	cmd.Flag("runs.lease", "How long a replica's runs and rollbacks stay its own after its last heartbeat; then another replica takes them over.").
+		Default(watch.DefaultLease.String()).DurationVar(&rep.lease)
 	cmds["run"] = func(ctx context.Context, e *env) error {
-		return runWatcher(ctx, e, &f, listen, storage, webAddr, dryRun)
+		return runWatcher(ctx, e, &f, rep, listen, storage, webAddr, dryRun)
 	}
 }
 
-func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, webAddr string, dryRun bool) error {
+// replicaFlags say how this process shares runs with other replicas.
+type replicaFlags struct {
+	name  string
+	lease time.Duration
+}
+
+func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, listen, storage, webAddr string, dryRun bool) error {
 	logger := e.logger
+	if rep.name == "" {
+		rep.name = watch.DefaultReplica()
+	}
+	if err := watch.ValidReplica(rep.name); err != nil {
+		return usageErr("--runs.replica: %v", err)
+	}
+	if rep.lease < time.Second {
+		return usageErr("--runs.lease=%s: at least 1s (heartbeats go out every third of it)", rep.lease)
+	}
 	cfg, err := f.load()
 	if err != nil {
 		return err
@@ -171,9 +190,13 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, listen, storage, we
 	sshPool := rollback.NewSSHPool(0)
 	defer sshPool.Close()
 	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: prom, Audit: aud, Logger: logger,
-		Warmer: &rollback.Warmer{Pool: sshPool, Logger: logger}}
+		Warmer:  &rollback.Warmer{Pool: sshPool, Logger: logger},
+		Replica: rep.name, Lease: rep.lease, Replicas: cfg.NATS.Replicas}
+	// A request whose executor died comes back to another replica after
+	// AckWait: a few leases, like its runs.
 	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: dryRun,
-		Dial: sshPool.Dial, Source: "rollback-watcher/" + host}
+		Dial: sshPool.Dial, Source: "rollback-watcher/" + host,
+		Replica: rep.name, Replicas: cfg.NATS.Replicas, AckWait: 3 * rep.lease}
 	w.Register(reg)
 	x.Register(reg)
 

@@ -51,6 +51,16 @@ type Executor struct {
 	// Workers bounds how many requests execute at once (different services;
 	// one service and environment never has two at once).
 	Workers int
+	// AckWait is how long a request being executed by a replica that stopped
+	// answering waits before another replica gets it (default 2m; the
+	// executor marks progress every quarter of it). Replicas is the
+	// replication factor of RequestsBucket; Replica names this process in
+	// it.
+	AckWait  time.Duration
+	Replicas int
+	Replica  string
+
+	requests jetstream.KeyValue
 
 	initOnce sync.Once
 	logger   *slog.Logger
@@ -97,6 +107,9 @@ func (e *Executor) setup() {
 	if e.Workers <= 0 {
 		e.Workers = 16
 	}
+	if e.AckWait <= 0 {
+		e.AckWait = 2 * time.Minute
+	}
 	e.sem = make(chan struct{}, e.Workers)
 	e.results = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "watcher_rollbacks_total", Help: "Rollback requests handled, by result (completed, failed, skipped).",
@@ -109,13 +122,16 @@ func (e *Executor) setup() {
 // Start consumes ROLLBACKS in the background until ctx ends.
 func (e *Executor) Start(ctx context.Context) error {
 	e.init()
+	if err := e.openRequests(ctx); err != nil {
+		return err
+	}
 	cons, err := e.JS.CreateOrUpdateConsumer(ctx, bus.RollbacksStream, jetstream.ConsumerConfig{
 		Durable:       e.Consumer,
 		FilterSubject: events.RollbacksPrefix + ".>",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		// A fleet rollback with a data step can take minutes; the handler
 		// also marks progress so a slow one is not redelivered.
-		AckWait:       2 * time.Minute,
+		AckWait:       e.AckWait,
 		MaxAckPending: 256,
 		// A new consumer must not replay old requests from the stream.
 		DeliverPolicy: jetstream.DeliverNewPolicy,
@@ -170,9 +186,22 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
+	tr, err := e.track(ctx, req.ID)
+	if err != nil {
+		e.logger.Error("rollback request not handled; will retry", "request", req.ID, "err", err)
+		_ = msg.NakWithDelay(2 * time.Second)
+		return
+	}
+	if tr.has(stepDone) {
+		// Executed already: delivered again (an ack lost in a crash) or
+		// published again with the same id after the duplicate window.
+		e.logger.Info("rollback request executed already; not again", "request", req.ID, "result", tr.prog.Result)
+		_ = msg.Ack()
+		return
+	}
 	stop := make(chan struct{})
 	go func() {
-		t := time.NewTicker(30 * time.Second)
+		t := time.NewTicker(e.AckWait / 4)
 		defer t.Stop()
 		for {
 			select {
@@ -183,7 +212,7 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 			}
 		}
 	}()
-	res := e.Execute(ctx, req)
+	res := e.executeTracked(ctx, req, tr)
 	close(stop)
 	if res.Err != nil && ctx.Err() != nil {
 		// Shutting down mid-way: leave the request for the next start.
@@ -193,6 +222,9 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 		e.logger.Error("rollback request not handled; will retry", "request", req.ID, "err", res.Err)
 		_ = msg.NakWithDelay(2 * time.Second)
 		return
+	}
+	if err := tr.mark(ctx, stepDone, res.Status); err != nil {
+		e.logger.Warn("rollback request not marked done; a redelivery will find every host rolled back", "request", req.ID, "err", err)
 	}
 	_ = msg.Ack()
 }
@@ -241,14 +273,30 @@ type plan struct {
 
 // Execute handles one request and records every step in the audit.
 func (e *Executor) Execute(ctx context.Context, req events.RollbackRequest) Result {
+	return e.executeTracked(ctx, req, nil)
+}
+
+// executeTracked is Execute, skipping the data steps that tr says ran in
+// an earlier attempt and recording those it runs.
+func (e *Executor) executeTracked(ctx context.Context, req events.RollbackRequest, tr *tracker) Result {
 	e.init()
 	lock := e.lockFor(req.Environment + "/" + req.Service)
 	lock.Lock()
 	defer lock.Unlock()
 
-	res := e.execute(ctx, req)
+	res := e.execute(ctx, req, tr)
 	e.results.WithLabelValues(res.Status).Inc()
 	return res
+}
+
+// mark records a step of tr's request. It is best effort: a step whose
+// record is lost is repeated if this execution is cut short, which the
+// switch tolerates and a data script should (the README asks data scripts
+// to be idempotent).
+func (e *Executor) mark(ctx context.Context, tr *tracker, req events.RollbackRequest, step string) {
+	if err := tr.mark(ctx, step, ""); err != nil {
+		e.logger.Warn("rollback step not recorded", "request", req.ID, "step", step, "err", err)
+	}
 }
 
 func (e *Executor) lockFor(key string) *sync.Mutex {
@@ -256,7 +304,7 @@ func (e *Executor) lockFor(key string) *sync.Mutex {
 	return m.(*sync.Mutex)
 }
 
-func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Result {
+func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *tracker) Result {
 	p := e.policyFor(req)
 	base := audit.Record{
 		RequestID: req.ID, RunID: req.RunID, DeployID: req.DeployID, Service: req.Service,
@@ -267,6 +315,9 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Resu
 	}
 	requested := base
 	requested.Kind = audit.RollbackRequested
+	// Message ids keep the records of a request executed again after a
+	// crash (tracker) single in the audit stream.
+	requested.MsgID = req.ID + ".requested"
 	requested.Message = fmt.Sprintf("rollback of %s in %s requested by %s: %s", req.Service, req.Environment, req.Source, req.Reason)
 	requested.Detail = map[string]any{
 		"source": req.Source, "reason": req.Reason, "to_version": req.ToVersion, "hosts": req.Hosts,
@@ -305,9 +356,14 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Resu
 	data := p.Rollback.Data
 	var dataOut map[string]any
 	if data != nil && data.Order == "before_code" {
-		dataOut, err = e.runData(ctx, req, p, plans)
-		if err != nil {
-			return e.failedOn(ctx, base, p, plans, hostResults(plans), fmt.Errorf("data step failed before the code switch, no host switched: %w", err), map[string]any{"data": dataOut})
+		if tr.has(stepDataBefore) {
+			dataOut = map[string]any{"skipped": "ran in an earlier attempt of this request"}
+		} else {
+			dataOut, err = e.runData(ctx, req, p, plans)
+			if err != nil {
+				return e.failedOn(ctx, base, p, plans, hostResults(plans), fmt.Errorf("data step failed before the code switch, no host switched: %w", err), map[string]any{"data": dataOut})
+			}
+			e.mark(ctx, tr, req, stepDataBefore)
 		}
 	}
 	results := e.switchAll(ctx, req, p, plans)
@@ -317,10 +373,18 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Resu
 			bad = append(bad, r.Host+": "+r.Error)
 		}
 	}
+	if len(bad) == 0 {
+		e.mark(ctx, tr, req, stepSwitched)
+	}
 	if data != nil && data.Order != "before_code" && len(bad) == 0 {
-		dataOut, err = e.runData(ctx, req, p, plans)
-		if err != nil {
-			return e.failedOn(ctx, base, p, plans, results, fmt.Errorf("code rolled back on every host, but the data step failed: %w", err), map[string]any{"data": dataOut})
+		if tr.has(stepDataAfter) {
+			dataOut = map[string]any{"skipped": "ran in an earlier attempt of this request"}
+		} else {
+			dataOut, err = e.runData(ctx, req, p, plans)
+			if err != nil {
+				return e.failedOn(ctx, base, p, plans, results, fmt.Errorf("code rolled back on every host, but the data step failed: %w", err), map[string]any{"data": dataOut})
+			}
+			e.mark(ctx, tr, req, stepDataAfter)
 		}
 	}
 	if len(bad) > 0 {
@@ -331,6 +395,7 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest) Resu
 	from := filepath.Base(plans[0].release.Current)
 	done := base
 	done.Kind = audit.RollbackCompleted
+	done.MsgID = req.ID + ".result"
 	done.Message = fmt.Sprintf("%s in %s rolled back from %s to %s on %d host(s)", req.Service, req.Environment, from, to, len(results))
 	done.Detail = map[string]any{"hosts": results, "from": from, "to": to}
 	if dataOut != nil {
@@ -638,7 +703,7 @@ func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p 
 		r.Error = err.Error()
 	}
 	rec := audit.Record{
-		Kind: audit.RollbackHost, RequestID: req.ID, RunID: req.RunID, DeployID: req.DeployID,
+		Kind: audit.RollbackHost, MsgID: req.ID + ".host." + r.Host, RequestID: req.ID, RunID: req.RunID, DeployID: req.DeployID,
 		Service: req.Service, Environment: req.Environment, Version: req.Version, Policy: p.Name,
 		Detail: map[string]any{"host": r.Host, "link": r.Link, "from": r.From, "to": r.To, "source": r.Source,
 			"switched": r.Switched, "duration_seconds": r.Duration.Seconds(), "error": r.Error, "after_output": r.After},
@@ -744,6 +809,7 @@ func (e *Executor) failedOn(ctx context.Context, base audit.Record, p *policy.Po
 func (e *Executor) failedWith(ctx context.Context, base audit.Record, hosts []HostResult, err error, extra map[string]any) Result {
 	rec := base
 	rec.Kind = audit.RollbackFailed
+	rec.MsgID = base.RequestID + ".result"
 	rec.Message = fmt.Sprintf("rollback of %s in %s failed: %v", base.Service, base.Environment, err)
 	rec.Message += whereLinksStand(hosts)
 	rec.Detail = map[string]any{"error": err.Error(), "hosts": hosts}

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rollback-watcher/watcher/internal/events"
 )
 
 // RunResumed records that a replica took over a run whose owner had died
@@ -16,6 +19,22 @@ import (
 const RunResumed = "run.resumed"
 
 var notKeyChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
+
+// DefaultReplica names a replica when nothing else does: the host name and
+// a random suffix, so that two processes on one host never share a name
+// (a shared name would let both believe they own the same runs).
+func DefaultReplica() string {
+	host, _ := os.Hostname()
+	return replicaName(host) + "-" + strings.ToLower(events.NewID()[20:])
+}
+
+// ValidReplica checks a replica name given by the operator: it is a KV key.
+func ValidReplica(name string) error {
+	if name == "" || notKeyChars.MatchString(name) {
+		return fmt.Errorf("replica name %q: use letters, digits, '-' and '_'", name)
+	}
+	return nil
+}
 
 // replicaName makes a host name usable as a KV key.
 func replicaName(host string) string {
@@ -71,6 +90,7 @@ func (w *Watcher) tend(ctx context.Context) {
 	for tick := 1; ; tick++ {
 		select {
 		case <-ctx.Done():
+			w.retire()
 			return
 		case <-t.C:
 		}
@@ -92,6 +112,18 @@ func (w *Watcher) tend(ctx context.Context) {
 		if gone {
 			w.adoptOrphans(ctx, live, false)
 		}
+	}
+}
+
+// retire removes this replica's heartbeat on the way out, so that the
+// other replicas take its runs over at once instead of after the lease.
+// The runs themselves stay stored as they are. A run loop still finishing
+// its step writes with compare-and-set and loses to a taker.
+func (w *Watcher) retire() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := w.alive.Delete(ctx, w.Replica); err != nil {
+		w.logger.Debug("heartbeat not removed", "err", err)
 	}
 }
 

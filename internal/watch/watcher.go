@@ -11,9 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -146,8 +144,7 @@ func (w *Watcher) init() {
 		w.Recent = 200
 	}
 	if w.Replica == "" {
-		host, _ := os.Hostname()
-		w.Replica = replicaName(host) + "-" + strings.ToLower(events.NewID()[20:])
+		w.Replica = DefaultReplica()
 	}
 	if w.Lease <= 0 {
 		w.Lease = DefaultLease
