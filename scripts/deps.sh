@@ -2,7 +2,9 @@
 # Installs what the tests need that Go does not ship, when it is missing:
 # the real Prometheus server (Debian package "prometheus"), OpenSSH's sshd
 # ("openssh-server") and PostgreSQL for the data rollback tests
-# ("postgresql"; its server binaries live off the PATH). Idempotent.
+# ("postgresql"; its server binaries live off the PATH), and for the deploy/
+# kit's checks: promtool (in "prometheus"), amtool ("prometheus-alertmanager")
+# and systemd-analyze ("systemd", with "procps" for /bin/kill). Idempotent.
 set -eu
 
 need=""
@@ -11,6 +13,10 @@ command -v prometheus >/dev/null 2>&1 || need="$need prometheus"
 [ -x /usr/sbin/sshd ] || need="$need openssh-server"
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
 command -v psql >/dev/null 2>&1 || need="$need postgresql-client"
+command -v amtool >/dev/null 2>&1 || need="$need prometheus-alertmanager"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+# The unit's ExecReload runs /bin/kill; systemd-analyze verify checks it exists.
+[ -x /bin/kill ] || need="$need procps"
 
 if [ -n "$need" ]; then
 	echo "deps: installing Debian packages:$need" >&2
@@ -23,8 +29,8 @@ if [ -n "$need" ]; then
 		exit 1
 	fi
 	$SUDO apt-get update -qq
-	# The packages' init scripts must not start a system Prometheus or
-	# sshd: tests start their own on free ports.
+	# The packages' init scripts must not start a system Prometheus,
+	# Alertmanager or sshd: tests start their own on free ports.
 	cleanup=""
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
