@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/rollback-watcher/watcher/internal/events"
@@ -146,6 +147,22 @@ func renamed(name string) bool {
 
 // Read returns the records matching f, oldest first.
 func Read(ctx context.Context, js jetstream.JetStream, f Filter) ([]Record, error) {
+	for attempt := 1; ; attempt++ {
+		recs, err := read(ctx, js, f)
+		// In a cluster, a consumer just created may have no leader to
+		// answer for a moment: "no responders". Worth a few more tries.
+		if err == nil || !errors.Is(err, nats.ErrNoResponders) || attempt == 5 {
+			return recs, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+		}
+	}
+}
+
+func read(ctx context.Context, js jetstream.JetStream, f Filter) ([]Record, error) {
 	cons, err := js.OrderedConsumer(ctx, "AUDIT", jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{f.subject()},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,

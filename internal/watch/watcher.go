@@ -198,7 +198,10 @@ func (w *Watcher) Start(ctx context.Context) error {
 		Durable:       w.Consumer,
 		FilterSubject: events.DeploysPrefix + ".>",
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       time.Minute,
+		// Handling an event takes a few writes; one left unacknowledged
+		// by a replica that died comes back to another within a few
+		// leases, as its runs do.
+		AckWait:       3 * w.Lease,
 		MaxAckPending: 1000,
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
