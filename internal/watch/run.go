@@ -61,8 +61,8 @@ type checkState struct {
 }
 
 func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run, error) {
-	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, verdict: VerdictPending,
-		next: start.Add(time.Duration(p.InitialDelay))}
+	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, verdict: VerdictPending}
+	r.next, _, _ = r.schedule()
 	r.data = policy.TemplateData{
 		Service:         d.Service,
 		Environment:     d.Environment,
@@ -89,12 +89,19 @@ func (r *Run) deployTime() time.Time {
 	return r.Start
 }
 
-// schedule lists when measurements happen: initial_delay after the start,
-// then every interval, until the window closes.
+// schedule lists when measurements happen: from initial_delay after the
+// start, on the interval's grid (alignUp: runs share their queries), then
+// every interval, until the window closes.
 func (r *Run) schedule() (first time.Time, interval time.Duration, end time.Time) {
-	return r.Start.Add(time.Duration(r.Policy.InitialDelay)),
-		time.Duration(r.Policy.Interval),
-		r.Start.Add(time.Duration(r.Policy.Window))
+	interval = time.Duration(r.Policy.Interval)
+	end = r.Start.Add(time.Duration(r.Policy.Window))
+	first = alignUp(r.Start.Add(time.Duration(r.Policy.InitialDelay)), interval)
+	if first.After(end) {
+		// A delay as long as the window still gets its one measurement,
+		// at the window's end.
+		first = r.Start.Add(time.Duration(r.Policy.InitialDelay))
+	}
+	return first, interval, end
 }
 
 // Querier runs an instant query; *metrics.Client is one.
@@ -117,7 +124,7 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) (failed, bl
 				cs.baseline = w.baseline(ctx, r, cs, baseAt)
 			}
 		}
-		vec, qerr := w.Querier.Query(ctx, cs.query, ts)
+		vec, qerr := w.querier.Query(ctx, cs.query, ts)
 		if ctx.Err() != nil {
 			return nil, nil, ctx.Err()
 		}
@@ -214,7 +221,7 @@ func (cs *checkState) baselineTime(r *Run, ts time.Time) time.Time {
 // it unset: this measurement is inconclusive ("no baseline") and a
 // pre-deploy baseline is tried again at the next one.
 func (w *Watcher) baseline(ctx context.Context, r *Run, cs *checkState, at time.Time) []policy.Series {
-	vec, err := w.Querier.Query(ctx, cs.query, at)
+	vec, err := w.querier.Query(ctx, cs.query, at)
 	if err != nil || len(vec) == 0 {
 		w.logger.Debug("baseline unavailable", "run", r.ID, "check", cs.check.Name, "at", at, "series", len(vec), "err", err)
 		return nil

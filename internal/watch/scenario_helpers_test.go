@@ -24,9 +24,6 @@ const (
 	scrapeInterval = 500 * time.Millisecond
 	scnInterval    = 500 * time.Millisecond
 	scnWindow      = 5 * time.Second
-	// scnMeasurements is how many measurements a run that is not decided
-	// early takes: at 0, 500ms, ..., 5s after its start.
-	scnMeasurements = 11
 	// playTick is how often a player sets its gauges.
 	playTick = 50 * time.Millisecond
 	// lead is how long a player sets values before the deploy, so that
@@ -229,6 +226,10 @@ type outcome struct {
 	meas     []audit.Record // the run's measurements, in order
 	breach   time.Time      // when the exporter first served a breaching value
 	requests int            // rollback requests on ROLLBACKS
+	// n is how many measurements the run takes if it is not decided
+	// early: every scnInterval from its first, on the interval's grid, to
+	// the window's end (10 or 11, by where the start falls on the grid).
+	n int
 }
 
 // of returns the measurements of check, in order.

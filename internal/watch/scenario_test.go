@@ -73,12 +73,12 @@ func scenarios() []scenario {
   min_ratio: 0.8`,
 			trace: func(time.Duration) []point { return value(100) },
 			check: func(t *testing.T, o *outcome) {
-				wantCounts(t, o.last(t, "orders"), "pass", scnMeasurements, "fail", 0)
+				wantCounts(t, o.last(t, "orders"), "pass", o.n, "fail", 0)
 				for _, m := range o.of("orders-vs-before") {
 					wantNumbers(t, m, "value", 100.0, "baseline", 100.0, "ratio", 1.0)
 				}
 				wantContains(t, "run.passed", o.verdict.Message,
-					fmt.Sprintf("orders pass %d fail 0, orders-vs-before pass %d fail 0", scnMeasurements, scnMeasurements))
+					fmt.Sprintf("orders pass %d fail 0, orders-vs-before pass %d fail 0", o.n, o.n))
 			},
 		},
 		{
@@ -97,7 +97,7 @@ func scenarios() []scenario {
 				return value(100)
 			},
 			check: func(t *testing.T, o *outcome) {
-				wantCounts(t, o.last(t, "orders"), "pass", scnMeasurements-1, "fail", 1)
+				wantCounts(t, o.last(t, "orders"), "pass", o.n-1, "fail", 1)
 				for _, m := range o.of("orders") {
 					if m.Detail["outcome"] == "fail" {
 						wantNumbers(t, m, "value", 20.0)
@@ -128,8 +128,8 @@ func scenarios() []scenario {
 					t.Errorf("first measurement %q, want inconclusive: no data", ms[0].Message)
 				}
 				c := counts(t, ms[len(ms)-1])
-				if c["inconclusive"] < 3 || c["pass"] < 3 || c["inconclusive"]+c["pass"] != scnMeasurements || c["fail"]+c["error"] != 0 {
-					t.Errorf("counts %v: want about 5 inconclusive (no data for 2s), then passes, %d in all", c, scnMeasurements)
+				if c["inconclusive"] < 3 || c["pass"] < 3 || c["inconclusive"]+c["pass"] != o.n || c["fail"]+c["error"] != 0 {
+					t.Errorf("counts %v: want about 5 inconclusive (no data for 2s), then passes, %d in all", c, o.n)
 				}
 				wantContains(t, "run.passed", o.verdict.Message, fmt.Sprintf("inconclusive %d error 0", c["inconclusive"]))
 			},
@@ -276,7 +276,7 @@ func scenarios() []scenario {
 				return value(100 + 25*noise(1, el))
 			},
 			check: func(t *testing.T, o *outcome) {
-				wantCounts(t, o.last(t, "orders"), "fail", 1, "pass", scnMeasurements-1)
+				wantCounts(t, o.last(t, "orders"), "fail", 1, "pass", o.n-1)
 				wantJitter(t, o.of("orders"), "value")
 			},
 		},
@@ -305,7 +305,7 @@ func scenarios() []scenario {
 				return instances("scn_error_ratio", webs, vs...)
 			},
 			check: func(t *testing.T, o *outcome) {
-				wantCounts(t, o.last(t, "error-ratio-each-instance"), "fail", 2, "pass", scnMeasurements-2)
+				wantCounts(t, o.last(t, "error-ratio-each-instance"), "fail", 2, "pass", o.n-2)
 				var spiked []string
 				for _, m := range o.of("error-ratio-each-instance") {
 					if m.Detail["outcome"] == "fail" {
@@ -335,7 +335,7 @@ func scenarios() []scenario {
 			},
 			check: func(t *testing.T, o *outcome) {
 				ms := o.of("orders-vs-before")
-				wantCounts(t, ms[len(ms)-1], "fail", 1, "pass", scnMeasurements-1)
+				wantCounts(t, ms[len(ms)-1], "fail", 1, "pass", o.n-1)
 				wantJitter(t, ms, "ratio")
 				base := num(ms[0], "baseline")
 				for _, m := range ms {
@@ -407,8 +407,8 @@ func scenarios() []scenario {
 						t.Errorf("dry-run measurement says %q, want %q", m.Message, want)
 					}
 				}
-				wantCounts(t, o.last(t, "orders"), "pass", scnMeasurements)
-				wantContains(t, "run.passed", o.verdict.Message, fmt.Sprintf("latency-shadow pass 0 fail %d (dry-run)", scnMeasurements))
+				wantCounts(t, o.last(t, "orders"), "pass", o.n)
+				wantContains(t, "run.passed", o.verdict.Message, fmt.Sprintf("latency-shadow pass 0 fail %d (dry-run)", o.n))
 			},
 		},
 		{
@@ -422,9 +422,9 @@ func scenarios() []scenario {
   min: 50`,
 			trace: func(time.Duration) []point { return nil },
 			check: func(t *testing.T, o *outcome) {
-				wantCounts(t, o.last(t, "orders"), "inconclusive", scnMeasurements, "pass", 0)
+				wantCounts(t, o.last(t, "orders"), "inconclusive", o.n, "pass", 0)
 				wantContains(t, "run.inconclusive", o.verdict.Message,
-					fmt.Sprintf("check orders is inconclusive: no usable measurement (inconclusive %d, error 0); last: no data; on_inconclusive: rollback", scnMeasurements))
+					fmt.Sprintf("check orders is inconclusive: no usable measurement (inconclusive %d, error 0); last: no data; on_inconclusive: rollback", o.n))
 			},
 		},
 		{
@@ -457,8 +457,8 @@ func outageScenarios() []scenario {
 		t.Helper()
 		last := o.last(t, "orders")
 		c := counts(t, last)
-		if c["pass"] < 2 || c["error"] < 3 || c["pass"]+c["error"] != scnMeasurements {
-			t.Errorf("counts %v: want passes until the outage, then errors, %d in all", c, scnMeasurements)
+		if c["pass"] < 2 || c["error"] < 3 || c["pass"]+c["error"] != o.n {
+			t.Errorf("counts %v: want passes until the outage, then errors, %d in all", c, o.n)
 		}
 		wantContains(t, "last measurement", last.Message, "orders: query failed: ")
 		return c["pass"], c["error"]
@@ -582,6 +582,7 @@ func (sc *scenario) test(t *testing.T, b *backend, deploy time.Time, report func
 
 	started := h.waitFor(id, audit.RunStarted)
 	o := &outcome{deploy: deploy}
+	o.n = int(detailTime(t, started, "window_end").Sub(detailTime(t, started, "first_measurement"))/scnInterval) + 1
 	o.verdict = h.waitFor(id, verdictKinds...)
 	r.got = o.verdict.Kind
 	r.verdictAfter = o.verdict.Time.Sub(published)
@@ -619,8 +620,8 @@ func (sc *scenario) test(t *testing.T, b *backend, deploy time.Time, report func
 
 	if o.verdict.Kind == audit.RunPassed {
 		for _, m := range o.meas {
-			if n := len(o.of(fmt.Sprint(m.Detail["check"]))); n != scnMeasurements {
-				t.Errorf("check %s: %d measurements, want %d", m.Detail["check"], n, scnMeasurements)
+			if n := len(o.of(fmt.Sprint(m.Detail["check"]))); n != o.n {
+				t.Errorf("check %s: %d measurements, want %d", m.Detail["check"], n, o.n)
 				break
 			}
 		}

@@ -55,6 +55,7 @@ type Watcher struct {
 
 	metrics *metrics
 	logger  *slog.Logger
+	querier *sharedQuerier
 	ids     jetstream.KeyValue
 	runs    jetstream.KeyValue
 	alive   jetstream.KeyValue
@@ -132,6 +133,7 @@ func (w *Watcher) init() {
 		return
 	}
 	w.active = map[string]*Run{}
+	w.querier = newSharedQuerier(w.Querier)
 	w.logger = w.Logger
 	if w.logger == nil {
 		w.logger = slog.New(slog.DiscardHandler)
@@ -202,13 +204,40 @@ func (w *Watcher) Start(ctx context.Context) error {
 		// by a replica that died comes back to another within a few
 		// leases, as its runs do.
 		AckWait:       3 * w.Lease,
-		MaxAckPending: 1000,
+		MaxAckPending: 4096,
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
 	if err != nil {
 		return fmt.Errorf("creating consumer %s on %s: %w", w.Consumer, bus.DeploysStream, err)
 	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) { w.handle(ctx, msg) })
+	w.querier.base = ctx
+	// Events are handled in lanes, one goroutine each: a few writes per
+	// event are round trips to the server, which one lane would pay one
+	// after another. Events of one service and environment share a lane
+	// (by subject), so they are handled in the order they arrived, which
+	// decides which deploy supersedes which.
+	lanes := make([]chan jetstream.Msg, ingestLanes)
+	for i := range lanes {
+		lanes[i] = make(chan jetstream.Msg, 64)
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return // what is left is redelivered after AckWait
+				case msg := <-lanes[i]:
+					w.handle(ctx, msg)
+				}
+			}
+		}()
+	}
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		select {
+		case lanes[laneOf(msg.Subject(), len(lanes))] <- msg:
+		case <-ctx.Done():
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("consuming %s: %w", bus.DeploysStream, err)
 	}
@@ -227,6 +256,19 @@ func (w *Watcher) Start(ctx context.Context) error {
 		<-cc.Closed()
 	}()
 	return nil
+}
+
+// ingestLanes is how many deploy events are handled at once.
+const ingestLanes = 32
+
+// laneOf picks the lane of a subject (FNV-1a).
+func laneOf(subject string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(subject); i++ {
+		h ^= uint32(subject[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
 }
 
 // Wait blocks until the consumer and every run have stopped.

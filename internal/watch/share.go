@@ -1,0 +1,113 @@
+package watch
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/prometheus/common/model"
+)
+
+// sharedQuerier makes runs that ask the same query at the same evaluation
+// time share one request to Prometheus. Measurements are scheduled on a
+// grid (alignUp), so that with 10,000 runs of a few policies the watcher
+// sends one request per distinct resolved query per interval, not one per
+// run. The answer is kept for a while after it arrives, for the runs whose
+// timers fired late. Callers must not modify the vector they get.
+type sharedQuerier struct {
+	q    Querier
+	base context.Context // the watcher's; nil before Start
+
+	mu      sync.Mutex
+	calls   map[queryKey]*sharedCall
+	inserts int
+}
+
+type queryKey struct {
+	query string
+	ts    int64 // Unix milliseconds: the precision Prometheus evaluates at
+}
+
+type sharedCall struct {
+	done chan struct{}
+	vec  model.Vector
+	err  error
+	at   time.Time // when the answer came
+}
+
+// keepAnswers is how long an answer serves late askers; a measurement at a
+// given evaluation time is asked within moments of it, or, when a run
+// catches up after a takeover, from the same process soon after.
+const keepAnswers = 30 * time.Second
+
+func newSharedQuerier(q Querier) *sharedQuerier {
+	return &sharedQuerier{q: q, calls: map[queryKey]*sharedCall{}}
+}
+
+func (s *sharedQuerier) Query(ctx context.Context, query string, ts time.Time) (model.Vector, error) {
+	k := queryKey{query, ts.UnixMilli()}
+	s.mu.Lock()
+	c, ok := s.calls[k]
+	if !ok {
+		c = &sharedCall{done: make(chan struct{})}
+		s.calls[k] = c
+		s.inserts++
+		if s.inserts%1024 == 0 {
+			s.sweepLocked(time.Now())
+		}
+		// The request runs on its own, under the watcher's context rather
+		// than the asker's: one run stopping (superseded) must not fail
+		// the answer for the others waiting on it, nor wait for it.
+		base := s.base
+		if base == nil {
+			base = context.WithoutCancel(ctx)
+		}
+		go s.ask(base, k, c, query, ts)
+	}
+	s.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.vec, c.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *sharedQuerier) ask(ctx context.Context, k queryKey, c *sharedCall, query string, ts time.Time) {
+	vec, err := s.q.Query(ctx, query, ts)
+	s.mu.Lock()
+	c.vec, c.err, c.at = vec, err, time.Now()
+	if err != nil || len(vec) == 0 {
+		// Not kept: a later asker tries again (a pre-deploy baseline is
+		// asked again until it has data).
+		delete(s.calls, k)
+	}
+	s.mu.Unlock()
+	close(c.done)
+}
+
+func (s *sharedQuerier) sweepLocked(now time.Time) {
+	for k, c := range s.calls {
+		select {
+		case <-c.done:
+			if now.Sub(c.at) > keepAnswers {
+				delete(s.calls, k)
+			}
+		default:
+		}
+	}
+}
+
+// alignUp is the first point of the grid of step d (counted from the Unix
+// epoch) at or after t. Runs started at different moments then measure at
+// the same evaluation times, and share their queries.
+func alignUp(t time.Time, d time.Duration) time.Time {
+	if d <= 0 {
+		return t
+	}
+	a := t.Truncate(d)
+	if a.Before(t) {
+		a = a.Add(d)
+	}
+	return a
+}
