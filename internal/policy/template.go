@@ -13,12 +13,114 @@ import (
 // newTemplate parses a policy template. missingkey=error makes a deploy
 // without a label that the template reads an error, not an empty string in
 // a query or a path.
+//
+// Templates are executed at load time (with sample data) and for every
+// measurement and rollback, so a template must not be able to run without
+// end: checkBounded refuses the constructs that could.
 func newTemplate(name, text string) (*template.Template, error) {
-	return template.New(name).Option("missingkey=error").Parse(text)
+	t, err := template.New(name).Option("missingkey=error").Parse(text)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkBounded(t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// checkBounded refuses what would make executing t take unbounded time:
+// sub-templates ({{define}}, {{block}}, {{template}}), which can call each
+// other exponentially often; a range over anything but a field of the data
+// (.Labels, $.Labels), since a range over a number, such as
+// {{range 1000000000000}}, loops that many times; and a range inside a
+// range, which multiplies. A range over the labels of a deploy is bounded
+// by the number of labels an event may carry.
+func checkBounded(t *template.Template) error {
+	if len(t.Templates()) > 1 {
+		return fmt.Errorf("template: %s: {{define}} and {{block}} are not supported", t.Name())
+	}
+	fail := func(n parse.Node, msg string) error {
+		loc, context := t.ErrorContext(n)
+		return fmt.Errorf("template: %s: %s: %s", loc, context, msg)
+	}
+	var walk func(n parse.Node, inRange bool) error
+	branch := func(b *parse.BranchNode, inRange bool) error {
+		if err := walk(b.List, inRange); err != nil {
+			return err
+		}
+		if b.ElseList != nil {
+			return walk(b.ElseList, inRange)
+		}
+		return nil
+	}
+	walk = func(n parse.Node, inRange bool) error {
+		switch n := n.(type) {
+		case *parse.ListNode:
+			if n == nil {
+				return nil
+			}
+			for _, c := range n.Nodes {
+				if err := walk(c, inRange); err != nil {
+					return err
+				}
+			}
+		case *parse.IfNode:
+			return branch(&n.BranchNode, inRange)
+		case *parse.WithNode:
+			return branch(&n.BranchNode, inRange)
+		case *parse.RangeNode:
+			if inRange {
+				return fail(n, "a range inside a range is not supported")
+			}
+			if !overField(n.Pipe) {
+				return fail(n, "range works only over a field of the data, such as .Labels")
+			}
+			return branch(&n.BranchNode, true)
+		case *parse.TemplateNode:
+			return fail(n, "{{template}} is not supported")
+		}
+		return nil
+	}
+	if t.Tree == nil {
+		return nil
+	}
+	return walk(t.Root, false)
+}
+
+// overField reports whether a pipeline is just a field of the data: .X.Y
+// or $.X.Y.
+func overField(p *parse.PipeNode) bool {
+	if p == nil || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return false
+	}
+	switch a := p.Cmds[0].Args[0].(type) {
+	case *parse.FieldNode:
+		return true
+	case *parse.VariableNode:
+		return len(a.Ident) > 1 && a.Ident[0] == "$"
+	}
+	return false
+}
+
+// maxRendered bounds what a template may render: far more than any query,
+// path or word needs, far less than would hurt (printf "%999999d" renders
+// a megabyte at a time).
+const maxRendered = 64 << 10
+
+var errTooLong = fmt.Errorf("renders to more than %d bytes", maxRendered)
+
+// limitedBuilder is a strings.Builder that refuses to grow past maxRendered.
+type limitedBuilder struct{ strings.Builder }
+
+func (b *limitedBuilder) Write(p []byte) (int, error) {
+	if b.Len()+len(p) > maxRendered {
+		return 0, errTooLong
+	}
+	return b.Builder.Write(p)
 }
 
 func execute(t *template.Template, d TemplateData) (string, error) {
-	var b strings.Builder
+	var b limitedBuilder
 	if err := t.Execute(&b, d); err != nil {
 		return "", err
 	}

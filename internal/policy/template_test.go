@@ -164,3 +164,31 @@ func TestCleanAbs(t *testing.T) {
 		}
 	}
 }
+
+// A template runs at load time and for every measurement: nothing in it may
+// make rendering take unbounded time or memory (found writing hostile seeds
+// for FuzzDecodeFile: {{range 1000000000000}} hung `watcher check`).
+func TestTemplatesAreBounded(t *testing.T) {
+	for _, tc := range []struct{ query, want string }{
+		{`up{{range 1000000000000}}{{end}}`, "range works only over a field of the data"},
+		{`up{{$n := 5}}{{range $n}}{{end}}`, "range works only over a field of the data"},
+		{`up{{with 5}}{{range .}}{{end}}{{end}}`, "range works only over a field of the data"},
+		{`up{{range len "xxxx"}}{{end}}`, "range works only over a field of the data"},
+		{`up{{range .Labels}}{{range $.Labels}}{{end}}{{end}}`, "a range inside a range is not supported"},
+		{`up{{range .Labels}}{{else}}{{range $.Labels}}{{end}}{{end}}`, "a range inside a range is not supported"},
+		{`{{define "a"}}{{template "a"}}{{template "a"}}{{end}}up`, "{{define}} and {{block}} are not supported"},
+		{`{{block "a" .}}up{{end}}`, "{{define}} and {{block}} are not supported"},
+		{`up{{template "a"}}`, "{{template}} is not supported"},
+		{`up{x="{{range .Labels}}{{printf "%999999d" 0}}{{end}}"}`, "renders to more than 65536 bytes"},
+	} {
+		c := &Check{Name: "c", Query: tc.query}
+		if q, err := c.RenderQuery(deploy); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("RenderQuery(%s) = %.40q, %v; want an error saying %q", tc.query, q, err, tc.want)
+		}
+	}
+	// One range over the labels is fine.
+	c := &Check{Name: "c", Query: `up{ {{- range $k, $v := $.Labels}}{{$k}}="{{$v}}",{{end -}} }`}
+	if q, err := c.RenderQuery(deploy); err != nil || q != `up{note="two words; rm -rf /",team="payments",}` {
+		t.Errorf("RenderQuery = %q, %v", q, err)
+	}
+}
