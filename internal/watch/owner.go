@@ -226,7 +226,7 @@ func (w *Watcher) adoptID(ctx context.Context, id string, checkLive bool) error 
 	}
 	if r.verdict != VerdictPending {
 		w.mu.Lock()
-		w.active[r.ID] = r
+		w.addActiveLocked(r)
 		w.mu.Unlock()
 		w.conclude(ctx, r)
 		return nil

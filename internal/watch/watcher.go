@@ -66,7 +66,30 @@ type Watcher struct {
 
 	mu     sync.Mutex
 	active map[string]*Run
-	recent []*Run
+	// byService indexes active runs by environment and service, for
+	// superseding without a scan of every run.
+	byService map[string]map[string]*Run
+	recent    []*Run
+}
+
+func serviceKey(r *Run) string { return r.Deploy.Environment + "\x00" + r.Deploy.Service }
+
+func (w *Watcher) addActiveLocked(r *Run) {
+	w.active[r.ID] = r
+	k := serviceKey(r)
+	if w.byService[k] == nil {
+		w.byService[k] = map[string]*Run{}
+	}
+	w.byService[k][r.ID] = r
+}
+
+func (w *Watcher) removeActiveLocked(r *Run) {
+	delete(w.active, r.ID)
+	k := serviceKey(r)
+	delete(w.byService[k], r.ID)
+	if len(w.byService[k]) == 0 {
+		delete(w.byService, k)
+	}
 }
 
 // Warmer opens and releases connections to rollback hosts;
@@ -133,6 +156,7 @@ func (w *Watcher) init() {
 		return
 	}
 	w.active = map[string]*Run{}
+	w.byService = map[string]map[string]*Run{}
 	w.querier = newSharedQuerier(w.Querier)
 	w.logger = w.Logger
 	if w.logger == nil {
@@ -259,7 +283,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 }
 
 // ingestLanes is how many deploy events are handled at once.
-const ingestLanes = 32
+const ingestLanes = 128
 
 // laneOf picks the lane of a subject (FNV-1a).
 func laneOf(subject string, n int) int {
@@ -484,12 +508,10 @@ func (w *Watcher) start(ctx context.Context, r *Run) {
 	r.cancel = cancel
 	var older []*Run
 	w.mu.Lock()
-	for _, o := range w.active {
-		if o.Deploy.Service == r.Deploy.Service && o.Deploy.Environment == r.Deploy.Environment {
-			older = append(older, o)
-		}
+	for _, o := range w.byService[serviceKey(r)] {
+		older = append(older, o)
 	}
-	w.active[r.ID] = r
+	w.addActiveLocked(r)
 	w.mu.Unlock()
 	for _, o := range older {
 		o.mu.Lock()
@@ -737,7 +759,7 @@ func (w *Watcher) conclude(ctx context.Context, r *Run) {
 	w.logger.Info("run ended", "run", r.ID, "service", r.Deploy.Service, "environment", r.Deploy.Environment,
 		"version", r.Deploy.Version, "verdict", verdict, "reason", reason)
 	w.mu.Lock()
-	delete(w.active, r.ID)
+	w.removeActiveLocked(r)
 	w.recent = append(w.recent, r)
 	if len(w.recent) > w.Recent {
 		w.recent = w.recent[len(w.recent)-w.Recent:]
@@ -751,7 +773,7 @@ func (w *Watcher) conclude(ctx context.Context, r *Run) {
 func (w *Watcher) lost(r *Run) {
 	w.logger.Warn("run taken over by another replica; stopping here", "run", r.ID)
 	w.mu.Lock()
-	delete(w.active, r.ID)
+	w.removeActiveLocked(r)
 	w.mu.Unlock()
 	w.cool(r, false)
 }
