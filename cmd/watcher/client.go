@@ -139,7 +139,7 @@ func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, 
 		defer cancel()
 		ack, err := js.PublishMsg(pctx, msg, jetstream.WithMsgID(d.ID))
 		if err != nil {
-			return fmt.Errorf("publishing on %s: %w (is a watcher running? it creates the DEPLOYS stream)", msg.Subject, err)
+			return fmt.Errorf("publishing on %s: %w (%s)", msg.Subject, err, publishHint(err, d.ID))
 		}
 		if ack.Duplicate {
 			// Not an error: retrying a publish is safe, and the first one
@@ -347,4 +347,19 @@ func addSSHFlags(cmd *kingpin.CmdClause) *policy.SSH {
 	cmd.Flag("ssh.known-hosts", "known_hosts file that host keys are verified against.").Default("~/.ssh/known_hosts").StringVar(&c.KnownHosts)
 	cmd.Flag("ssh.connect-timeout", "Connection timeout.").Default("10s").SetValue(&c.ConnectTimeout)
 	return c
+}
+
+// publishHint says what a failed publish of a deploy event most likely
+// means, and what to do.
+func publishHint(err error, id string) string {
+	var apiErr *jetstream.APIError
+	switch {
+	case errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrStreamNotFound):
+		return "is a watcher running? it creates the DEPLOYS stream"
+	case errors.As(err, &apiErr) && strings.Contains(strings.ToLower(apiErr.Description), "resources"):
+		return "the JetStream storage limit is reached: free or grant storage, then publish again with --id=" + id
+	case errors.Is(err, context.DeadlineExceeded):
+		return "no acknowledgement within 10s: the server may be unable to store (disk full?); publish again with --id=" + id + ", which cannot start a second run"
+	}
+	return "publish again with --id=" + id + ", which cannot start a second run"
 }

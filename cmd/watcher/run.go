@@ -155,6 +155,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, l
 	}
 
 	var opts []nats.Option
+	storageErr := func() error { return nil }
 	if cfg.NATS.URL == "" {
 		srv, err := bus.StartEmbedded(listen, storage, logger)
 		if err != nil {
@@ -163,6 +164,23 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, l
 		defer srv.Stop()
 		cfg.NATS.URL = srv.ClientURL()
 		opts = append(opts, nats.InProcessServer(srv))
+		storageErr = srv.StorageError
+		go func() {
+			// A full disk stops JetStream's writes until it restarts:
+			// restart it once there is room again.
+			t := time.NewTicker(2 * time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				if _, err := srv.Recover(); err != nil {
+					logger.Error("JetStream not restarted after the storage failure", "err", err)
+				}
+			}
+		}()
 		logger.Info("embedded NATS server started", "url", srv.ClientURL(), "storage", storage)
 	}
 	nc, err := bus.Connect(cfg.NATS, "watcher run", opts...)
@@ -220,7 +238,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, l
 				if nc.Status() != nats.CONNECTED {
 					return fmt.Errorf("NATS connection is %s", nc.Status())
 				}
-				return nil
+				return storageErr()
 			},
 		}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -139,6 +141,50 @@ func redactURL(u string) string {
 // Embedded is a nats-server with JetStream running inside the watcher.
 type Embedded struct {
 	*server.Server
+	log *serverLogger
+}
+
+// minFreeToRecover is the free space on the storage path at which Recover
+// restarts JetStream after a storage failure.
+const minFreeToRecover = 1 << 20
+
+// Recover restarts JetStream once its storage has room again after a
+// StorageError: nats-server keeps refusing writes to a stream that failed
+// one until JetStream restarts, and reloads every stream, consumer and
+// bucket from disk when it does. It reports whether it restarted.
+func (e *Embedded) Recover() (bool, error) {
+	if e.StorageError() == nil {
+		return false, nil
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(e.log.dir, &st); err != nil {
+		return false, err
+	}
+	if free := st.Bavail * uint64(st.Bsize); free < minFreeToRecover {
+		return false, nil
+	}
+	if e.JetStreamEnabled() {
+		if err := e.ShutdownJetStream(); err != nil {
+			return false, fmt.Errorf("stopping JetStream: %w", err)
+		}
+	}
+	if err := e.EnableJetStream(&server.JetStreamConfig{StoreDir: e.log.dir}); err != nil {
+		return false, fmt.Errorf("restarting JetStream on %s: %w", e.log.dir, err)
+	}
+	e.log.storageErr = atomic.Value{}
+	e.log.logger.Info("storage writable again: JetStream restarted on it", "storage", e.log.dir)
+	return true, nil
+}
+
+// StorageError is the first failure to write JetStream's storage (a full
+// disk, say) that the server reported, or nil. nats-server keeps refusing
+// writes to a stream after such an error until it restarts, so the watcher
+// is not ready from then on.
+func (e *Embedded) StorageError() error {
+	if v := e.log.storageErr.Load(); v != nil {
+		return v.(error)
+	}
+	return nil
 }
 
 // StartEmbedded starts a nats-server listening on listen ("127.0.0.1:4222";
@@ -185,13 +231,14 @@ func StartEmbedded(listen, storeDir string, logger *slog.Logger) (*Embedded, err
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
 	}
-	s.SetLoggerV2(&serverLogger{logger.With("component", "nats-server")}, false, false, false)
+	sl := &serverLogger{l: logger.With("component", "nats-server"), dir: dir, logger: logger}
+	s.SetLoggerV2(sl, false, false, false)
 	s.Start()
 	if !s.ReadyForConnections(15 * time.Second) {
 		s.Shutdown()
 		return nil, fmt.Errorf("embedded NATS did not start listening on %s (is the port in use? see --nats.listen)", listen)
 	}
-	return &Embedded{s}, nil
+	return &Embedded{Server: s, log: sl}, nil
 }
 
 // Stop shuts the server down and waits for it.
@@ -200,14 +247,36 @@ func (e *Embedded) Stop() {
 	e.WaitForShutdown()
 }
 
-type serverLogger struct{ l *slog.Logger }
+type serverLogger struct {
+	l          *slog.Logger
+	logger     *slog.Logger // the watcher's, for the storage message
+	dir        string
+	storageErr atomic.Value // error
+}
 
 func (s *serverLogger) Noticef(f string, v ...any) { s.l.Debug(fmt.Sprintf(f, v...)) }
-func (s *serverLogger) Warnf(f string, v ...any)   { s.l.Warn(fmt.Sprintf(f, v...)) }
-func (s *serverLogger) Fatalf(f string, v ...any)  { s.l.Error(fmt.Sprintf(f, v...)) }
-func (s *serverLogger) Errorf(f string, v ...any)  { s.l.Error(fmt.Sprintf(f, v...)) }
-func (s *serverLogger) Debugf(f string, v ...any)  {}
-func (s *serverLogger) Tracef(f string, v ...any)  {}
+func (s *serverLogger) Warnf(f string, v ...any)   { s.warnOrError(slog.LevelWarn, fmt.Sprintf(f, v...)) }
+func (s *serverLogger) Fatalf(f string, v ...any) {
+	s.warnOrError(slog.LevelError, fmt.Sprintf(f, v...))
+}
+func (s *serverLogger) Errorf(f string, v ...any) {
+	s.warnOrError(slog.LevelError, fmt.Sprintf(f, v...))
+}
+
+// warnOrError logs a server message, and turns the first storage write
+// failure into an error of the watcher's own that says what to do.
+func (s *serverLogger) warnOrError(level slog.Level, msg string) {
+	s.l.Log(context.Background(), level, msg)
+	if !strings.Contains(msg, "no space left on device") && !strings.Contains(msg, "Critical write error") {
+		return
+	}
+	err := fmt.Errorf("JetStream cannot write to its storage in %s (%s): free space there (or give --storage.path more room); the watcher restarts JetStream once there is room, and until then deploy events and audit records are refused, not lost: publishers get an error", s.dir, msg)
+	if s.storageErr.CompareAndSwap(nil, err) {
+		s.logger.Error("storage failed", "err", err)
+	}
+}
+func (s *serverLogger) Debugf(f string, v ...any) {}
+func (s *serverLogger) Tracef(f string, v ...any) {}
 
 // StreamConfigs are the streams the watcher uses, at the given replication
 // factor. Duplicates is the window in which JetStream drops a message whose

@@ -42,6 +42,14 @@ type Run struct {
 	supersededBy *events.Deploy     // set when a newer deploy stopped it
 	warmed       []string           // hosts whose connections the run keeps open
 
+	// Scheduling (schedule.go), guarded by the scheduler's mutex.
+	at     time.Time // when the next step is due
+	slot   int       // index in the queue
+	queued bool
+	ending bool // the next step closes the window
+
+	ctx context.Context // ends when the run is superseded or the watcher stops
+
 	// Durable state (store.go), guarded by mu.
 	seq     uint64    // DEPLOYS stream sequence of the event
 	owner   string    // replica measuring the run
@@ -61,7 +69,7 @@ type checkState struct {
 }
 
 func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run, error) {
-	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, verdict: VerdictPending}
+	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, verdict: VerdictPending, slot: -1}
 	r.next, _, _ = r.schedule()
 	r.data = policy.TemplateData{
 		Service:         d.Service,

@@ -153,6 +153,11 @@ func (w *Watcher) create(ctx context.Context, r *Run) error {
 
 // save writes r's state over the revision this process last wrote or read.
 // errRunLost means another replica took the run over.
+//
+// A failed compare-and-set is not always a takeover: a write of ours that
+// timed out on the client (NATS was down) may have been applied later,
+// after reconnecting, leaving r.rev behind. When the stored run is still
+// ours, the write is made again over what is stored.
 func (w *Watcher) save(ctx context.Context, r *Run) error {
 	r.mu.Lock()
 	st, rev := r.state(), r.rev
@@ -161,22 +166,28 @@ func (w *Watcher) save(ctx context.Context, r *Run) error {
 	if err != nil {
 		return err
 	}
-	newRev, err := w.runs.Update(ctx, r.ID, b, rev)
-	if err == nil {
-		r.mu.Lock()
-		r.rev = newRev
-		r.mu.Unlock()
-		return nil
+	for attempt := 0; ; attempt++ {
+		newRev, err := w.runs.Update(ctx, r.ID, b, rev)
+		if err == nil {
+			r.mu.Lock()
+			r.rev = newRev
+			r.mu.Unlock()
+			return nil
+		}
+		cur, stored, gerr := w.load(ctx, r.ID)
+		switch {
+		case errors.Is(gerr, jetstream.ErrKeyNotFound):
+			return errRunLost // decided and removed elsewhere
+		case gerr != nil:
+			// NATS unreachable: worth another try at the next step.
+			return fmt.Errorf("saving run %s: %w", r.ID, err)
+		case cur.Owner != w.Replica:
+			return errRunLost
+		case stored == rev || attempt > 0:
+			return fmt.Errorf("saving run %s: %w", r.ID, err)
+		}
+		rev = stored // our own late write: write again over it
 	}
-	// A failed compare-and-set means the key changed under us: only a
-	// takeover does that. Anything else (NATS unreachable) is worth
-	// another try at the next step.
-	if e, gerr := w.runs.Get(ctx, r.ID); gerr == nil && e.Revision() != rev {
-		return errRunLost
-	} else if errors.Is(gerr, jetstream.ErrKeyNotFound) {
-		return errRunLost
-	}
-	return fmt.Errorf("saving run %s: %w", r.ID, err)
 }
 
 // load reads a stored run.
@@ -192,12 +203,20 @@ func (w *Watcher) load(ctx context.Context, id string) (runState, uint64, error)
 	return st, e.Revision(), nil
 }
 
-// drop deletes a decided run's state: its outcome is in the audit.
+// drop deletes a decided run's state: its outcome is in the audit. Like
+// save, it looks again when its revision is stale from a late write of its
+// own.
 func (w *Watcher) drop(ctx context.Context, r *Run) {
 	r.mu.Lock()
 	rev := r.rev
 	r.mu.Unlock()
-	if err := w.runs.Purge(ctx, r.ID, jetstream.LastRevision(rev)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	err := w.runs.Purge(ctx, r.ID, jetstream.LastRevision(rev))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		if cur, stored, gerr := w.load(ctx, r.ID); gerr == nil && cur.Owner == w.Replica && stored != rev {
+			err = w.runs.Purge(ctx, r.ID, jetstream.LastRevision(stored))
+		}
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		w.logger.Warn("decided run not removed from the store", "run", r.ID, "err", err)
 	}
 }

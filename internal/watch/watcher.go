@@ -56,6 +56,8 @@ type Watcher struct {
 	metrics *metrics
 	logger  *slog.Logger
 	querier *sharedQuerier
+	sched   *scheduler
+	ctx     context.Context // Start's
 	ids     jetstream.KeyValue
 	runs    jetstream.KeyValue
 	alive   jetstream.KeyValue
@@ -157,6 +159,8 @@ func (w *Watcher) init() {
 	}
 	w.active = map[string]*Run{}
 	w.byService = map[string]map[string]*Run{}
+	w.sched = newScheduler()
+	w.ctx = context.Background()
 	w.querier = newSharedQuerier(w.Querier)
 	w.logger = w.Logger
 	if w.logger == nil {
@@ -217,6 +221,9 @@ func (w *Watcher) Start(ctx context.Context) error {
 	if err := w.openStore(ctx); err != nil {
 		return err
 	}
+	w.ctx = ctx
+	w.querier.base = ctx
+	w.sched.run(ctx, &w.wg, w.step)
 	if err := w.adoptAtStart(ctx); err != nil {
 		return err
 	}
@@ -234,7 +241,6 @@ func (w *Watcher) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("creating consumer %s on %s: %w", w.Consumer, bus.DeploysStream, err)
 	}
-	w.querier.base = ctx
 	// Events are handled in lanes, one goroutine each: a few writes per
 	// event are round trips to the server, which one lane would pay one
 	// after another. Events of one service and environment share a lane
@@ -501,11 +507,10 @@ func (w *Watcher) hasRun(id string) bool {
 	return false
 }
 
-// start runs r in the background, and supersedes the older runs of the same
-// service and environment: what they validate is no longer what is deployed.
+// start schedules r, and supersedes the older runs of the same service and
+// environment: what they validate is no longer what is deployed.
 func (w *Watcher) start(ctx context.Context, r *Run) {
-	runCtx, cancel := context.WithCancel(ctx)
-	r.cancel = cancel
+	r.ctx, r.cancel = context.WithCancel(ctx)
 	var older []*Run
 	w.mu.Lock()
 	for _, o := range w.byService[serviceKey(r)] {
@@ -521,17 +526,17 @@ func (w *Watcher) start(ctx context.Context, r *Run) {
 		}
 		o.mu.Unlock()
 		o.cancel()
+		// Queued: end it here. Being measured: the worker ends it when
+		// its step returns.
+		if w.sched.remove(o) {
+			w.superseded(ctx, o)
+		}
 	}
 	w.warm(ctx, r)
-	w.wg.Add(1)
-	go func() {
-		defer w.wg.Done()
-		defer cancel()
-		w.loop(runCtx, r)
-		if ctx.Err() == nil && runCtx.Err() != nil {
-			w.superseded(ctx, r)
-		}
-	}()
+	r.mu.Lock()
+	next := r.next
+	r.mu.Unlock()
+	w.sched.add(r, next)
 }
 
 // superseded ends a run stopped by a newer deploy, naming that deploy.
@@ -547,72 +552,86 @@ func (w *Watcher) superseded(ctx context.Context, r *Run) {
 		map[string]any{"superseded_by": map[string]any{"deploy_id": by.ID, "version": by.Version}})
 }
 
-// loop measures r on schedule until it fails, its window closes or ctx ends.
+// step takes r's next step: one measurement of every check, or, once the
+// window has closed, the verdict. It runs on a scheduler worker.
 //
 // Measurements happen at their scheduled times and are evaluated there: a
 // run resumed late (after a crash, by another replica) catches up on the
 // ones it missed, from Prometheus's history, instead of restarting its
 // window or skipping them.
-func (w *Watcher) loop(ctx context.Context, r *Run) {
-	_, interval, end := r.schedule()
-	r.mu.Lock()
-	next := r.next
-	r.mu.Unlock()
-	timer := time.NewTimer(time.Until(next))
-	defer timer.Stop()
-	for !next.After(end) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
+func (w *Watcher) step(r *Run) {
+	ctx := r.ctx
+	stopped := func() bool {
+		if ctx.Err() == nil {
+			return false
 		}
-		failed, blind, err := w.measure(ctx, r, next)
-		if ctx.Err() != nil {
-			return
+		if w.ctx.Err() == nil {
+			w.superseded(w.ctx, r)
 		}
-		if err != nil {
-			w.logger.Error("measurement not recorded", "run", r.ID, "err", err)
-		}
-		next = next.Add(interval)
-		r.mu.Lock()
-		r.next = next
-		r.mu.Unlock()
-		if len(failed) == 0 && !(len(blind) > 0 && r.Policy.OnInconclusive == policy.OnInconclusiveRollback) {
-			if err := w.save(ctx, r); errors.Is(err, errRunLost) {
-				w.lost(r)
-				return
-			} else if err != nil {
-				w.logger.Warn("run state not saved; a restart would repeat this measurement", "run", r.ID, "err", err)
-			}
-		}
-		if len(failed) > 0 {
-			w.fail(ctx, r, failed)
-			return
-		}
-		// Past an inconclusive or error limit, a policy that rolls back on
-		// doubt does so now; one that keeps goes on measuring, since a
-		// failure later in the window still fails the run.
-		if len(blind) > 0 && r.Policy.OnInconclusive == policy.OnInconclusiveRollback {
-			w.inconclusive(ctx, r, blindReason(blind), blind)
-			return
-		}
-		timer.Reset(time.Until(next))
+		r.cancel()
+		return true
 	}
-	// Wait for the window to close: a last measurement may come before it.
-	if d := time.Until(end); d > 0 {
-		timer.Reset(d)
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
-		}
-	}
-	verdict, reason, blind := endVerdict(r)
-	if verdict == VerdictInconclusive {
-		w.inconclusive(ctx, r, reason, blind)
+	if stopped() {
 		return
 	}
-	w.finish(ctx, r, verdict, audit.RunPassed, reason, nil)
+	_, interval, end := r.schedule()
+	r.mu.Lock()
+	next, ending := r.next, r.ending
+	r.mu.Unlock()
+	if ending || next.After(end) {
+		verdict, reason, blind := endVerdict(r)
+		if verdict == VerdictInconclusive {
+			w.inconclusive(ctx, r, reason, blind)
+		} else {
+			w.finish(ctx, r, verdict, audit.RunPassed, reason, nil)
+		}
+		r.cancel()
+		return
+	}
+	failed, blind, err := w.measure(ctx, r, next)
+	if stopped() {
+		return
+	}
+	if err != nil {
+		w.logger.Error("measurement not recorded", "run", r.ID, "err", err)
+	}
+	next = next.Add(interval)
+	r.mu.Lock()
+	r.next = next
+	r.mu.Unlock()
+	decided := len(failed) > 0 || len(blind) > 0 && r.Policy.OnInconclusive == policy.OnInconclusiveRollback
+	if !decided {
+		if err := w.save(ctx, r); errors.Is(err, errRunLost) {
+			w.lost(r)
+			r.cancel()
+			return
+		} else if err != nil {
+			w.logger.Warn("run state not saved; a restart would repeat this measurement", "run", r.ID, "err", err)
+		}
+	}
+	switch {
+	case len(failed) > 0:
+		w.fail(ctx, r, failed)
+		r.cancel()
+		return
+	case decided:
+		// Past an inconclusive or error limit, a policy that rolls back
+		// on doubt does so now; one that keeps goes on measuring, since a
+		// failure later in the window still fails the run.
+		w.inconclusive(ctx, r, blindReason(blind), blind)
+		r.cancel()
+		return
+	}
+	if next.After(end) {
+		// Wait for the window to close: a last measurement may come
+		// before it.
+		r.mu.Lock()
+		r.ending = true
+		r.mu.Unlock()
+		w.sched.add(r, end)
+		return
+	}
+	w.sched.add(r, next)
 }
 
 // fail ends r as failed and requests the rollback, at once: not at the

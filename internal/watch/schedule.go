@@ -1,0 +1,128 @@
+package watch
+
+import (
+	"container/heap"
+	"context"
+	"sync"
+	"time"
+)
+
+// scheduler runs the runs' steps when they are due, on a fixed pool of
+// workers, instead of a goroutine and a timer per run: 10,000 runs in their
+// windows cost their state, not 10,000 stacks. The pool also bounds how
+// many measurements are in flight at once.
+type scheduler struct {
+	mu    sync.Mutex
+	queue runQueue
+	wake  chan struct{} // the earliest due time may have moved
+	due   chan *Run
+}
+
+// schedWorkers is how many steps run at once. Runs measuring at one grid
+// time mostly wait on the same shared query (sharedQuerier), so a worker is
+// cheap; the bound keeps a burst of 10,000 due runs from opening 10,000
+// requests to NATS at once.
+const schedWorkers = 128
+
+func newScheduler() *scheduler {
+	return &scheduler{wake: make(chan struct{}, 1), due: make(chan *Run)}
+}
+
+// runQueue is a min-heap of runs by their next step's time.
+type runQueue []*Run
+
+func (q runQueue) Len() int           { return len(q) }
+func (q runQueue) Less(i, j int) bool { return q[i].at.Before(q[j].at) }
+func (q runQueue) Swap(i, j int)      { q[i], q[j] = q[j], q[i]; q[i].slot, q[j].slot = i, j }
+func (q *runQueue) Push(x any)        { r := x.(*Run); r.slot = len(*q); *q = append(*q, r) }
+func (q *runQueue) Pop() any {
+	old := *q
+	r := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	r.slot = -1
+	return r
+}
+
+// add queues r's next step at at.
+func (s *scheduler) add(r *Run, at time.Time) {
+	s.mu.Lock()
+	r.at = at
+	if r.slot >= 0 && r.queued {
+		heap.Fix(&s.queue, r.slot)
+	} else {
+		r.queued = true
+		heap.Push(&s.queue, r)
+	}
+	first := s.queue[0] == r
+	s.mu.Unlock()
+	if first {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// remove takes r off the queue; false means it was not queued (a worker
+// has it, or it is done).
+func (s *scheduler) remove(r *Run) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !r.queued {
+		return false
+	}
+	heap.Remove(&s.queue, r.slot)
+	r.queued = false
+	return true
+}
+
+// run hands due runs to step, on schedWorkers goroutines, until ctx ends.
+func (s *scheduler) run(ctx context.Context, wg *sync.WaitGroup, step func(*Run)) {
+	for range schedWorkers {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case r := <-s.due:
+					step(r)
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		timer := time.NewTimer(time.Hour)
+		defer timer.Stop()
+		for {
+			s.mu.Lock()
+			var next *Run
+			if len(s.queue) > 0 {
+				next = s.queue[0]
+			}
+			wait := time.Hour
+			if next != nil {
+				wait = time.Until(next.at)
+			}
+			if next != nil && wait <= 0 {
+				heap.Pop(&s.queue)
+				next.queued = false
+				s.mu.Unlock()
+				select {
+				case s.due <- next:
+					continue
+				case <-ctx.Done():
+					return
+				}
+			}
+			s.mu.Unlock()
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.wake:
+			case <-timer.C:
+			}
+		}
+	})
+}
