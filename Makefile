@@ -60,3 +60,10 @@ BENCHFLAGS ?=
 .PHONY: bench-fleet
 bench-fleet:
 	$(GO) run ./bench/fleet $(BENCHFLAGS)
+
+# Scale (bench/runs, figures in BENCHMARKS.md): 10,000 concurrent runs on
+# one watcher (memory per run, Prometheus requests per evaluation time,
+# lag) and the durable ingest rate against raw JetStream publishing.
+.PHONY: bench-runs
+bench-runs:
+	$(GO) run ./bench/runs $(BENCHFLAGS)

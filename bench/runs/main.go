@@ -1,6 +1,7 @@
-// Command runs measures the watcher at scale, in one process, on real parts
-// (an embedded nats-server with JetStream on disk, the real Prometheus
-// binary scraping an exporter served here):
+// Command runs measures the watcher at scale on real parts: a nats-server
+// with JetStream on disk in a process of its own (built from the version in
+// go.mod), the real Prometheus binary scraping an exporter served here, and
+// the watcher's run and ingest code in this process:
 //
 //   - 10,000 concurrent validation runs: memory per run, Prometheus
 //     requests per evaluation time against the number of distinct resolved
@@ -75,6 +76,9 @@ func run(runs, teams int, interval time.Duration, intervals, events int) error {
 	defer os.RemoveAll(dir)
 	fmt.Printf("watcher scale benchmark, %s\nmachine: %d CPUs, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.NumCPU(), runtime.Version())
 
+	if err := buildNATSServer(dir); err != nil {
+		return err
+	}
 	promURL, stopProm, err := startPrometheus(dir, teams)
 	if err != nil {
 		return err
@@ -193,7 +197,20 @@ func concurrentRuns(dir, promURL string, runs, teams int, interval time.Duration
 	aud.lags = aud.lags[:0]
 	aud.mu.Unlock()
 	time.Sleep(time.Duration(intervals) * interval)
+	// Measured between two evaluation times, when no measurement is in
+	// flight: what the runs hold while they wait.
+	if wait := time.Until(time.Now().Truncate(interval).Add(interval * 6 / 10)); wait > 0 {
+		time.Sleep(wait)
+	} else {
+		time.Sleep(wait + interval)
+	}
 	after := memInUse()
+	if p := os.Getenv("BENCH_HEAP"); p != "" {
+		if f, err := os.Create(p); err == nil {
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+			f.Close()
+		}
+	}
 
 	q.mu.Lock()
 	var perTS []int
@@ -214,7 +231,7 @@ func concurrentRuns(dir, promURL string, runs, teams int, interval time.Duration
 	}
 	fmt.Printf("concurrent runs: %d runs of one policy, %d distinct resolved queries (team label), interval %s, window 1h\n", runs, teams, interval)
 	fmt.Printf("  all %d runs active %s after the first event\n", runs, allActive.Round(time.Millisecond))
-	fmt.Printf("  memory in use (heap + stacks) %.1f MiB -> %.1f MiB: %.0f bytes per run (goal < 10 KiB = 10240)\n",
+	fmt.Printf("  watcher memory in use (heap + stacks; NATS runs apart) %.1f MiB -> %.1f MiB: %.0f bytes per run (goal < 10 KiB = 10240)\n",
 		float64(before)/(1<<20), float64(after)/(1<<20), float64(after-before)/float64(runs))
 	fmt.Printf("  goroutines: %d\n", runtime.NumGoroutine())
 	fmt.Printf("  Prometheus requests per evaluation time over %d intervals: %v (distinct resolved queries: %d)\n", intervals, perTS, teams)
@@ -348,15 +365,37 @@ func (noQueries) Query(context.Context, string, time.Time) (model.Vector, error)
 
 // ---- parts ----
 
-func startNATS(dir string) (*bus.Embedded, jetstream.JetStream, func(), error) {
-	srv, err := bus.StartEmbedded("127.0.0.1:0", dir, slog.New(slog.DiscardHandler))
+// natsServerBin is nats-server built from the version in go.mod, so that
+// the server runs in a process of its own, as with `watcher run
+// --nats.url`: the memory measured here is then the watcher's alone.
+var natsServerBin string
+
+func buildNATSServer(dir string) error {
+	natsServerBin = filepath.Join(dir, "nats-server")
+	out, err := exec.Command("go", "build", "-o", natsServerBin, "github.com/nats-io/nats-server/v2").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("building nats-server: %v\n%s", err, out)
+	}
+	return nil
+}
+
+func startNATS(dir string) (*exec.Cmd, jetstream.JetStream, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		srv.Stop()
+	addr := ln.Addr().(*net.TCPAddr)
+	ln.Close()
+	srv := exec.Command(natsServerBin, "-a", "127.0.0.1", "-p", fmt.Sprint(addr.Port), "-js", "-sd", dir)
+	if err := srv.Start(); err != nil {
 		return nil, nil, nil, err
+	}
+	kill := func() { _ = srv.Process.Kill(); _ = srv.Wait() }
+	url := fmt.Sprintf("nats://127.0.0.1:%d", addr.Port)
+	var nc *nats.Conn
+	if err := waitFor(15*time.Second, func() bool { nc, err = nats.Connect(url); return err == nil }); err != nil {
+		kill()
+		return nil, nil, nil, fmt.Errorf("nats-server on %s: %w", url, err)
 	}
 	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
@@ -367,7 +406,7 @@ func startNATS(dir string) (*bus.Embedded, jetstream.JetStream, func(), error) {
 	if err := bus.EnsureStreams(ctx, js, 1); err != nil {
 		return nil, nil, nil, err
 	}
-	return srv, js, func() { nc.Close(); srv.Stop() }, nil
+	return srv, js, func() { nc.Close(); kill() }, nil
 }
 
 // startPrometheus serves bench_orders{team} for teams and starts the real

@@ -410,7 +410,15 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		return "rejected", w.Audit.Record(ctx, r)
 	}
 	run.seq, run.owner = seq, w.Replica
-	switch err := w.create(ctx, run); {
+	// The run is stored and its run.started recorded at once: two round
+	// trips in parallel, not one after the other. Both must be done before
+	// the event is acked; a failure of either redelivers it, and the
+	// record's message id keeps a second run.started out.
+	started := make(chan error, 1)
+	go func() { started <- w.recordStarted(ctx, run) }()
+	err = w.create(ctx, run)
+	serr := <-started
+	switch {
 	case errors.Is(err, jetstream.ErrKeyExists):
 		// Stored before: the event came again after a crash between
 		// storing the run and acking. Whoever holds the run goes on with
@@ -418,15 +426,13 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		if err := w.adoptID(ctx, runID, true); err != nil {
 			return "", err
 		}
-		if err := w.recordStarted(ctx, run); err != nil {
-			return "", err
-		}
-		return "started", nil
+		return "started", serr
 	case err != nil:
 		return "", fmt.Errorf("storing run %s: %w", runID, err)
-	}
-	if err := w.recordStarted(ctx, run); err != nil {
-		return "", err
+	case serr != nil:
+		// Stored but not recorded: the redelivery takes the run up again
+		// (adoptID) and records it.
+		return "", serr
 	}
 	w.start(ctx, run)
 	return "started", nil
