@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/common/version"
 
+	"github.com/rollback-watcher/watcher/internal/alerts"
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/config"
@@ -89,6 +91,8 @@ func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env
 	cmd.Flag("web.listen-address", "Address for /metrics, health, reload and the API.").Default("127.0.0.1:9797").StringVar(&webAddr)
 	cmd.Flag("dry-run", "Evaluate and publish everything, execute no rollback (the audit says so).").BoolVar(&dryRun)
 	var rep replicaFlags
+	cmd.Flag("web.config.file", "Exporter-toolkit web configuration (TLS, basic auth) for the HTTP endpoints, POST /api/v1/alerts included.").
+		Default("").StringVar(&rep.webConfig)
 	cmd.Flag("runs.replica", "Name of this watcher among the replicas sharing one NATS. Default: host name and a random suffix.").StringVar(&rep.name)
 	cmd.Flag("runs.lease", "How long a replica's runs and rollbacks stay its own after its last heartbeat; then another replica takes them over.").
 		Default(watch.DefaultLease.String()).DurationVar(&rep.lease)
@@ -97,14 +101,21 @@ func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env
 	}
 }
 
-// replicaFlags say how this process shares runs with other replicas.
+// replicaFlags say how this process shares runs with other replicas, and
+// how its HTTP endpoints are protected.
 type replicaFlags struct {
-	name  string
-	lease time.Duration
+	name      string
+	lease     time.Duration
+	webConfig string // --web.config.file
 }
 
 func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, listen, storage, webAddr string, dryRun bool) error {
 	logger := e.logger
+	if rep.webConfig != "" {
+		if err := toolkitweb.Validate(rep.webConfig); err != nil {
+			return fmt.Errorf("--web.config.file %s: %w", rep.webConfig, err)
+		}
+	}
 	if rep.name == "" {
 		rep.name = watch.DefaultReplica()
 	}
@@ -234,6 +245,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, l
 	srv := &http.Server{
 		Handler: (&web.Server{
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
+			Alerts: (&alerts.Receiver{JS: js, Policies: policies.Load, Audit: aud, Logger: logger}).Handle,
 			Ready: func() error {
 				if nc.Status() != nats.CONNECTED {
 					return fmt.Errorf("NATS connection is %s", nc.Status())
@@ -244,7 +256,9 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, l
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		noSystemd := false
+		flags := &toolkitweb.FlagConfig{WebConfigFile: &rep.webConfig, WebListenAddresses: &[]string{webAddr}, WebSystemdSocket: &noSystemd}
+		if err := toolkitweb.Serve(ln, srv, flags, logger.With("component", "web")); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("web server stopped", "err", err)
 		}
 	}()

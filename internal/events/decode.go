@@ -125,7 +125,7 @@ func DecodeRollbackRequest(subject string, data []byte) (RollbackRequest, error)
 		return RollbackRequest{}, err
 	}
 	m, err := object("json", data, "id", "service", "environment", "version", "to_version", "hosts",
-		"labels", "reason", "source", "run_id", "deploy_id", "policy", "time")
+		"labels", "reason", "source", "run_id", "deploy_id", "policy", "time", "alert")
 	if err != nil {
 		return RollbackRequest{}, err
 	}
@@ -149,6 +149,9 @@ func DecodeRollbackRequest(subject string, data []byte) (RollbackRequest, error)
 		return RollbackRequest{}, err
 	}
 	if r.Time, err = optionalTime("time", m); err != nil {
+		return RollbackRequest{}, err
+	}
+	if r.Alert, err = decodeAlertRef(m["alert"]); err != nil {
 		return RollbackRequest{}, err
 	}
 	if err := r.Validate(); err != nil {
@@ -180,4 +183,30 @@ func optionalTime(field string, m map[string]json.RawMessage) (time.Time, error)
 		return time.Time{}, err
 	}
 	return parseTime(field, s)
+}
+
+func decodeAlertRef(raw json.RawMessage) (*AlertRef, error) {
+	if raw == nil || kind(raw) == "null" {
+		return nil, nil
+	}
+	m, err := object("alert", raw, "name", "fingerprint", "starts_at", "generator_url", "labels")
+	if err != nil {
+		return nil, err
+	}
+	a := &AlertRef{}
+	for _, f := range []struct {
+		name string
+		dst  *string
+	}{{"name", &a.Name}, {"fingerprint", &a.Fingerprint}, {"generator_url", &a.GeneratorURL}} {
+		if *f.dst, err = str("alert."+f.name, m[f.name]); err != nil {
+			return nil, err
+		}
+	}
+	if a.StartsAt, err = optionalTime("starts_at", m); err != nil {
+		return nil, err
+	}
+	if a.Labels, err = stringMap("alert.labels", m["labels"], MaxLabels); err != nil {
+		return nil, err
+	}
+	return a, nil
 }

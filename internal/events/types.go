@@ -70,6 +70,18 @@ type RollbackRequest struct {
 	DeployID  string            `json:"deploy_id,omitempty"`
 	Policy    string            `json:"policy,omitempty"`
 	Time      time.Time         `json:"time"`
+	// Alert names the alert that asked for the rollback (source alert).
+	Alert *AlertRef `json:"alert,omitempty"`
+}
+
+// AlertRef names an Alertmanager alert, as the audit of the rollback it
+// caused shows it.
+type AlertRef struct {
+	Name         string            `json:"name"`
+	Fingerprint  string            `json:"fingerprint"`
+	StartsAt     time.Time         `json:"starts_at"`
+	GeneratorURL string            `json:"generator_url,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
 }
 
 // RejectError says which field of an event is invalid and why.

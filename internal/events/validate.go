@@ -124,7 +124,47 @@ func (r RollbackRequest) Validate() error {
 			return err
 		}
 	}
-	return checkText("policy", r.Policy, 256, false)
+	if err := checkText("policy", r.Policy, 256, false); err != nil {
+		return err
+	}
+	if r.Alert != nil {
+		return r.Alert.Validate()
+	}
+	return nil
+}
+
+var (
+	alertLabelRE  = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]{0,127}$`)
+	fingerprintRE = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
+)
+
+// Validate checks an alert reference: it reaches the audit and the
+// executor's records, so every part is bounded and printable.
+func (a AlertRef) Validate() error {
+	if a.Name == "" {
+		return &RejectError{Field: "alert.name", Reason: "is required"}
+	}
+	if err := checkText("alert.name", a.Name, 256, true); err != nil {
+		return err
+	}
+	if !fingerprintRE.MatchString(a.Fingerprint) {
+		return reject("alert.fingerprint", a.Fingerprint, "is not an Alertmanager fingerprint (hex)")
+	}
+	if err := checkText("alert.generator_url", a.GeneratorURL, 2048, false); err != nil {
+		return err
+	}
+	if len(a.Labels) > MaxLabels {
+		return &RejectError{Field: "alert.labels", Reason: "has " + strconv.Itoa(len(a.Labels)) + " entries, more than the limit of " + strconv.Itoa(MaxLabels)}
+	}
+	for k, v := range a.Labels {
+		if !alertLabelRE.MatchString(k) {
+			return reject("alert.labels", k, "is not a label name")
+		}
+		if err := checkText("alert.labels."+k, v, 1024, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ClampReason makes s acceptable as a RollbackRequest or RolledBack reason:

@@ -26,6 +26,9 @@ type Policy struct {
 	OnInconclusive string   `yaml:"on_inconclusive"`
 	Checks         []*Check `yaml:"checks"`
 	Rollback       Rollback `yaml:"rollback"`
+	// Alerts, when set, lets matching Alertmanager alerts roll back the
+	// deploys the policy matches (POST /api/v1/alerts).
+	Alerts *Alerts `yaml:"alerts"`
 
 	// Where the policy was defined, for messages ("rules/shop.yml:3").
 	File string `yaml:"-"`

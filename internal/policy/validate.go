@@ -61,6 +61,7 @@ func (d *decoder) checkPolicy(p *Policy) {
 		}
 	}
 	d.checkRollback(&p.Rollback, d.line(p.Line, &p.Rollback))
+	d.checkAlerts(p.Alerts)
 }
 
 func (d *decoder) checkGlob(pattern *string, name string) {

@@ -323,6 +323,11 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 		"source": req.Source, "reason": req.Reason, "to_version": req.ToVersion, "hosts": req.Hosts,
 		"requested_at": req.Time, "executed": true,
 	}
+	if req.Alert != nil {
+		// The alert that asked for it, as alert.received named it.
+		requested.Detail["alert"] = req.Alert
+		requested.Message += fmt.Sprintf(" (alert %s, fingerprint %s)", req.Alert.Name, req.Alert.Fingerprint)
+	}
 	skip := ""
 	switch {
 	case p == nil:

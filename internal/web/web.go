@@ -2,13 +2,17 @@
 package web
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/rollback-watcher/watcher/internal/alerts"
 	"github.com/rollback-watcher/watcher/internal/watch"
 )
 
@@ -18,8 +22,11 @@ type Server struct {
 	// Reload reloads the policies; its error is shown to the caller.
 	Reload func() error
 	// Ready says whether the watcher consumes events (nil means ready).
-	Ready  func() error
-	Runs   func() (active, recent []watch.RunStatus)
+	Ready func() error
+	Runs  func() (active, recent []watch.RunStatus)
+	// Alerts handles Alertmanager's webhook body (POST /api/v1/alerts);
+	// nil answers 404.
+	Alerts func(ctx context.Context, body io.Reader) error
 	Logger *slog.Logger
 }
 
@@ -46,6 +53,24 @@ func (s *Server) Handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("Policies reloaded.\n"))
 	})
+	if s.Alerts != nil {
+		mux.HandleFunc("POST /api/v1/alerts", func(w http.ResponseWriter, r *http.Request) {
+			err := s.Alerts(r.Context(), r.Body)
+			var bad *alerts.BadRequest
+			switch {
+			case errors.As(err, &bad):
+				http.Error(w, err.Error(), http.StatusBadRequest)
+			case err != nil:
+				// Alertmanager sends the message again on a 5xx.
+				if s.Logger != nil {
+					s.Logger.Error("alert webhook not handled; Alertmanager will retry", "err", err)
+				}
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			default:
+				w.WriteHeader(http.StatusOK)
+			}
+		})
+	}
 	mux.HandleFunc("GET /api/v1/runs", func(w http.ResponseWriter, _ *http.Request) {
 		active, recent := s.Runs()
 		if active == nil {

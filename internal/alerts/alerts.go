@@ -1,0 +1,208 @@
+// Package alerts takes Alertmanager's webhook (version 4) and turns a
+// firing alert that a policy lets roll back a deploy into a rollback
+// request, linked to the alert in the audit.
+package alerts
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/watch"
+)
+
+// MaxPayload bounds a webhook body: Alertmanager sends groups of alerts,
+// and a group is capped by max_alerts in its route anyway.
+const MaxPayload = 1 << 20
+
+// The labels that say which deploy an alert is about.
+const (
+	ServiceLabel     = "service"
+	EnvironmentLabel = "environment"
+)
+
+// Message is Alertmanager's webhook payload, version 4.
+type Message struct {
+	Version     string            `json:"version"`
+	GroupKey    string            `json:"groupKey"`
+	Status      string            `json:"status"`
+	Receiver    string            `json:"receiver"`
+	GroupLabels map[string]string `json:"groupLabels"`
+	ExternalURL string            `json:"externalURL"`
+	Alerts      []Alert           `json:"alerts"`
+}
+
+// Alert is one alert of a webhook message.
+type Alert struct {
+	Status       string            `json:"status"`
+	Labels       map[string]string `json:"labels"`
+	Annotations  map[string]string `json:"annotations"`
+	StartsAt     time.Time         `json:"startsAt"`
+	EndsAt       time.Time         `json:"endsAt"`
+	GeneratorURL string            `json:"generatorURL"`
+	Fingerprint  string            `json:"fingerprint"`
+}
+
+// BadRequest is a payload the receiver refuses as a whole (HTTP 400).
+type BadRequest struct{ Err error }
+
+func (e *BadRequest) Error() string { return e.Err.Error() }
+
+// Auditor records decisions; *audit.Publisher is one.
+type Auditor interface {
+	Record(ctx context.Context, r audit.Record) error
+}
+
+// Receiver handles webhook messages.
+type Receiver struct {
+	JS       jetstream.JetStream
+	Policies func() *policy.Set
+	Audit    Auditor
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Handle decodes one webhook body and gives each alert its outcome, each
+// recorded as alert.received: a rollback requested, or why not. An error
+// means the message should be sent again (Alertmanager retries on 5xx),
+// except *BadRequest.
+func (rc *Receiver) Handle(ctx context.Context, body io.Reader) error {
+	data, err := io.ReadAll(io.LimitReader(body, MaxPayload+1))
+	if err != nil {
+		return fmt.Errorf("reading the webhook: %w", err)
+	}
+	if len(data) > MaxPayload {
+		return &BadRequest{fmt.Errorf("webhook body over %d bytes", MaxPayload)}
+	}
+	var m Message
+	if err := json.Unmarshal(data, &m); err != nil {
+		return &BadRequest{fmt.Errorf("not an Alertmanager webhook message: %v", err)}
+	}
+	if m.Version != "4" {
+		return &BadRequest{fmt.Errorf("webhook version %q: only version 4 (Alertmanager's) is understood", m.Version)}
+	}
+	var errs []error
+	for _, a := range m.Alerts {
+		if err := rc.handle(ctx, m, a); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// handle gives one alert its outcome.
+func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
+	ref := events.AlertRef{Name: a.Labels["alertname"], Fingerprint: a.Fingerprint, StartsAt: a.StartsAt.UTC(),
+		GeneratorURL: a.GeneratorURL, Labels: a.Labels}
+	svc, env := a.Labels[ServiceLabel], a.Labels[EnvironmentLabel]
+	rec := audit.Record{Kind: audit.AlertReceived, Service: svc, Environment: env,
+		Detail: map[string]any{"alert": ref, "status": a.Status, "group_key": m.GroupKey, "receiver": m.Receiver}}
+	outcome := func(format string, args ...any) error {
+		rec.Message = fmt.Sprintf("alert %s (%s): ", ref.Name, a.Status) + fmt.Sprintf(format, args...)
+		rec.Detail["outcome"] = fmt.Sprintf(format, args...)
+		return rc.Audit.Record(ctx, rec)
+	}
+	if err := ref.Validate(); err != nil {
+		return outcome("ignored: %v", err)
+	}
+	if a.Status != "firing" {
+		return outcome("resolved; nothing to do")
+	}
+	if (events.Deploy{ID: "x", Service: svc, Environment: env, Version: "x"}).Validate() != nil {
+		return outcome("ignored: it has no valid %s and %s labels to say which deploy it is about", ServiceLabel, EnvironmentLabel)
+	}
+	p := rc.Policies().Match(svc, env)
+	switch {
+	case p == nil:
+		return outcome("ignored: no policy matches service %s in environment %s", svc, env)
+	case p.Alerts == nil:
+		return outcome("ignored: policy %s has no alerts section, so no alert may roll it back", p.Name)
+	case !p.Alerts.Matches(a.Labels):
+		return outcome("ignored: policy %s's alert matchers %v do not match it", p.Name, p.Alerts.Matchers)
+	}
+	rec.Policy = p.Name
+
+	d, at, err := rc.lastDeploy(ctx, svc, env)
+	switch {
+	case errors.Is(err, errNoDeploy):
+		return outcome("ignored: no deploy of %s in %s to roll back", svc, env)
+	case errors.Is(err, errRolledBack):
+		return outcome("ignored: the last deploy of %s in %s was rolled back already", svc, env)
+	case err != nil:
+		return err
+	}
+	rec.DeployID, rec.Version = d.ID, d.Version
+	now := time.Now()
+	if rc.Now != nil {
+		now = rc.Now()
+	}
+	if since := now.Sub(at); since > time.Duration(p.Alerts.Within) {
+		return outcome("ignored: the last deploy (%s, version %s) was %s ago, longer than the policy's within %s",
+			d.ID, d.Version, since.Round(time.Second), p.Alerts.Within)
+	}
+	// One rollback per alert and deploy: Alertmanager repeats a firing
+	// group every repeat_interval, and each repeat must not roll back
+	// again (the id is the stream's message id, and the executor runs an
+	// id once).
+	sum := sha256.Sum256([]byte(a.Fingerprint + "\x00" + d.ID))
+	req := events.RollbackRequest{
+		ID: "alert-" + hex.EncodeToString(sum[:12]), Service: svc, Environment: env,
+		Version: d.Version, ToVersion: d.PreviousVersion, Hosts: d.Hosts, Labels: d.Labels,
+		Reason:   events.ClampReason(fmt.Sprintf("alert %s firing since %s", ref.Name, ref.StartsAt.Format(time.RFC3339))),
+		Source:   events.SourceAlert,
+		DeployID: d.ID, Policy: p.Name, Time: now.UTC(), Alert: &ref,
+	}
+	rec.RequestID = req.ID
+	rec.Detail["request_id"] = req.ID
+	rec.MsgID = req.ID + ".alert." + a.StartsAt.UTC().Format(time.RFC3339Nano)
+	if err := outcome("rolls back deploy %s (version %s of %s in %s): rollback requested (%s)", d.ID, d.Version, svc, env, req.ID); err != nil {
+		return err // not requested without its record; Alertmanager sends again
+	}
+	return watch.PublishRollback(ctx, rc.JS, req)
+}
+
+var (
+	errNoDeploy   = errors.New("no deploy")
+	errRolledBack = errors.New("rolled back")
+)
+
+// lastDeploy is the newest event on deploys.<env>.<svc> and when the stream
+// got it. The watcher itself publishes service.rolledback there after a
+// rollback, so a newest event of that kind means there is nothing left to
+// roll back.
+func (rc *Receiver) lastDeploy(ctx context.Context, svc, env string) (events.Deploy, time.Time, error) {
+	s, err := rc.JS.Stream(ctx, bus.DeploysStream)
+	if err != nil {
+		return events.Deploy{}, time.Time{}, fmt.Errorf("DEPLOYS stream: %w", err)
+	}
+	subject := events.Subject(events.DeploysPrefix, env, svc)
+	msg, err := s.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return events.Deploy{}, time.Time{}, errNoDeploy
+	}
+	if err != nil {
+		return events.Deploy{}, time.Time{}, fmt.Errorf("reading the last event on %s: %w", subject, err)
+	}
+	d, err := events.DecodeDeploy(subject, msg.Header, msg.Data)
+	var notDeploy *events.NotDeployError
+	switch {
+	case errors.As(err, &notDeploy) && strings.Contains(notDeploy.Type, ".service.rolledback."):
+		return events.Deploy{}, time.Time{}, errRolledBack
+	case err != nil:
+		return events.Deploy{}, time.Time{}, errNoDeploy
+	}
+	return d, msg.Time, nil
+}
