@@ -109,7 +109,8 @@ func startWatcher(t *testing.T, args ...string) *watcherProc {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == 200
+		// 401: up, behind --web.config.file's basic auth.
+		return resp.StatusCode == 200 || resp.StatusCode == http.StatusUnauthorized
 	})
 	return w
 }

@@ -148,7 +148,7 @@ func PrometheusBinary(t testing.TB) string {
 // instead of becoming exported_instance).
 func StartPrometheus(t testing.TB, targets ...string) *Prometheus {
 	t.Helper()
-	return startPrometheus(t, t.TempDir(), targets)
+	return startPrometheus(t, t.TempDir(), targets, "")
 }
 
 // StartPrometheusWithHistory is StartPrometheus with history backfilled
@@ -167,10 +167,12 @@ func StartPrometheusWithHistory(t testing.TB, openMetrics string, targets ...str
 	if err != nil {
 		t.Fatalf("promtool tsdb create-blocks-from openmetrics: %v\n%s", err, out)
 	}
-	return startPrometheus(t, dir, targets)
+	return startPrometheus(t, dir, targets, "")
 }
 
-func startPrometheus(t testing.TB, dir string, targets []string) *Prometheus {
+// startPrometheus starts Prometheus with extra appended to its
+// configuration (rule_files, alerting).
+func startPrometheus(t testing.TB, dir string, targets []string, extra string) *Prometheus {
 	t.Helper()
 	bin := PrometheusBinary(t)
 	quoted := make([]string, len(targets))
@@ -186,7 +188,7 @@ scrape_configs:
     honor_labels: true
     static_configs:
       - targets: [%s]
-`, strings.Join(quoted, ", "))
+`, strings.Join(quoted, ", ")) + extra
 	cfgFile := filepath.Join(dir, "prometheus.yml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
