@@ -266,6 +266,9 @@ policies:
 func TestLoadBadConfigs(t *testing.T) {
 	type test struct{ file, want string }
 	tests := []test{
+		{"invalid-alerts-matcher.yml", "testdata/invalid-alerts-matcher.yml:7: alerts: matcher \"alertname=~\\\"[unclosed\\\"\": error parsing regexp: missing closing ]: `[unclosed)$`"},
+		{"invalid-alerts-no-matchers.yml", "testdata/invalid-alerts-no-matchers.yml:7: alerts: matchers is required (say which alerts may roll back, e.g. 'alertname=\"ShopErrorsHigh\"')"},
+		{"invalid-alerts-within.yml", "testdata/invalid-alerts-within.yml:8: alerts.within must be positive, got 0s"},
 		{"invalid-after-empty.yml", "testdata/invalid-after-empty.yml:7: rollback.after is an empty command: give the program and its arguments, or leave after out"},
 		{"invalid-aggregate.yml", "testdata/invalid-aggregate.yml:7: check \"latency\": aggregate must be min, max, avg or sum, got \"median\""},
 		{"invalid-baseline-offset.yml", "testdata/invalid-baseline-offset.yml:7: baseline: offset must be a positive duration such as 1d or 7d, got \"0s\""},
