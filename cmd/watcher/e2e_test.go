@@ -311,6 +311,12 @@ func TestBadDeployRolledBackGoodOneUntouched(t *testing.T) {
 		`watcher_runs_total{verdict="passed"} 1`,
 		`watcher_deploy_events_total{result="started"} 2`,
 		`watcher_runs_active 0`,
+		`watcher_policy_runs_total{policy="orders",verdict="failed"} 1`,
+		`watcher_policy_runs_total{policy="orders",verdict="passed"} 1`,
+		`watcher_rollback_duration_seconds_count{result="completed"} 1`,
+		`watcher_query_duration_seconds_count{result="ok"}`,
+		`watcher_alerts_total{result="requested"} 0`,
+		`watcher_build_info{`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -228,6 +228,8 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, l
 		Replica: rep.name, Replicas: cfg.NATS.Replicas, AckWait: 3 * rep.lease}
 	w.Register(reg)
 	x.Register(reg)
+	alertReceiver := &alerts.Receiver{JS: js, Policies: policies.Load, Audit: aud, Logger: logger}
+	alertReceiver.Register(reg)
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -245,7 +247,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, l
 	srv := &http.Server{
 		Handler: (&web.Server{
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
-			Alerts: (&alerts.Receiver{JS: js, Policies: policies.Load, Audit: aud, Logger: logger}).Handle,
+			Alerts: alertReceiver.Handle,
 			Ready: func() error {
 				if nc.Status() != nats.CONNECTED {
 					return fmt.Errorf("NATS connection is %s", nc.Status())

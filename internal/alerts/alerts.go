@@ -13,9 +13,11 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
@@ -73,6 +75,27 @@ type Receiver struct {
 	Audit    Auditor
 	Logger   *slog.Logger
 	Now      func() time.Time
+
+	once   sync.Once
+	counts *prometheus.CounterVec
+}
+
+// Register adds watcher_alerts_total{result} (requested, ignored,
+// resolved) to reg.
+func (rc *Receiver) Register(reg prometheus.Registerer) {
+	rc.init()
+	reg.MustRegister(rc.counts)
+}
+
+func (rc *Receiver) init() {
+	rc.once.Do(func() {
+		rc.counts = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watcher_alerts_total", Help: "Alerts received on POST /api/v1/alerts, by result (requested, ignored, resolved).",
+		}, []string{"result"})
+		for _, r := range []string{"requested", "ignored", "resolved"} {
+			rc.counts.WithLabelValues(r)
+		}
+	})
 }
 
 // Handle decodes one webhook body and gives each alert its outcome, each
@@ -110,9 +133,18 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	svc, env := a.Labels[ServiceLabel], a.Labels[EnvironmentLabel]
 	rec := audit.Record{Kind: audit.AlertReceived, Service: svc, Environment: env,
 		Detail: map[string]any{"alert": ref, "status": a.Status, "group_key": m.GroupKey, "receiver": m.Receiver}}
+	rc.init()
 	outcome := func(format string, args ...any) error {
 		rec.Message = fmt.Sprintf("alert %s (%s): ", ref.Name, a.Status) + fmt.Sprintf(format, args...)
 		rec.Detail["outcome"] = fmt.Sprintf(format, args...)
+		result := "ignored"
+		switch {
+		case rec.RequestID != "":
+			result = "requested"
+		case a.Status != "firing":
+			result = "resolved"
+		}
+		rc.counts.WithLabelValues(result).Inc()
 		return rc.Audit.Record(ctx, rec)
 	}
 	if err := ref.Validate(); err != nil {

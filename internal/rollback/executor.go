@@ -62,12 +62,14 @@ type Executor struct {
 
 	requests jetstream.KeyValue
 
-	initOnce sync.Once
-	logger   *slog.Logger
-	results  *prometheus.CounterVec
-	keys     sync.Map // "env/service" -> *sync.Mutex
-	wg       sync.WaitGroup
-	sem      chan struct{}
+	initOnce     sync.Once
+	logger       *slog.Logger
+	results      *prometheus.CounterVec
+	duration     *prometheus.HistogramVec
+	hostFailures *prometheus.CounterVec
+	keys         sync.Map // "env/service" -> *sync.Mutex
+	wg           sync.WaitGroup
+	sem          chan struct{}
 }
 
 // Rollback results for watcher_rollbacks_total.
@@ -80,7 +82,7 @@ const (
 // Register adds the executor's metrics to reg.
 func (e *Executor) Register(reg prometheus.Registerer) {
 	e.init()
-	reg.MustRegister(e.results)
+	reg.MustRegister(e.results, e.duration, e.hostFailures)
 }
 
 // init fills in the defaults once. Execute is safe to call from several
@@ -114,8 +116,16 @@ func (e *Executor) setup() {
 	e.results = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "watcher_rollbacks_total", Help: "Rollback requests handled, by result (completed, failed, skipped).",
 	}, []string{"result"})
+	e.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "watcher_rollback_duration_seconds", Help: "Time from a rollback request's execution start to its result, by result.",
+		Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300},
+	}, []string{"result"})
+	e.hostFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "watcher_rollback_host_failures_total", Help: "Hosts that a rollback could not switch (or run the after command on), by host.",
+	}, []string{"host"})
 	for _, r := range []string{ResultCompleted, ResultFailed, ResultSkipped} {
 		e.results.WithLabelValues(r)
+		e.duration.WithLabelValues(r)
 	}
 }
 
@@ -284,8 +294,15 @@ func (e *Executor) executeTracked(ctx context.Context, req events.RollbackReques
 	lock.Lock()
 	defer lock.Unlock()
 
+	start := time.Now()
 	res := e.execute(ctx, req, tr)
 	e.results.WithLabelValues(res.Status).Inc()
+	e.duration.WithLabelValues(res.Status).Observe(time.Since(start).Seconds())
+	for _, h := range res.Hosts {
+		if h.Error != "" {
+			e.hostFailures.WithLabelValues(h.Host).Inc()
+		}
+	}
 	return res
 }
 

@@ -746,10 +746,19 @@ func TestExecuteAfterFails(t *testing.T) {
 	rules := loadRules(t, policyYAML("shop", "shop", h,
 		"after: "+yamlList("sh", "-c", "echo php-fpm reload failed >&2; exit 3"),
 		"data: {command: "+yamlList("touch", dataRan)+"}"))
-	e, rec, _ := newExecutor(t, n, rules)
+	e, rec, reg := newExecutor(t, n, rules)
 	req := request("rb-after")
 
 	res := e.Execute(ctx, req)
+
+	// The host counts as failed in the metrics, and the rollback's
+	// duration is observed under its result.
+	if got := testutil.ToFloat64(t, reg, "watcher_rollback_host_failures_total", "host", "local"); got != 1 {
+		t.Errorf("watcher_rollback_host_failures_total{host=\"local\"} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(t, reg, "watcher_rollback_duration_seconds", "result", "failed"); got != 1 {
+		t.Errorf("watcher_rollback_duration_seconds_count{result=\"failed\"} = %v, want 1", got)
+	}
 
 	if res.Status != ResultFailed || res.Err == nil {
 		t.Fatalf("result %s, %v", res.Status, res.Err)

@@ -15,8 +15,9 @@ import (
 // run. The answer is kept for a while after it arrives, for the runs whose
 // timers fired late. Callers must not modify the vector they get.
 type sharedQuerier struct {
-	q    Querier
-	base context.Context // the watcher's; nil before Start
+	q       Querier
+	base    context.Context // the watcher's; nil before Start
+	observe func(time.Duration, error)
 
 	mu      sync.Mutex
 	calls   map[queryKey]*sharedCall
@@ -74,7 +75,11 @@ func (s *sharedQuerier) Query(ctx context.Context, query string, ts time.Time) (
 }
 
 func (s *sharedQuerier) ask(ctx context.Context, k queryKey, c *sharedCall, query string, ts time.Time) {
+	start := time.Now()
 	vec, err := s.q.Query(ctx, query, ts)
+	if s.observe != nil {
+		s.observe(time.Since(start), err)
+	}
 	s.mu.Lock()
 	c.vec, c.err, c.at = vec, err, time.Now()
 	if err != nil || len(vec) == 0 {

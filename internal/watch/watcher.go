@@ -143,14 +143,16 @@ const DedupBucket = "WATCHER_DEPLOY_IDS"
 type metrics struct {
 	active       prometheus.GaugeFunc
 	runs         *prometheus.CounterVec
+	byPolicy     *prometheus.CounterVec
 	events       *prometheus.CounterVec
 	measurements *prometheus.CounterVec
+	queries      *prometheus.HistogramVec
 }
 
 // Register adds the watcher's metrics to reg. Call it once before Run.
 func (w *Watcher) Register(reg prometheus.Registerer) {
 	w.init()
-	reg.MustRegister(w.metrics.active, w.metrics.runs, w.metrics.events, w.metrics.measurements)
+	reg.MustRegister(w.metrics.active, w.metrics.runs, w.metrics.byPolicy, w.metrics.events, w.metrics.measurements, w.metrics.queries)
 }
 
 func (w *Watcher) init() {
@@ -162,6 +164,13 @@ func (w *Watcher) init() {
 	w.sched = newScheduler()
 	w.ctx = context.Background()
 	w.querier = newSharedQuerier(w.Querier)
+	w.querier.observe = func(d time.Duration, err error) {
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		w.metrics.queries.WithLabelValues(result).Observe(d.Seconds())
+	}
 	w.logger = w.Logger
 	if w.logger == nil {
 		w.logger = slog.New(slog.DiscardHandler)
@@ -196,6 +205,13 @@ func (w *Watcher) init() {
 		measurements: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "watcher_measurements_total", Help: "Measurements taken, by outcome.",
 		}, []string{"outcome"}),
+		byPolicy: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watcher_policy_runs_total", Help: "Validation runs ended, by policy and verdict.",
+		}, []string{"policy", "verdict"}),
+		queries: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "watcher_query_duration_seconds", Help: "Requests to Prometheus (shared by the runs that ask the same query at the same time), by result.",
+			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}, []string{"result"}),
 	}
 	for _, v := range []string{VerdictPassed, VerdictFailed, VerdictInconclusive, VerdictSuperseded} {
 		w.metrics.runs.WithLabelValues(v)
@@ -781,6 +797,7 @@ func (w *Watcher) conclude(ctx context.Context, r *Run) {
 		w.drop(ctx, r)
 	}
 	w.metrics.runs.WithLabelValues(verdict).Inc()
+	w.metrics.byPolicy.WithLabelValues(r.Policy.Name, verdict).Inc()
 	w.logger.Info("run ended", "run", r.ID, "service", r.Deploy.Service, "environment", r.Deploy.Environment,
 		"version", r.Deploy.Version, "verdict", verdict, "reason", reason)
 	w.mu.Lock()
