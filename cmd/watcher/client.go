@@ -194,12 +194,28 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 	cmd.Flag("run", "Only this run.").StringVar(&flt.RunID)
 	cmd.Flag("limit", "Newest N records (0: all).").Default("100").SetValue(intFlag{"limit", &flt.Limit})
 	cmd.Flag("json", "One JSON record per line, for scripts.").BoolVar(&asJSON)
+	var follow bool
+	cmd.Flag("follow", "Keep printing new records as they are written, until interrupted (like tail -f).").Short('f').BoolVar(&follow)
 	cmds["history"] = func(ctx context.Context, e *env) error {
 		js, closeNC, err := f.connect(ctx, "watcher history")
 		if err != nil {
 			return err
 		}
 		defer closeNC()
+		if follow {
+			enc := json.NewEncoder(e.stdout)
+			if !asJSON {
+				fmt.Fprintf(e.stdout, "%-19s  %-18s  %-12s  %-12s  %-14s  %-26s  %s\n", "TIME", "KIND", "SERVICE", "ENVIRONMENT", "VERSION", "RUN", "MESSAGE")
+			}
+			return audit.Follow(ctx, js, flt, func(r audit.Record) error {
+				if asJSON {
+					return enc.Encode(r)
+				}
+				_, err := fmt.Fprintf(e.stdout, "%-19s  %-18s  %-12s  %-12s  %-14s  %-26s  %s\n", r.Time.Local().Format("2006-01-02 15:04:05"), r.Kind,
+					dash(r.Service), dash(r.Environment), dash(r.Version), dash(r.RunID), oneLine(r.Message))
+				return err
+			})
+		}
 		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		recs, err := audit.Read(rctx, js, flt)

@@ -1,0 +1,85 @@
+package audit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Follow calls fn with the records matching f, oldest first: those already
+// stored (the newest f.Limit of them when Limit is set), then each new one
+// as it is written, until ctx ends or fn fails. It is `tail -f` for the
+// audit stream.
+func Follow(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Record) error) error {
+	cons, err := js.OrderedConsumer(ctx, "AUDIT", jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{f.subject()},
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return fmt.Errorf("no AUDIT stream on this server: has a watcher run against it?")
+		}
+		return fmt.Errorf("following the audit stream: %w", err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("following the audit stream: %w", err)
+	}
+	// Until caught up with what was stored when it started, records are
+	// kept back, so that Limit can keep only the newest.
+	catchingUp := info.NumPending > 0
+	var backlog []Record
+	flush := func() error {
+		for _, r := range backlog {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+		backlog = nil
+		catchingUp = false
+		return nil
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("following the audit stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return flush()
+			}
+			return fmt.Errorf("following the audit stream: %w", err)
+		}
+		var r Record
+		keep := json.Unmarshal(msg.Data(), &r) == nil && (f.RunID == "" || r.RunID == f.RunID) &&
+			!(renamed(f.Service) && r.Service != f.Service) && !(renamed(f.Environment) && r.Environment != f.Environment)
+		md, _ := msg.Metadata()
+		if catchingUp {
+			if keep {
+				backlog = append(backlog, r)
+				if f.Limit > 0 && len(backlog) > f.Limit {
+					backlog = backlog[1:]
+				}
+			}
+			if md == nil || md.NumPending == 0 {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if keep {
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+	}
+}
+
