@@ -67,3 +67,10 @@ bench-fleet:
 .PHONY: bench-runs
 bench-runs:
 	$(GO) run ./bench/runs $(BENCHFLAGS)
+
+# The demo: a good and a bad release of a sample service, the bad one
+# rolled back, the history and the status page shown, everything stopped
+# and removed at the end (about 90 seconds).
+.PHONY: demo
+demo: build deps
+	./scripts/demo.sh
