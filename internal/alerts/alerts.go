@@ -63,16 +63,11 @@ type BadRequest struct{ Err error }
 
 func (e *BadRequest) Error() string { return e.Err.Error() }
 
-// Auditor records decisions; *audit.Publisher is one.
-type Auditor interface {
-	Record(ctx context.Context, r audit.Record) error
-}
-
 // Receiver handles webhook messages.
 type Receiver struct {
 	JS       jetstream.JetStream
 	Policies func() *policy.Set
-	Audit    Auditor
+	Audit    watch.Auditor
 	Logger   *slog.Logger
 	Now      func() time.Time
 
