@@ -17,6 +17,8 @@ command -v amtool >/dev/null 2>&1 || need="$need prometheus-alertmanager"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 # The unit's ExecReload runs /bin/kill; systemd-analyze verify checks it exists.
 [ -x /bin/kill ] || need="$need procps"
+# The status page test screenshots / in a real headless browser.
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
 
 if [ -n "$need" ]; then
 	echo "deps: installing Debian packages:$need" >&2

@@ -42,7 +42,9 @@ func TestHistoryFollow(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	out := &syncBuffer{}
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, []string{"history", natsURL, "--service=shop", "--limit=2", "--follow"}, out, io.Discard, nil) }()
+	go func() {
+		done <- run(ctx, []string{"history", natsURL, "--service=shop", "--limit=2", "--follow"}, out, io.Discard, nil)
+	}()
 	testutil.Eventually(t, 10*time.Second, "the last 2 records", func() bool { return strings.Count(out.String(), "run.skipped") == 2 })
 	publish("v4")
 	testutil.Eventually(t, 10*time.Second, "the new record", func() bool { return strings.Contains(out.String(), "deploy v4 not validated") })

@@ -247,6 +247,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, l
 	srv := &http.Server{
 		Handler: (&web.Server{
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
+			Page:   web.StreamPage{Watcher: w, JS: js},
 			Alerts: alertReceiver.Handle,
 			Ready: func() error {
 				if nc.Status() != nats.CONNECTED {

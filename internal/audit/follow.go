@@ -82,4 +82,3 @@ func Follow(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Recor
 		}
 	}
 }
-

@@ -27,6 +27,8 @@ type Server struct {
 	// Alerts handles Alertmanager's webhook body (POST /api/v1/alerts);
 	// nil answers 404.
 	Alerts func(ctx context.Context, body io.Reader) error
+	// Page, when set, serves the status page at GET /.
+	Page   PageSource
 	Logger *slog.Logger
 }
 
@@ -70,6 +72,9 @@ func (s *Server) Handler() http.Handler {
 				w.WriteHeader(http.StatusOK)
 			}
 		})
+	}
+	if s.Page != nil {
+		mux.Handle("GET /{$}", newStatusPage(s.Page, s.Logger))
 	}
 	mux.HandleFunc("GET /api/v1/runs", func(w http.ResponseWriter, _ *http.Request) {
 		active, recent := s.Runs()
