@@ -38,6 +38,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/rollback"
+	"github.com/rollback-watcher/watcher/internal/sshkit"
 )
 
 type options struct {
@@ -135,7 +136,7 @@ func bench(ctx context.Context, o options) (err error) {
 		return err
 	}
 	identity := filepath.Join(dir, "id_ed25519")
-	clientKey, err := writeKey(identity)
+	clientKey, err := sshkit.WriteKey(identity, "rollback-watcher fleet benchmark")
 	if err != nil {
 		return fmt.Errorf("client key: %w", err)
 	}

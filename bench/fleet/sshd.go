@@ -1,11 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/rollback-watcher/watcher/internal/sshkit"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
@@ -92,24 +90,6 @@ func (s *servers) reapOrphans(procs map[int]procStat) {
 	}
 }
 
-// writeKey writes a new unencrypted ed25519 private key (0600, OpenSSH
-// format, readable by both sshd and the OpenSSH client) and returns its
-// public key.
-func writeKey(path string) (ssh.PublicKey, error) {
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "rollback-watcher fleet benchmark")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		return nil, err
-	}
-	return ssh.NewPublicKey(pub)
-}
-
 // startServers starts ceil(len(ips)/16) sshd processes in dir, all on one
 // free port, letting the keys in authorized log in. It returns once every
 // address answers with an SSH banner. Stop must be called even on error.
@@ -119,10 +99,10 @@ func startServers(dir string, ips []string, authorized string) (*servers, error)
 		return s, fmt.Errorf("creating /run/sshd (sshd's privilege separation directory): %w", err)
 	}
 	var err error
-	if s.hostKey, err = writeKey(filepath.Join(dir, "ssh_host_ed25519_key")); err != nil {
+	if s.hostKey, err = sshkit.WriteKey(filepath.Join(dir, "ssh_host_ed25519_key"), "rollback-watcher fleet benchmark"); err != nil {
 		return s, fmt.Errorf("host key: %w", err)
 	}
-	if s.port, err = freePort(ips); err != nil {
+	if s.port, err = sshkit.FreePort(ips); err != nil {
 		return s, err
 	}
 	for i := 0; i < len(ips); i += maxListenSocks {
@@ -134,7 +114,7 @@ func startServers(dir string, ips []string, authorized string) (*servers, error)
 	deadline := time.Now().Add(15 * time.Second)
 	for _, a := range s.addrs {
 		for {
-			err := banner(a)
+			err := sshkit.Banner(a)
 			if err == nil {
 				break
 			}
@@ -264,51 +244,6 @@ func (s *servers) knownHosts(path string) error {
 		fmt.Fprintln(&b, knownhosts.Line([]string{a}, s.hostKey))
 	}
 	return os.WriteFile(path, b.Bytes(), 0o600)
-}
-
-// banner connects to addr and reads the SSH identification line.
-func banner(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "SSH-2.0-") {
-		return fmt.Errorf("not an SSH banner: %q", line)
-	}
-	return nil
-}
-
-// freePort finds a port free on every address (tried a few times: another
-// process may hold it on one of them).
-func freePort(ips []string) (int, error) {
-	var last error
-	for range 20 {
-		ln, err := net.Listen("tcp", net.JoinHostPort(ips[0], "0"))
-		if err != nil {
-			return 0, err
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ok := true
-		for _, ip := range ips[1:] {
-			l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(port)))
-			if err != nil {
-				last, ok = err, false
-				break
-			}
-			l.Close()
-		}
-		ln.Close()
-		if ok {
-			return port, nil
-		}
-	}
-	return 0, fmt.Errorf("no port free on all %d addresses: %w", len(ips), last)
 }
 
 // procStat is what /proc/PID/stat says of one process.

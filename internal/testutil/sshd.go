@@ -1,11 +1,7 @@
 package testutil
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -20,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/rollback-watcher/watcher/internal/sshkit"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
@@ -122,7 +120,7 @@ func StartSSHD(t testing.TB, hosts ...string) *SSHD {
 	// process may take it meanwhile, so a failed bind is worth a new port.
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		port, err := freePort(hosts)
+		port, err := sshkit.FreePort(hosts)
 		if err != nil {
 			lastErr = err
 			continue
@@ -147,26 +145,14 @@ func StartSSHD(t testing.TB, hosts ...string) *SSHD {
 	return s
 }
 
-// writeKey writes a new unencrypted ed25519 private key to Dir/name (0600:
-// sshd refuses a host key others can read) and returns its public key.
+// writeKey writes a new key to Dir/name (see sshkit.WriteKey).
 func (s *SSHD) writeKey(t testing.TB, name string) ssh.PublicKey {
 	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	k, err := sshkit.WriteKey(filepath.Join(s.Dir, name), "rollback-watcher test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	block, err := ssh.MarshalPrivateKey(priv, "rollback-watcher test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(s.Dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sshPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sshPub
+	return k
 }
 
 func (s *SSHD) config(hosts []string, port int, authorized string, penalties bool) string {
@@ -249,7 +235,7 @@ func (s *SSHD) start(t testing.TB, bin string, hosts []string, port int, authori
 				s.Stop()
 				return fmt.Errorf("sshd could not listen on port %d: %s", port, s.Log())
 			}
-			if err := banner(a); err == nil {
+			if err := sshkit.Banner(a); err == nil {
 				break
 			} else if time.Now().After(deadline) {
 				s.Stop()
@@ -264,42 +250,6 @@ func (s *SSHD) start(t testing.TB, bin string, hosts []string, port int, authori
 		}
 	}
 	return nil
-}
-
-// banner connects to addr and reads the SSH identification line.
-func banner(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "SSH-2.0-") {
-		return fmt.Errorf("not an SSH banner: %q", line)
-	}
-	return nil
-}
-
-// freePort finds a port free on every host.
-func freePort(hosts []string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(hosts[0], "0"))
-	if err != nil {
-		return 0, err
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	defer ln.Close()
-	for _, h := range hosts[1:] {
-		l, err := net.Listen("tcp", net.JoinHostPort(h, strconv.Itoa(port)))
-		if err != nil {
-			return 0, err
-		}
-		l.Close()
-	}
-	return port, nil
 }
 
 // Log returns what sshd wrote so far (LogLevel VERBOSE: connections, keys
@@ -318,55 +268,13 @@ func (s *SSHD) Stop() {
 		if s.cmd == nil || s.cmd.Process == nil {
 			return
 		}
-		kids := descendants(s.cmd.Process.Pid)
+		kids := sshkit.Descendants(s.cmd.Process.Pid)
 		_ = s.cmd.Process.Kill()
 		for _, pid := range kids {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		<-s.exited
 	})
-}
-
-// descendants lists the processes below pid, from /proc.
-func descendants(pid int) []int {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	children := map[int][]int{}
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
-		rest := string(b)
-		if i := strings.LastIndexByte(rest, ')'); i >= 0 {
-			rest = rest[i+1:]
-		}
-		f := strings.Fields(rest)
-		if len(f) < 2 {
-			continue
-		}
-		if ppid, err := strconv.Atoi(f[1]); err == nil {
-			children[ppid] = append(children[ppid], p)
-		}
-	}
-	var out []int
-	todo := []int{pid}
-	for len(todo) > 0 {
-		p := todo[0]
-		todo = todo[1:]
-		for _, c := range children[p] {
-			out = append(out, c)
-			todo = append(todo, c)
-		}
-	}
-	return out
 }
 
 // locked reports whether name's password field in /etc/shadow starts with
