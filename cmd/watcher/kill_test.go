@@ -237,3 +237,84 @@ func httpStatus(url string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
+
+// TestKilledMidRollbackFinishesOnce: the watcher is SIGKILLed in the middle
+// of a rollback (the link switched, the before_code data step done, the
+// after command still running). Started again, it gets the request back
+// and finishes it: no second switch, no second data step, one
+// rollback.completed.
+func TestKilledMidRollbackFinishesOnce(t *testing.T) {
+	n := testutil.StartNATS(t)
+	exp := testutil.NewExporter(t)
+	exp.Set("shop_orders_per_minute", map[string]string{"service": "shop"}, 3)
+	prom := testutil.StartPrometheus(t, exp.URL)
+
+	dir := t.TempDir()
+	link := release(t, filepath.Join(dir, "shop"), "v1", "v2")
+	dataRuns := filepath.Join(dir, "data-runs")
+	gate := filepath.Join(dir, "after-may-finish")
+	rules := filepath.Join(dir, "rules.yml")
+	writeFile(t, rules, fmt.Sprintf(`policies:
+  - name: orders
+    match: {service: shop, environment: production}
+    window: 8s
+    interval: 500ms
+    checks:
+      - name: orders-per-minute
+        query: shop_orders_per_minute{service="{{ .Service }}"}
+        min: 50
+    rollback:
+      link: %s/{{ .Service }}/current
+      after: ["sh", "-c", "while [ ! -e %s ]; do sleep 0.05; done"]
+      data:
+        command: ["sh", "-c", "echo ran >> %s"]
+        run_on: local
+        order: before_code
+        timeout: 30s
+`, dir, gate, dataRuns))
+	args := []string{"--nats.url=" + n.URL, "--rules=" + rules, "--prometheus.url=" + prom.URL, "--runs.replica=w1", "--runs.lease=1s"}
+	first := startProc(t, args...)
+	if code, _, errOut := cli(t, "publish", "--nats.url="+n.URL, "--service=shop", "--environment=production", "--version=v2", "--id=deploy-shop"); code != 0 {
+		t.Fatalf("publish: %s", errOut)
+	}
+	testutil.Eventually(t, 20*time.Second, "the link switched and the after command running", func() bool {
+		b, _ := os.ReadFile(dataRuns)
+		return readlink(t, link) == "v1" && string(b) == "ran\n"
+	})
+	time.Sleep(200 * time.Millisecond)
+	first.kill(t)
+	if err := os.WriteFile(gate, nil, 0o600); err != nil { // the after command's orphan may finish now
+		t.Fatal(err)
+	}
+
+	startProc(t, args...)
+	ctx := context.Background()
+	var recs []audit.Record
+	testutil.Eventually(t, 30*time.Second, "rollback.completed after the restart", func() bool {
+		var err error
+		recs, err = audit.Read(ctx, n.JS, audit.Filter{Service: "shop", Environment: "production"})
+		return err == nil && hasKind(recs, audit.RollbackCompleted)
+	})
+	time.Sleep(time.Second) // a second completion would show by now
+	recs, _ = audit.Read(ctx, n.JS, audit.Filter{Service: "shop", Environment: "production"})
+	count := map[string]int{}
+	for _, r := range recs {
+		count[r.Kind]++
+		if r.Kind == audit.RollbackHost {
+			if sw, _ := r.Detail["switched"].(bool); sw {
+				t.Errorf("rollback.host after the restart says the host was switched again: %q", r.Message)
+			}
+		}
+	}
+	for kind, want := range map[string]int{audit.RunFailed: 1, audit.RollbackRequested: 1, audit.RollbackHost: 1, audit.RollbackCompleted: 1} {
+		if count[kind] != want {
+			t.Errorf("%d %s records, want %d: %v", count[kind], kind, want, kinds(recs))
+		}
+	}
+	if b, _ := os.ReadFile(dataRuns); string(b) != "ran\n" {
+		t.Errorf("data step ran %q, want once", b)
+	}
+	if got := readlink(t, link); got != "v1" {
+		t.Errorf("link on %s, want v1", got)
+	}
+}
