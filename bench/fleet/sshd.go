@@ -135,33 +135,15 @@ func startServers(dir string, ips []string, authorized string) (*servers, error)
 	return s, nil
 }
 
+// config is the sshd_config of the nth sshd. LogLevel ERROR: a log line
+// per connection would be disk work that both sides pay alike and that
+// measures neither.
 func (s *servers) config(ips []string, n int, authorized string) string {
-	var b strings.Builder
-	for _, ip := range ips {
-		fmt.Fprintf(&b, "ListenAddress %s\n", net.JoinHostPort(ip, strconv.Itoa(s.port)))
-	}
-	// LogLevel ERROR: a log line per connection would be disk work that
-	// both sides pay alike and that measures neither.
-	fmt.Fprintf(&b, `HostKey %s
-PidFile %s
-AuthorizedKeysFile %s
-UsePAM no
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin no
-Subsystem sftp internal-sftp
-MaxStartups 1000
-MaxSessions 1000
-LoginGraceTime 60
-UseDNS no
-PrintMotd no
-PrintLastLog no
-X11Forwarding no
-LogLevel ERROR
-`, filepath.Join(s.dir, "ssh_host_ed25519_key"), filepath.Join(s.dir, fmt.Sprintf("sshd-%d.pid", n)), authorized)
-	return b.String()
+	return sshkit.Config{
+		Listen: ips, Port: s.port, AuthorizedKeys: authorized, LogLevel: "ERROR",
+		HostKey: filepath.Join(s.dir, "ssh_host_ed25519_key"),
+		PidFile: filepath.Join(s.dir, fmt.Sprintf("sshd-%d.pid", n)),
+	}.String()
 }
 
 func (s *servers) start(n int, ips []string, authorized string) error {

@@ -137,3 +137,60 @@ func Descendants(pid int) []int {
 	}
 	return out
 }
+
+// Config is an sshd configuration for a server on loopback addresses:
+// public keys only, no PAM (so accounts need no password, see
+// SSH-TEST-NOTES), internal-sftp, and limits raised for many parallel
+// connections.
+type Config struct {
+	Listen         []string // addresses, all on Port
+	Port           int
+	HostKey        string
+	PidFile        string
+	AuthorizedKeys string
+	RootLogin      bool   // PermitRootLogin prohibit-password, else no
+	LogLevel       string // VERBOSE for tests that read the log; ERROR for benchmarks
+	// NoPenalties turns off OpenSSH 9.8+ PerSourcePenalties, for tests
+	// that fail logins on purpose.
+	NoPenalties bool
+}
+
+// String is the sshd_config text.
+func (c Config) String() string {
+	var b strings.Builder
+	for _, a := range c.Listen {
+		fmt.Fprintf(&b, "ListenAddress %s\n", net.JoinHostPort(a, strconv.Itoa(c.Port)))
+	}
+	root := "no"
+	if c.RootLogin {
+		root = "prohibit-password"
+	}
+	level := c.LogLevel
+	if level == "" {
+		level = "ERROR"
+	}
+	fmt.Fprintf(&b, `HostKey %s
+PidFile %s
+AuthorizedKeysFile %s
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin %s
+Subsystem sftp internal-sftp
+MaxStartups 1000
+MaxSessions 1000
+MaxAuthTries 20
+LoginGraceTime 30
+UseDNS no
+PrintMotd no
+PrintLastLog no
+X11Forwarding no
+LogLevel %s
+`, c.HostKey, c.PidFile, c.AuthorizedKeys, root, level)
+	if c.NoPenalties {
+		b.WriteString("PerSourcePenalties no\n")
+	}
+	return b.String()
+}

@@ -155,37 +155,15 @@ func (s *SSHD) writeKey(t testing.TB, name string) ssh.PublicKey {
 	return k
 }
 
+// config is the sshd_config; penalties turns off OpenSSH 9.8+
+// PerSourcePenalties, since the tests refuse host keys on purpose.
 func (s *SSHD) config(hosts []string, port int, authorized string, penalties bool) string {
-	var b strings.Builder
-	for _, h := range hosts {
-		fmt.Fprintf(&b, "ListenAddress %s\n", net.JoinHostPort(h, strconv.Itoa(port)))
-	}
-	fmt.Fprintf(&b, `HostKey %s
-PidFile %s
-AuthorizedKeysFile %s
-UsePAM no
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PubkeyAuthentication yes
-PermitRootLogin prohibit-password
-Subsystem sftp internal-sftp
-MaxStartups 1000
-MaxSessions 1000
-MaxAuthTries 20
-LoginGraceTime 30
-UseDNS no
-PrintMotd no
-PrintLastLog no
-X11Forwarding no
-LogLevel VERBOSE
-`, filepath.Join(s.Dir, "ssh_host_ed25519_key"), filepath.Join(s.Dir, "sshd.pid"), authorized)
-	if penalties {
-		// OpenSSH 9.8 and later refuse, for a while, sources that failed
-		// to log in: the tests refuse host keys on purpose.
-		b.WriteString("PerSourcePenalties no\n")
-	}
-	return b.String()
+	return sshkit.Config{
+		Listen: hosts, Port: port, AuthorizedKeys: authorized, LogLevel: "VERBOSE",
+		RootLogin: true, NoPenalties: penalties,
+		HostKey: filepath.Join(s.Dir, "ssh_host_ed25519_key"),
+		PidFile: filepath.Join(s.Dir, "sshd.pid"),
+	}.String()
 }
 
 // start writes the configuration for port, starts sshd and waits for every
