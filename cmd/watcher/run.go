@@ -90,7 +90,7 @@ func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env
 	cmd.Flag("prometheus.url", "Prometheus to query; auth and TLS go in --config.file.").Default("http://127.0.0.1:9090").IsSetByUser(&f.promSet).StringVar(&f.promURL)
 	cmd.Flag("web.listen-address", "Address for /metrics, health, reload and the API.").Default("127.0.0.1:9797").StringVar(&webAddr)
 	cmd.Flag("dry-run", "Evaluate and publish everything, execute no rollback (the audit says so).").BoolVar(&dryRun)
-	var rep replicaFlags
+	var rep runFlags
 	cmd.Flag("web.config.file", "Exporter-toolkit web configuration (TLS, basic auth) for the HTTP endpoints, POST /api/v1/alerts included.").
 		Default("").StringVar(&rep.webConfig)
 	cmd.Flag("runs.replica", "Name of this watcher among the replicas sharing one NATS. Default: host name and a random suffix.").StringVar(&rep.name)
@@ -101,15 +101,16 @@ func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env
 	}
 }
 
-// replicaFlags say how this process shares runs with other replicas, and
-// how its HTTP endpoints are protected.
-type replicaFlags struct {
+// runFlags are the flags of watcher run beyond the configuration: how
+// this process shares runs with other replicas, and how its HTTP endpoints
+// are protected.
+type runFlags struct {
 	name      string
 	lease     time.Duration
 	webConfig string // --web.config.file
 }
 
-func runWatcher(ctx context.Context, e *env, f *configFlags, rep replicaFlags, listen, storage, webAddr string, dryRun bool) error {
+func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, listen, storage, webAddr string, dryRun bool) error {
 	logger := e.logger
 	if rep.webConfig != "" {
 		if err := toolkitweb.Validate(rep.webConfig); err != nil {

@@ -148,7 +148,7 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	if a.Status != "firing" {
 		return outcome("resolved; nothing to do")
 	}
-	if (events.Deploy{ID: "x", Service: svc, Environment: env, Version: "x"}).Validate() != nil {
+	if events.CheckNames(svc, env) != nil {
 		return outcome("ignored: it has no valid %s and %s labels to say which deploy it is about", ServiceLabel, EnvironmentLabel)
 	}
 	p := rc.Policies().Match(svc, env)

@@ -204,6 +204,15 @@ func checkID(field, v string) error {
 	return nil
 }
 
+// CheckNames checks a service and an environment named by something other
+// than a deploy event (an alert's labels), with the same rules.
+func CheckNames(service, environment string) error {
+	if err := checkName("service", service); err != nil {
+		return err
+	}
+	return checkName("environment", environment)
+}
+
 func checkName(field, v string) error {
 	if v == "" {
 		return &RejectError{Field: field, Reason: "is required"}

@@ -167,14 +167,14 @@ func (w *Watcher) adoptOrphans(ctx context.Context, live map[string]bool, mine b
 		if w.hasRun(id) {
 			continue
 		}
-		st, _, err := w.load(ctx, id)
+		st, rev, err := w.load(ctx, id)
 		if err != nil {
 			continue // decided and removed meanwhile
 		}
 		if st.Owner == w.Replica && !mine || st.Owner != w.Replica && live[st.Owner] {
 			continue
 		}
-		if err := w.adoptID(ctx, id, false); err != nil && ctx.Err() == nil {
+		if err := w.adopt(ctx, st, rev); err != nil && ctx.Err() == nil {
 			w.logger.Warn("taking over run", "run", id, "err", err)
 		}
 	}
@@ -203,6 +203,13 @@ func (w *Watcher) adoptID(ctx context.Context, id string, checkLive bool) error 
 			return nil // its owner goes on with it
 		}
 	}
+	return w.adopt(ctx, st, rev)
+}
+
+// adopt takes over the run stored as st at revision rev and resumes it
+// here; the compare-and-set on rev lets one of several racing replicas win.
+func (w *Watcher) adopt(ctx context.Context, st runState, rev uint64) error {
+	id := st.ID
 	r, err := restoreRun(st, rev)
 	if err != nil {
 		return err
