@@ -119,9 +119,11 @@ func TestExecuteRoundTrips(t *testing.T) {
 	}{
 		{name: "previousVersion file, relative link", max: 19},
 		{name: "previous release is a symlink", max: 27, layout: func(t *testing.T, h host) {
-			// A release kept elsewhere and linked in: telling it from the
-			// current release takes a walk of both paths from "/".
-			store := t.TempDir()
+			// A release kept in a store and linked in: telling it from the
+			// current release, and that it is inside the releases
+			// directory, takes a walk of the paths from "/".
+			store := h.rel(".store")
+			mkdir(t, store)
 			if err := os.Rename(h.rel("v1"), filepath.Join(store, "v1")); err != nil {
 				t.Fatal(err)
 			}

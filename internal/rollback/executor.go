@@ -4,14 +4,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"io"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -59,6 +62,11 @@ type Executor struct {
 	AckWait  time.Duration
 	Replicas int
 	Replica  string
+	// HostAttempts bounds how often one host's rollback is tried when its
+	// connection drops (default 5); RetryBackoff is the wait before the
+	// second attempt (default 1s), doubling after each, up to 10s.
+	HostAttempts int
+	RetryBackoff time.Duration
 
 	requests jetstream.KeyValue
 
@@ -250,6 +258,13 @@ type HostResult struct {
 	Duration time.Duration `json:"duration_ns"`
 	After    string        `json:"after_output,omitempty"`
 	Error    string        `json:"error,omitempty"`
+	// Attempts is how many tries the host took (more than one when its
+	// connection dropped); Earlier says what an earlier attempt or request
+	// had done there already; AfterRan is "yes" when this execution ran the
+	// after command, "earlier" when an earlier attempt had.
+	Attempts int    `json:"attempts,omitempty"`
+	Earlier  string `json:"earlier,omitempty"`
+	AfterRan string `json:"after_ran,omitempty"`
 	// LinkNow is the release the link names when the rollback failed,
 	// read back from the host ("" when it could not be read; the failure
 	// message says why).
@@ -275,10 +290,21 @@ type plan struct {
 	release Release
 	data    policy.TemplateData
 	noop    bool // already rolled back: nothing to switch
+	// mark says the release rolled away from still needs its ROLLED_BACK
+	// marker; after that the after command runs unless skipAfter.
+	// afterMaybeRan says an earlier attempt of this request may have run
+	// it, so its record on the host is looked at first.
+	mark          bool
+	skipAfter     bool
+	afterMaybeRan bool
+	// earlier says what an earlier attempt (or request) did on this host,
+	// for the record: "" when this execution does it all.
+	earlier string
 	// view holds what resolving read from the target, so that switching
 	// does not ask again whether each release is a directory.
-	view *readOnce
-	err  error // why the host cannot be rolled back (not reached, not resolved)
+	view     *readOnce
+	attempts int   // tries it took to reach and resolve the host
+	err      error // why the host cannot be rolled back (not reached, not resolved)
 }
 
 // Execute handles one request and records every step in the audit.
@@ -473,19 +499,17 @@ func (e *Executor) plan(ctx context.Context, req events.RollbackRequest, p *poli
 	}
 	forEach(parallelism(p), len(plans), func(i int) {
 		pl := plans[i]
-		if pl.target == nil {
-			t, err := e.Dial(ctx, pl.addr, p.Rollback.SSH)
-			if err != nil {
-				pl.err = err
+		// A connection that drops while the plan reads (or during the
+		// handshake) is worth another try. A host that refuses or does
+		// not answer is down: the rollback fails at once, nothing
+		// touched, rather than waiting through the retries.
+		for pl.attempts = 1; ; pl.attempts++ {
+			pl.err = e.planOne(ctx, req, p, pl)
+			if pl.err == nil || !Retryable(pl.err) || errors.Is(pl.err, syscall.ECONNREFUSED) ||
+				pl.attempts >= e.hostAttempts() || !e.backoff(ctx, pl.attempts) {
 				return
 			}
-			pl.target = t
 		}
-		pl.data = policy.TemplateData{
-			Service: req.Service, Environment: req.Environment, Version: req.Version,
-			PreviousVersion: req.ToVersion, Labels: req.Labels, Host: pl.host,
-		}
-		pl.err = e.resolve(req, p, pl)
 	})
 	var unreached, unresolved []error
 	for _, pl := range plans {
@@ -558,6 +582,50 @@ func forEach(par, n int, f func(i int)) {
 	wg.Wait()
 }
 
+// planOne reaches one target (dialing it the first time) and resolves
+// where its link stands and where the rollback takes it.
+func (e *Executor) planOne(ctx context.Context, req events.RollbackRequest, p *policy.Policy, pl *plan) error {
+	if pl.target == nil {
+		t, err := e.Dial(ctx, pl.addr, p.Rollback.SSH)
+		if err != nil {
+			return err
+		}
+		pl.target = t
+	}
+	pl.data = policy.TemplateData{
+		Service: req.Service, Environment: req.Environment, Version: req.Version,
+		PreviousVersion: req.ToVersion, Labels: req.Labels, Host: pl.host,
+	}
+	return e.resolve(req, p, pl)
+}
+
+func (e *Executor) hostAttempts() int {
+	if e.HostAttempts > 0 {
+		return e.HostAttempts
+	}
+	return 5
+}
+
+// backoff waits before attempt+1 of one host's step (RetryBackoff,
+// doubling, at most 10s) and reports false when ctx ended meanwhile.
+func (e *Executor) backoff(ctx context.Context, attempt int) bool {
+	d := e.RetryBackoff
+	if d <= 0 {
+		d = time.Second
+	}
+	for range attempt - 1 {
+		d = min(2*d, 10*time.Second)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
 func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *plan) error {
 	link, err := p.Rollback.RenderLink(pl.data)
 	if err != nil {
@@ -582,19 +650,7 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 			return err
 		}
 		if filepath.Base(cur) != req.Version {
-			relDir := dir
-			if relDir == "" {
-				relDir = filepath.Dir(cur)
-			}
-			from := filepath.Join(relDir, req.Version)
-			done, err := RolledBack(t, from)
-			if err != nil || !done {
-				return fmt.Errorf("link %s is on %s, not on %s which the request rolls back: refusing to roll back a release that was not requested", link, filepath.Base(cur), req.Version)
-			}
-			pl.noop = true
-			pl.release = Release{Link: link, Current: from, Previous: cur, ReleasesDir: relDir, Source: "already rolled back"}
-			pl.data.Version, pl.data.PreviousVersion = req.Version, filepath.Base(cur)
-			return nil
+			return e.resolveMoved(req, p, pl, t, link, dir, cur)
 		}
 	}
 	rel, err := Resolve(t, link, dir, req.ToVersion)
@@ -611,9 +667,85 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 	// switch, mark or run after. Without this, a retry reported
 	// switched: true and ran the after command a second time.
 	pl.noop = rel.Previous == rel.Current
+	pl.mark = !pl.noop
+	pl.skipAfter = pl.noop
 	pl.data.Version = filepath.Base(pl.release.Current)
 	pl.data.PreviousVersion = filepath.Base(pl.release.Previous)
 	return nil
+}
+
+// resolveMoved plans a host whose link is not on req.Version, the release
+// the request rolls away from. Either this request (an earlier attempt cut
+// by a crash or a dropped connection) or another one rolled it back
+// already, or a newer deploy moved the link, which is not ours to undo.
+//
+//   - The release carries a ROLLED_BACK marker written for this request:
+//     switched and marked; the after command runs unless the host recorded
+//     that it ran.
+//   - It carries another request's marker: rolled back earlier; nothing to
+//     do (a repeated or late request is a recorded no-op).
+//   - No marker, but the link names the release that rolling back
+//     req.Version leads to (named by the request or by the release's
+//     previousVersion file): the switch was made and the rest was cut
+//     short; mark it and run after.
+//   - Anything else: refuse.
+func (e *Executor) resolveMoved(req events.RollbackRequest, p *policy.Policy, pl *plan, t *readOnce, link, dir, cur string) error {
+	relDir := dir
+	if relDir == "" {
+		relDir = filepath.Dir(cur)
+	}
+	from := filepath.Join(relDir, req.Version)
+	refuse := fmt.Errorf("link %s is on %s, not on %s which the request rolls back: refusing to roll back a release that was not requested", link, filepath.Base(cur), req.Version)
+	if checkVersion(req.Version) != nil {
+		return refuse
+	}
+	if err := checkInside(t, relDir, from, "the release rolled back"); err != nil {
+		return err
+	}
+	m, marked, err := markerOf(t, from)
+	if err != nil {
+		return err
+	}
+	pl.release = Release{Link: link, Current: from, Previous: cur, ReleasesDir: relDir, Source: "already rolled back"}
+	pl.data.Version, pl.data.PreviousVersion = req.Version, filepath.Base(cur)
+	pl.noop = true
+	switch {
+	case marked && m.RequestID == req.ID:
+		pl.earlier = "switched and marked by an earlier attempt of this request"
+		pl.afterMaybeRan = true
+		return nil
+	case marked:
+		pl.skipAfter = true
+		pl.earlier = "rolled back earlier"
+		if m.RequestID != "" {
+			pl.earlier += " by request " + m.RequestID
+		}
+		return nil
+	}
+	want := Release{Link: link, Current: from, ReleasesDir: relDir}
+	if err := resolvePrevious(t, &want, req.ToVersion); err != nil || want.Source == SourceNewest || !samePath(t, want.Previous, cur) {
+		// "The newest release" is no evidence: a deploy after this one
+		// is the newest too.
+		return refuse
+	}
+	pl.mark = true
+	pl.earlier = "switched by an earlier attempt of this request, which did not finish"
+	return nil
+}
+
+// markerOf reads releaseDir's ROLLED_BACK marker; a marker that does not
+// parse counts as another request's.
+func markerOf(t Target, releaseDir string) (Marker, bool, error) {
+	marked, err := RolledBack(t, releaseDir)
+	if err != nil || !marked {
+		return Marker{}, false, err
+	}
+	var m Marker
+	b, err := t.ReadFile(filepath.Join(releaseDir, MarkerFile))
+	if err == nil {
+		_ = json.Unmarshal(b, &m)
+	}
+	return m, true, nil
 }
 
 func hostResults(plans []*plan) []HostResult {
@@ -681,67 +813,216 @@ func (e *Executor) switchAll(ctx context.Context, req events.RollbackRequest, p 
 	return results
 }
 
+// switchOne brings one target to where the plan says, recording a
+// rollback.host. A connection that drops at any point does not leave the
+// host half-done: the host is read again on a new connection and what is
+// missing is finished (the switch where the link has not moved, the
+// marker, the after command), up to HostAttempts tries with backoff.
 func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p *policy.Policy, pl *plan) HostResult {
 	start := time.Now()
-	r := HostResult{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source}
-	err := func() error {
-		if !pl.noop {
-			// The link is read again, not taken from the plan: when it
-			// moved meanwhile (a deploy), SwitchFrom refuses. What the plan
-			// read of the release directories still stands; its read-back
-			// follows a change, which readOnce never answers from memory.
-			view := pl.view
-			if view == nil {
-				view = newReadOnce(pl.target)
-			}
-			view.forgetPath(pl.link)
-			if _, err := SwitchFrom(view, pl.link, pl.release.Current, pl.release.Previous); err != nil {
-				return err
-			}
-			r.Switched = true
+	r := HostResult{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source, Earlier: pl.earlier}
+	st := &hostProgress{}
+	var err error
+	for r.Attempts = 1; ; r.Attempts++ {
+		err = e.converge(ctx, req, p, pl, st, &r)
+		if err == nil || !Retryable(err) || r.Attempts >= e.hostAttempts() || !e.backoff(ctx, r.Attempts) {
+			break
 		}
-		if !pl.noop && pl.release.Current != pl.release.Previous {
-			m := Marker{Time: time.Now().UTC(), RunID: req.RunID, RequestID: req.ID, Reason: req.Reason, From: pl.release.Current, To: pl.release.Previous}
-			if err := MarkRolledBack(pl.target, pl.release.Current, m); err != nil {
-				return fmt.Errorf("link switched, but marking %s rolled back failed: %w", pl.release.Current, err)
-			}
-		}
-		if len(p.Rollback.After) == 0 || pl.noop {
-			return nil
-		}
-		argv, err := p.Rollback.RenderAfter(pl.data)
-		if err != nil {
-			return fmt.Errorf("link switched, but the after command could not be rendered: %w", err)
-		}
-		out, err := pl.target.Run(ctx, argv, rollbackEnv(req, pl))
-		r.After = string(out)
-		if err != nil {
-			return fmt.Errorf("link switched, but the after command %q failed: %w", strings.Join(argv, " "), err)
-		}
-		return nil
-	}()
+		e.logger.Warn("rollback of a host interrupted; trying again", "request", req.ID, "host", r.Host, "attempt", r.Attempts, "err", err)
+		// What was read before the drop may be stale now.
+		pl.view = nil
+		st.retried = true
+	}
 	r.Duration = time.Since(start)
 	if err != nil {
 		r.Error = err.Error()
+		if r.Attempts > 1 {
+			r.Error += fmt.Sprintf(" (after %d attempts)", r.Attempts)
+		}
 	}
 	rec := audit.Record{
 		Kind: audit.RollbackHost, MsgID: req.ID + ".host." + r.Host, RequestID: req.ID, RunID: req.RunID, DeployID: req.DeployID,
 		Service: req.Service, Environment: req.Environment, Version: req.Version, Policy: p.Name,
 		Detail: map[string]any{"host": r.Host, "link": r.Link, "from": r.From, "to": r.To, "source": r.Source,
-			"switched": r.Switched, "duration_seconds": r.Duration.Seconds(), "error": r.Error, "after_output": r.After},
+			"switched": r.Switched, "duration_seconds": r.Duration.Seconds(), "error": r.Error, "after_output": r.After,
+			"attempts": r.Attempts, "earlier": r.Earlier, "after_ran": r.AfterRan},
 	}
 	switch {
 	case err != nil:
-		rec.Message = fmt.Sprintf("%s: %v", r.Host, err)
+		rec.Message = fmt.Sprintf("%s: %s", r.Host, r.Error)
+	case pl.noop && !st.marked && r.AfterRan != "yes":
+		rec.Message = fmt.Sprintf("%s: already on %s (%s)", r.Host, filepath.Base(r.To), r.Earlier)
 	case pl.noop:
-		rec.Message = fmt.Sprintf("%s: already on %s (rolled back earlier)", r.Host, filepath.Base(r.To))
+		var did []string
+		if st.marked {
+			did = append(did, "marked "+filepath.Base(r.From)+" rolled back")
+		}
+		if r.AfterRan == "yes" {
+			did = append(did, "ran the after command")
+		}
+		rec.Message = fmt.Sprintf("%s: %s -> %s (%s); finished the rollback: %s", r.Host, filepath.Base(r.From), filepath.Base(r.To), r.Earlier, strings.Join(did, ", "))
 	default:
 		rec.Message = fmt.Sprintf("%s: %s -> %s in %s", r.Host, filepath.Base(r.From), filepath.Base(r.To), r.Duration.Round(time.Microsecond))
+	}
+	if r.Attempts > 1 && err == nil {
+		rec.Message += fmt.Sprintf(" (%d attempts: the connection dropped)", r.Attempts)
 	}
 	if aerr := e.Audit.Record(ctx, rec); aerr != nil {
 		e.logger.Error("rollback.host not recorded", "host", r.Host, "err", aerr)
 	}
 	return r
+}
+
+// hostProgress is what one host's rollback got done in this execution.
+type hostProgress struct {
+	switched, marked, afterDone bool
+	afterTried                  bool // the after command was started: it may have run
+	retried                     bool // an attempt was cut short
+}
+
+// converge does what is left of one host's rollback.
+func (e *Executor) converge(ctx context.Context, req events.RollbackRequest, p *policy.Policy, pl *plan, st *hostProgress, r *HostResult) error {
+	if pl.view == nil {
+		pl.view = newReadOnce(pl.target)
+	}
+	view := pl.view
+	if !pl.noop && !st.switched {
+		// The link is read again, not taken from the plan: when it
+		// moved meanwhile (a deploy), SwitchFrom refuses. What the plan
+		// read of the release directories still stands; its read-back
+		// follows a change, which readOnce never answers from memory.
+		view.forgetPath(pl.link)
+		if st.retried {
+			// The drop may have come after the rename took effect, its
+			// answer lost: then the link names the previous release.
+			cur, err := currentRelease(view, pl.link)
+			if err != nil {
+				return err
+			}
+			if samePath(view, cur, pl.release.Previous) {
+				st.switched, r.Switched = true, true
+			}
+			removeTemps(view, filepath.Dir(pl.link), "."+filepath.Base(pl.link)+".tmp-")
+		}
+		if !st.switched {
+			if _, err := SwitchFrom(view, pl.link, pl.release.Current, pl.release.Previous); err != nil {
+				return err
+			}
+			st.switched, r.Switched = true, true
+		}
+	}
+	if pl.mark && !st.marked {
+		if st.retried {
+			removeTemps(view, pl.release.Current, "."+MarkerFile+".tmp-")
+		}
+		m := Marker{Time: time.Now().UTC(), RunID: req.RunID, RequestID: req.ID, Reason: req.Reason, From: pl.release.Current, To: pl.release.Previous}
+		if err := MarkRolledBack(view, pl.release.Current, m); err != nil {
+			return fmt.Errorf("link switched, but marking %s rolled back failed: %w", pl.release.Current, err)
+		}
+		st.marked = true
+	}
+	if len(p.Rollback.After) == 0 || pl.skipAfter || st.afterDone {
+		return nil
+	}
+	done := afterRecord(pl.release.Current, req.ID)
+	if st.afterTried || pl.afterMaybeRan {
+		// An after command cut short may have run to its end on the host
+		// (a command outlives a dropped connection): its record says.
+		view.forgetPath(done)
+		if _, err := view.Lstat(done); err == nil {
+			st.afterDone = true
+			r.AfterRan = "earlier"
+			return nil
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("link switched, but whether the after command ran cannot be read: %w", err)
+		}
+	}
+	argv, err := p.Rollback.RenderAfter(pl.data)
+	if err != nil {
+		return fmt.Errorf("link switched, but the after command could not be rendered: %w", err)
+	}
+	st.afterTried = true
+	out, err := runRecorded(ctx, view, argv, rollbackEnv(req, pl), done)
+	r.After = string(out)
+	if err != nil {
+		return fmt.Errorf("link switched, but the after command %q failed: %w", strings.Join(argv, " "), err)
+	}
+	st.afterDone = true
+	r.AfterRan = "yes"
+	return nil
+}
+
+// afterRecord is the file in the release rolled away from that says the
+// after command of request id ran to success there. It is written in the
+// same step as the command's end (on a remote host by the same shell), so
+// that a retry after a dropped connection or a crash can tell whether to run
+// the command again.
+func afterRecord(release, requestID string) string {
+	return filepath.Join(release, ".rollback-after-"+requestKey(requestID))
+}
+
+// removeTemps removes what an interrupted attempt may have left in dir: the
+// temporary links and files (prefix + random suffix) that a rename never
+// moved into place. Best effort: they are hidden and harmless.
+func removeTemps(t Target, dir, prefix string) {
+	infos, err := t.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, fi := range infos {
+		if strings.HasPrefix(fi.Name(), prefix) {
+			_ = t.Remove(filepath.Join(dir, fi.Name()))
+		}
+	}
+}
+
+// recordingRunner runs a command and, when it succeeds, creates the file
+// done in the same step.
+type recordingRunner interface {
+	RunRecorded(ctx context.Context, argv, env []string, done string) ([]byte, error)
+}
+
+// runRecorded runs argv on t and records its success in done: on a target
+// that can do both in one step (SSHTarget), in one; otherwise (the local
+// filesystem) the file is written right after.
+func runRecorded(ctx context.Context, t Target, argv, env []string, done string) ([]byte, error) {
+	if ro, ok := t.(*readOnce); ok {
+		ro.forget()
+		t = ro.Target
+	}
+	if rr, ok := t.(recordingRunner); ok {
+		return rr.RunRecorded(ctx, argv, env, done)
+	}
+	out, err := t.Run(ctx, argv, env)
+	if err != nil {
+		return out, err
+	}
+	if werr := t.ReplaceFile(done, nil); werr != nil {
+		// The command ran; only a retry would run it again.
+		return out, nil
+	}
+	return out, nil
+}
+
+// Retryable reports whether err is a transport failure (a dropped or
+// refused connection, a timeout) after which trying again may succeed, as
+// opposed to an answer (no such release, permission denied, a link that
+// moved) that another try would only repeat.
+func Retryable(err error) bool {
+	if err == nil {
+		return false
+	}
+	var hk *HostKeyError
+	switch {
+	case errors.As(err, &hk), errors.Is(err, ErrPoolClosed), errors.Is(err, context.Canceled):
+		return false
+	case errors.Is(err, ErrConnectionLost), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPIPE):
+		return true
+	}
+	var ne net.Error
+	var tr transient
+	return errors.As(err, &ne) || errors.As(err, &tr)
 }
 
 // rollbackEnv describes the rollback to after and data commands.

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/rollback-watcher/watcher/internal/events"
 )
 
 // Everything in this file reaches the target only through Target, so that
@@ -54,6 +56,9 @@ var (
 	// ErrLinkMoved: before a switch, the link no longer names the release
 	// the rollback was planned from; nothing was changed.
 	ErrLinkMoved = errors.New("link moved since the rollback was planned")
+	// ErrOutsideReleases: a release to switch to or mark resolves outside
+	// the releases directory; nothing was changed.
+	ErrOutsideReleases = errors.New("outside the releases directory")
 )
 
 // layoutError carries a message that reads well on its own while still
@@ -129,18 +134,38 @@ func Resolve(t Target, link, releasesDir, wantVersion string) (Release, error) {
 		return Release{}, err
 	}
 	rel := Release{Link: link, LinkTarget: raw, Current: cur, ReleasesDir: filepath.Clean(releasesDir)}
+	// The release rolled away from gets the ROLLED_BACK marker: a link
+	// that names something outside the releases directory (current ->
+	// /etc) must not make the watcher write there.
+	if err := checkInside(t, rel.ReleasesDir, cur, fmt.Sprintf("link %s names", link)); err != nil {
+		return Release{}, err
+	}
+	if err := resolvePrevious(t, &rel, wantVersion); err != nil {
+		return Release{}, err
+	}
+	if rel.Previous != rel.Current {
+		if err := checkInside(t, rel.ReleasesDir, rel.Previous, "the previous release"); err != nil {
+			return Release{}, err
+		}
+	}
+	return rel, nil
+}
 
+// resolvePrevious fills in rel.Previous and rel.Source for a release
+// rel.Current in rel.ReleasesDir (see Resolve for the order of sources).
+func resolvePrevious(t Target, rel *Release, wantVersion string) error {
+	cur := rel.Current
 	if wantVersion != "" {
 		if err := checkVersion(wantVersion); err != nil {
-			return Release{}, err
+			return err
 		}
 		rel.Previous = filepath.Join(rel.ReleasesDir, wantVersion)
 		rel.Source = SourceRequested
 		if samePath(t, rel.Previous, cur) {
 			rel.Previous = cur
-			return rel, nil
+			return nil
 		}
-		return rel, checkPrevious(t, rel, fmt.Sprintf("requested version %s", wantVersion))
+		return checkPrevious(t, *rel, fmt.Sprintf("requested version %s", wantVersion))
 	}
 
 	pvFile := filepath.Join(cur, PreviousVersionFile)
@@ -149,24 +174,63 @@ func Resolve(t Target, link, releasesDir, wantVersion string) (Release, error) {
 	case err == nil:
 		prev, err := parsePreviousVersion(pvFile, string(data), rel.ReleasesDir)
 		if err != nil {
-			return Release{}, err
+			return err
 		}
 		rel.Previous, rel.Source = prev, SourcePreviousVersion
 		if samePath(t, prev, cur) {
-			return Release{}, newError(ErrNoPrevious, nil,
+			return newError(ErrNoPrevious, nil,
 				"%s names the current release %s", pvFile, cur)
 		}
-		return rel, checkPrevious(t, rel, "from previousVersion file "+pvFile)
+		return checkPrevious(t, *rel, "from previousVersion file "+pvFile)
 	case !errors.Is(err, fs.ErrNotExist):
-		return Release{}, fmt.Errorf("read %s: %w", pvFile, err)
+		return fmt.Errorf("read %s: %w", pvFile, err)
 	}
 
 	prev, err := newestRelease(t, rel.ReleasesDir, cur)
 	if err != nil {
-		return Release{}, err
+		return err
 	}
 	rel.Previous, rel.Source = prev, SourceNewest
-	return rel, checkPrevious(t, rel, "newest in "+rel.ReleasesDir)
+	return checkPrevious(t, *rel, "newest in "+rel.ReleasesDir)
+}
+
+// checkInside fails unless p resolves, through every symlink, to a path
+// strictly inside dir (itself resolved): whatever a previousVersion file,
+// a symlinked entry of the releases directory or the link says, the
+// watcher switches to and marks only releases in it.
+//
+// The usual case costs nothing over SFTP: a direct entry of dir that is no
+// symlink (its Lstat is already known to the caller's view) is inside
+// whatever dir resolves to. Only a symlink, or a path elsewhere, is walked.
+func checkInside(t Target, dir, p, what string) error {
+	dir, p = filepath.Clean(dir), filepath.Clean(p)
+	if filepath.Dir(p) == dir {
+		if fi, err := t.Lstat(p); err == nil && fi.Mode()&fs.ModeSymlink == 0 {
+			return nil
+		}
+	}
+	if _, err := t.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return newError(ErrNoPrevious, err, "releases directory %s", dir)
+	}
+	dirReal := realPathOr(t, dir)
+	pReal, err := walkSymlinks(t, "/", p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			// Not there at all: checkPrevious or the switch says so.
+			pReal = filepath.Clean(p)
+		} else {
+			return newError(ErrOutsideReleases, err, "%s %s, which cannot be resolved to check that it is inside the releases directory %s", what, p, dir)
+		}
+	}
+	if strings.HasPrefix(pReal, dirReal+"/") {
+		return nil
+	}
+	shown := p
+	if pReal != p {
+		shown = p + " (" + pReal + ")"
+	}
+	return newError(ErrOutsideReleases, nil,
+		"%s %s, outside the releases directory %s: refusing to switch to or mark it; nothing changed", what, shown, dir)
 }
 
 // checkPrevious makes sure rel.Previous is a directory before anything is
@@ -218,6 +282,12 @@ func checkVersion(v string) error {
 		return newError(ErrInvalidVersion, nil, "version %q is not a release name", v)
 	}
 	return nil
+}
+
+// validRelease reports whether name is a version, as deploy events must
+// spell one (events.VersionPattern).
+func validRelease(name string) bool {
+	return name != "." && name != ".." && !strings.Contains(name, "..") && events.VersionPattern.MatchString(name)
 }
 
 func checkAbs(what, p string) error {
@@ -292,7 +362,10 @@ func newestRelease(t Target, releasesDir, cur string) (string, error) {
 	var cands []candidate
 	for _, fi := range infos {
 		name := fi.Name()
-		if strings.HasPrefix(name, ".") {
+		if strings.HasPrefix(name, ".") || !validRelease(name) {
+			// Hidden entries are temporary files; a name that is not a
+			// version (a newline in it, say) was not made by a deploy and
+			// would pass into templates and commands as a version.
 			continue
 		}
 		p := filepath.Join(releasesDir, name)

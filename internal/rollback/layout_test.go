@@ -245,6 +245,19 @@ func TestResolve(t *testing.T) {
 			want: want{prev: "A", source: SourcePreviousVersion},
 		},
 		{
+			// An absolute previousVersion is fine when it is inside.
+			name: "absolute previousVersion inside the releases directory",
+			setup: func(t *testing.T, h host) (string, string, string) {
+				h.release(t, "A", 0)
+				h.release(t, "C", time.Hour, PreviousVersionFile, h.rel("A"))
+				symlink(t, "releases/C", h.link)
+				return h.link, h.releases, ""
+			},
+			want: want{prev: "A", source: SourcePreviousVersion},
+		},
+		{
+			// Issue 10.4: previousVersion naming /etc switched current ->
+			// /etc and reported success.
 			name: "previousVersion outside the releases directory",
 			setup: func(t *testing.T, h host) (string, string, string) {
 				mkdir(t, filepath.Join(h.root, "old", "A"))
@@ -252,7 +265,68 @@ func TestResolve(t *testing.T) {
 				symlink(t, "releases/C", h.link)
 				return h.link, h.releases, ""
 			},
-			want: want{prev: "/old/A", source: SourcePreviousVersion},
+			want: want{err: ErrOutsideReleases, errSub: "outside the releases directory"},
+		},
+		{
+			name: "previousVersion climbs out through a symlinked release",
+			setup: func(t *testing.T, h host) (string, string, string) {
+				mkdir(t, filepath.Join(h.root, "etc"))
+				symlink(t, filepath.Join(h.root, "etc"), h.rel("A"))
+				h.release(t, "C", time.Hour, PreviousVersionFile, "A")
+				symlink(t, "releases/C", h.link)
+				return h.link, h.releases, ""
+			},
+			want: want{err: ErrOutsideReleases, errSub: "outside the releases directory"},
+		},
+		{
+			name: "the link names something outside the releases directory",
+			setup: func(t *testing.T, h host) (string, string, string) {
+				h.release(t, "A", 0)
+				mkdir(t, filepath.Join(h.root, "etc"))
+				symlink(t, filepath.Join(h.root, "etc"), h.link)
+				return h.link, h.releases, ""
+			},
+			want: want{err: ErrOutsideReleases, errSub: "names"},
+		},
+		{
+			name: "the link names a release that is a symlink to outside",
+			setup: func(t *testing.T, h host) (string, string, string) {
+				h.release(t, "A", 0)
+				mkdir(t, filepath.Join(h.root, "etc"))
+				symlink(t, filepath.Join(h.root, "etc"), h.rel("C"))
+				symlink(t, "releases/C", h.link)
+				return h.link, h.releases, ""
+			},
+			want: want{err: ErrOutsideReleases, errSub: "outside the releases directory"},
+		},
+		{
+			name: "newest is a symlinked entry pointing outside: refused",
+			setup: func(t *testing.T, h host) (string, string, string) {
+				h.release(t, "A", 0)
+				h.release(t, "C", time.Hour)
+				other := filepath.Join(h.root, "etc")
+				mkdir(t, other)
+				touch(t, other, t0.Add(2*time.Hour))
+				symlink(t, other, h.rel("E"))
+				symlink(t, "releases/C", h.link)
+				return h.link, h.releases, ""
+			},
+			want: want{err: ErrOutsideReleases, errSub: "outside the releases directory"},
+		},
+		{
+			// Issue 10.5: a directory "v9\nevil" was picked as newest.
+			name: "newest skips names that are not versions",
+			setup: func(t *testing.T, h host) (string, string, string) {
+				h.release(t, "A", 0)
+				h.release(t, "C", time.Hour)
+				for _, bad := range []string{"v9\nevil", "v9 evil", "v9$(id)", "-v9", "v9..x", "é9"} {
+					mkdir(t, h.rel(bad))
+					touch(t, h.rel(bad), t0.Add(5*time.Hour))
+				}
+				symlink(t, "releases/C", h.link)
+				return h.link, h.releases, ""
+			},
+			want: want{prev: "A", source: SourceNewest},
 		},
 		{
 			name: "previousVersion names a missing release: no fall through to newest",
@@ -333,7 +407,7 @@ func TestResolve(t *testing.T) {
 			setup: func(t *testing.T, h host) (string, string, string) {
 				h.release(t, "A", 0)
 				h.release(t, "C", time.Hour)
-				other := filepath.Join(h.root, "elsewhere", "E")
+				other := h.rel(".store/E")
 				mkdir(t, other)
 				touch(t, other, t0.Add(2*time.Hour))
 				symlink(t, other, h.rel("E"))

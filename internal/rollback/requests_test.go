@@ -57,17 +57,20 @@ func auditOf(t *testing.T, n *testutil.NATS) []audit.Record {
 // rollback (here in the after command, the link switched and the
 // before_code data step done); the request comes back to another executor,
 // which finishes it without switching the host again or running the data
-// step a second time, and the audit stream holds one record of each step.
+// step a second time, runs the after command that the crash cut short to
+// its end, and the audit stream holds one record of each step.
 func TestRequestExecutedOnceAcrossCrash(t *testing.T) {
 	n := testutil.StartNATS(t)
 	h := deployed(t)
 	dataRuns := filepath.Join(t.TempDir(), "data-runs")
 	afterGate := filepath.Join(t.TempDir(), "after-may-finish")
+	afterRuns := filepath.Join(t.TempDir(), "after-runs")
 	rules := loadRules(t, policyYAML("shop", "shop", h,
 		"data: {command: "+yamlList("sh", "-c", `echo "$1" >> "$2"`, "sh", "{{ .PreviousVersion }}", dataRuns)+", run_on: local, order: before_code, timeout: 30s}",
 		// The first executor hangs here, after its switch, until killed;
-		// the second finds the host rolled back and runs no after command.
-		"after: "+yamlList("sh", "-c", `while [ ! -e "$1" ]; do sleep 0.05; done`, "sh", afterGate),
+		// the second finds the host rolled back and marked, but no record
+		// that the after command finished: it runs it again, to its end.
+		"after: "+yamlList("sh", "-c", `while [ ! -e "$1" ]; do sleep 0.05; done; echo ran >> "$2"`, "sh", afterGate, afterRuns),
 	))
 
 	die := startExecutor(t, n, rules, "a")
@@ -78,6 +81,7 @@ func TestRequestExecutedOnceAcrossCrash(t *testing.T) {
 	})
 	time.Sleep(100 * time.Millisecond) // into the after command
 	die()
+	writeFile(t, afterGate, "")
 
 	startExecutor(t, n, rules, "b")
 	var recs []audit.Record
@@ -93,6 +97,9 @@ func TestRequestExecutedOnceAcrossCrash(t *testing.T) {
 	}
 	if got := readFile(t, dataRuns); got != "v1\n" {
 		t.Errorf("data step ran %q, want once (v1)", got)
+	}
+	if got := readFile(t, afterRuns); got != "ran\n" {
+		t.Errorf("after command finished %d times, want once", strings.Count(got, "ran"))
 	}
 	done := recs[len(recs)-1]
 	if d, _ := json.Marshal(done.Detail["data"]); !strings.Contains(string(d), "earlier attempt") {

@@ -301,8 +301,12 @@ func dialSSH(ctx context.Context, ep sshEndpoint) (*sshConn, error) {
 			return fmt.Errorf("%s %s: %w", what, ep.addr, ctx.Err())
 		case dctx.Err() != nil:
 			return fmt.Errorf("%s %s: not done within connect_timeout %s", what, ep.addr, ep.connectTimeout)
+		case strings.HasPrefix(what, "logging in"):
+			return fmt.Errorf("%s %s: %w", what, ep.addr, err)
 		}
-		return fmt.Errorf("%s %s: %w", what, ep.addr, err)
+		// The connection broke during the handshake or the SFTP start:
+		// another dial may well get through.
+		return transient{fmt.Errorf("%s %s: %w", what, ep.addr, err)}
 	}
 	sc, chans, reqs, err := ssh.NewClientConn(nc, ep.addr, cfg)
 	if err != nil {
@@ -340,6 +344,13 @@ func dialSSH(ctx context.Context, ep sshEndpoint) (*sshConn, error) {
 	}()
 	return c, nil
 }
+
+// transient marks a dial failure that another attempt may not meet (the
+// connection broke or timed out before the login), without changing its
+// message. See Retryable.
+type transient struct{ error }
+
+func (e transient) Unwrap() error { return e.error }
 
 // probeKey is a key no known_hosts holds, to learn which key types it has
 // for a host.
@@ -964,6 +975,27 @@ func (t *SSHTarget) Run(ctx context.Context, argv []string, env []string) ([]byt
 	if err != nil {
 		return nil, err
 	}
+	return t.run(ctx, argv, line)
+}
+
+// RunRecorded is Run, and when the command succeeds, the same shell creates
+// the file done before it exits: the record of the command's success is
+// made on the host even when the connection drops before its exit status
+// arrives. (The command no longer replaces the shell; killing the session's
+// process group still stops both.)
+func (t *SSHTarget) RunRecorded(ctx context.Context, argv, env []string, done string) ([]byte, error) {
+	line, err := shellCommand(argv, env)
+	if err != nil {
+		return nil, err
+	}
+	if strings.ContainsRune(done, 0) {
+		return nil, fmt.Errorf("run: record file %q contains a NUL byte", done)
+	}
+	line = strings.TrimPrefix(line, "exec ") + "; rc=$?; if [ $rc -eq 0 ]; then : > " + shellQuote(done) + " 2>/dev/null; fi; exit $rc"
+	return t.run(ctx, argv, line)
+}
+
+func (t *SSHTarget) run(ctx context.Context, argv []string, line string) ([]byte, error) {
 	c, _, err := t.acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("run %s: %w", argv[0], err)
@@ -1007,6 +1039,13 @@ func (t *SSHTarget) Run(ctx context.Context, argv []string, env []string) ([]byt
 		}
 	}
 	pid.flush()
+	if err != nil && ctx.Err() == nil && runCtx.Err() == nil && (c.closed() || c.probe(ep.connectTimeout) != nil) {
+		// No exit status because the connection is gone: the command may
+		// or may not have run to its end. Say so, so that the caller can
+		// look and try again.
+		t.drop(c)
+		err = fmt.Errorf("%w to %s: %w", ErrConnectionLost, ep.name, err)
+	}
 	if err != nil {
 		return out.Bytes(), fmt.Errorf("run %s on %s: %w", argv[0], ep.name, err)
 	}

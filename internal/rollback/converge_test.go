@@ -1,0 +1,229 @@
+package rollback
+
+import (
+	"fmt"
+
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/testutil"
+)
+
+// cutProxy forwards TCP connections to a real sshd and cuts the first one
+// after a given number of bytes (both directions counted together), the
+// way a network fault or a restarted middlebox drops a connection at an
+// arbitrary point of a rollback. Later connections pass untouched, so a
+// redial gets through.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	cutAt  int64 // 0: never cut
+
+	mu     sync.Mutex
+	conns  int
+	first  atomic.Int64 // bytes through the first connection so far
+	cut    atomic.Bool
+	closed []net.Conn
+}
+
+func startCutProxy(t *testing.T, listenIP, target string, cutAt int64) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(listenIP, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target, cutAt: cutAt}
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, c := range p.closed {
+			_ = c.Close()
+		}
+	})
+	go p.serve()
+	return p
+}
+
+func (p *cutProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *cutProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		p.conns++
+		first := p.conns == 1
+		p.mu.Unlock()
+		go p.forward(c, first)
+	}
+}
+
+func (p *cutProxy) forward(c net.Conn, first bool) {
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.closed = append(p.closed, c, s)
+	p.mu.Unlock()
+	var once sync.Once
+	stop := func() { once.Do(func() { _ = c.Close(); _ = s.Close() }) }
+	pipe := func(dst, src net.Conn) {
+		defer stop()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 && first {
+				total := p.first.Add(int64(n))
+				if p.cutAt > 0 && total >= p.cutAt {
+					// Pass what fits under the budget, then drop both
+					// sides: a connection lost mid-request.
+					keep := int64(n) - (total - p.cutAt)
+					if keep > 0 {
+						_, _ = dst.Write(buf[:keep])
+					}
+					p.cut.Store(true)
+					return
+				}
+			}
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	go pipe(s, c)
+	pipe(c, s)
+}
+
+// cutFleet is two hosts on one real sshd, each reached through its own
+// proxy; host A's proxy cuts its first connection at cutAt bytes.
+type cutFleet struct {
+	fleet
+	proxies    []*cutProxy
+	knownHosts string
+	afterLog   func(ip string) string
+}
+
+var cutHosts = []string{"127.0.0.2", "127.0.0.3"}
+
+func newCutFleet(t *testing.T, s *testutil.SSHD, cutAt int64) cutFleet {
+	t.Helper()
+	f := cutFleet{fleet: newFleet(t, s, cutHosts...)}
+	f.addrs = nil
+	var kh strings.Builder
+	for i, ip := range cutHosts {
+		at := int64(0)
+		if i == 0 {
+			at = cutAt
+		}
+		p := startCutProxy(t, ip, s.Addrs[i], at)
+		f.proxies = append(f.proxies, p)
+		f.addrs = append(f.addrs, p.addr())
+		fmt.Fprintln(&kh, knownhosts.Line([]string{p.addr()}, s.HostPublicKey))
+	}
+	f.knownHosts = filepath.Join(t.TempDir(), "known_hosts")
+	writeFile(t, f.knownHosts, kh.String())
+	f.afterLog = func(ip string) string { return filepath.Join(f.root, ip, "after.log") }
+	return f
+}
+
+// runCut rolls the cut fleet back with an after command that appends a
+// line to the host's after.log, and returns the result and the audit.
+func runCut(t *testing.T, n *testutil.NATS, s *testutil.SSHD, f cutFleet) (Result, []audit.Record) {
+	t.Helper()
+	rules := loadRules(t, f.policy(s, f.knownHosts, "2s", f.addrs,
+		"after: "+yamlList("sh", "-c", `echo ran >> "$0"`, filepath.Join(f.root, "{{ .Host }}", "after.log"))))
+	e, rec := fleetExecutor(t, n, rules)
+	e.RetryBackoff = 100 * time.Millisecond
+	if os.Getenv("CUT_DEBUG") != "" {
+		e.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	res := e.Execute(ctxFor(t), request(fmt.Sprintf("rb-cut-%d", f.proxies[0].cutAt)))
+	return res, rec.all()
+}
+
+// TestExecuteConvergesAcrossCutConnections cuts host A's SSH connection at
+// byte offsets spread over a whole rollback (handshake, plan, symlink,
+// rename, marker, after command): whatever the offset, the rollback
+// converges: both hosts end on v1, v2 is marked on both, the after command
+// ran exactly once on each, no temporary link is left behind, and the
+// result is rollback.completed.
+func TestExecuteConvergesAcrossCutConnections(t *testing.T) {
+	n := testutil.StartNATS(t)
+	s := testutil.StartSSHD(t, cutHosts...)
+
+	// An uncut rollback measures how many bytes host A's connection carries.
+	clean := newCutFleet(t, s, 0)
+	res, recs := runCut(t, n, s, clean)
+	if res.Status != ResultCompleted {
+		t.Fatalf("uncut rollback: %s %v; %v", res.Status, res.Err, kinds(recs))
+	}
+	total := clean.proxies[0].first.Load()
+	if total < 2000 {
+		t.Fatalf("host A's connection carried %d bytes; expected a whole SSH session", total)
+	}
+
+	const cuts = 16
+	for i := 1; i <= cuts; i++ {
+		at := total * int64(i) / (cuts + 1)
+		t.Run(fmt.Sprintf("cut-at-%d-of-%d", at, total), func(t *testing.T) {
+			f := newCutFleet(t, s, at)
+			res, recs := runCut(t, n, s, f)
+			if !f.proxies[0].cut.Load() {
+				t.Fatalf("the proxy never cut the connection at %d bytes", at)
+			}
+			if res.Status != ResultCompleted {
+				t.Fatalf("result %s: %v\naudit: %v", res.Status, res.Err, messages(recs))
+			}
+			for ip, l := range f.links(t) {
+				if l != "releases/v1" {
+					t.Errorf("%s: link -> %s, want releases/v1", ip, l)
+				}
+				h := f.hosts[ip]
+				if m := readMarker(t, h.rel("v2")); m.To != h.rel("v1") {
+					t.Errorf("%s: marker %+v", ip, m)
+				}
+				if got := readFile(t, f.afterLog(ip)); got != "ran\n" {
+					t.Errorf("%s: after ran %d times, want once", ip, strings.Count(got, "ran"))
+				}
+				entries, err := os.ReadDir(filepath.Join(f.root, ip))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, e := range entries {
+					if strings.Contains(e.Name(), ".tmp-") {
+						t.Errorf("%s: temporary %s left behind", ip, e.Name())
+					}
+				}
+			}
+			one(t, recs, audit.RollbackCompleted)
+		})
+	}
+}
+
+func messages(recs []audit.Record) string {
+	var b strings.Builder
+	for _, r := range recs {
+		fmt.Fprintf(&b, "\n  %s: %s", r.Kind, r.Message)
+	}
+	return b.String()
+}
