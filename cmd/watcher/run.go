@@ -249,7 +249,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 		Handler: (&web.Server{
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
 			Page:   web.StreamPage{Watcher: w, JS: js},
-			Alerts: alertReceiver.Handle,
+			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused,
 			Ready: func() error {
 				if nc.Status() != nats.CONNECTED {
 					return fmt.Errorf("NATS connection is %s", nc.Status())

@@ -76,7 +76,7 @@ type Receiver struct {
 }
 
 // Register adds watcher_alerts_total{result} (requested, ignored,
-// resolved) to reg.
+// resolved, refused) to reg.
 func (rc *Receiver) Register(reg prometheus.Registerer) {
 	rc.init()
 	reg.MustRegister(rc.counts)
@@ -85,9 +85,9 @@ func (rc *Receiver) Register(reg prometheus.Registerer) {
 func (rc *Receiver) init() {
 	rc.once.Do(func() {
 		rc.counts = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "watcher_alerts_total", Help: "Alerts received on POST /api/v1/alerts, by result (requested, ignored, resolved).",
+			Name: "watcher_alerts_total", Help: "Alerts received on POST /api/v1/alerts, by result (requested, ignored, resolved; refused counts requests refused unread: cross-origin or not JSON).",
 		}, []string{"result"})
-		for _, r := range []string{"requested", "ignored", "resolved"} {
+		for _, r := range []string{"requested", "ignored", "resolved", "refused"} {
 			rc.counts.WithLabelValues(r)
 		}
 	})
@@ -119,6 +119,21 @@ func (rc *Receiver) Handle(ctx context.Context, body io.Reader) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Refused records a request to the webhook that was refused before its
+// body was read (a cross-origin request from a browser, a body that is not
+// JSON), as alert.received with no service: whoever tried to roll back a
+// deploy from a web page shows up in the audit. An error writing the record
+// is logged; the request is refused either way.
+func (rc *Receiver) Refused(ctx context.Context, why string) {
+	rc.init()
+	rc.counts.WithLabelValues("refused").Inc()
+	outcome := "refused: " + why
+	rec := audit.Record{Kind: audit.AlertReceived, Message: "webhook request " + outcome, Detail: map[string]any{"outcome": outcome}}
+	if err := rc.Audit.Record(ctx, rec); err != nil && rc.Logger != nil {
+		rc.Logger.Error("recording a refused webhook request", "err", err)
+	}
 }
 
 // handle gives one alert its outcome.
@@ -162,12 +177,21 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	}
 	rec.Policy = p.Name
 
-	d, at, err := rc.lastDeploy(ctx, svc, env)
+	d, at, skipped, err := rc.lastDeploy(ctx, svc, env)
+	subject := events.Subject(events.DeploysPrefix, env, svc)
+	passed := ""
+	if skipped > 0 {
+		rec.Detail["skipped_messages"] = skipped
+		passed = fmt.Sprintf(" (passing over %d newer messages on %s that are no valid deploy)", skipped, subject)
+	}
 	switch {
 	case errors.Is(err, errNoDeploy):
-		return outcome("ignored: no deploy of %s in %s to roll back", svc, env)
+		return outcome("ignored: no deploy of %s in %s to roll back%s", svc, env, passed)
 	case errors.Is(err, errRolledBack):
-		return outcome("ignored: the last deploy of %s in %s was rolled back already", svc, env)
+		return outcome("ignored: the last deploy of %s in %s was rolled back already%s", svc, env, passed)
+	case errors.Is(err, errTooFar):
+		return outcome("ignored: none of the last %d messages on %s is a valid deploy, so the deploy to roll back is unknown; "+
+			"find it with `watcher history` and roll it back with `watcher rollback`", maxDeployLookback, subject)
 	case err != nil:
 		return err
 	}
@@ -195,7 +219,7 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	rec.RequestID = req.ID
 	rec.Detail["request_id"] = req.ID
 	rec.MsgID = req.ID + ".alert." + a.StartsAt.UTC().Format(time.RFC3339Nano)
-	if err := outcome("rolls back deploy %s (version %s of %s in %s): rollback requested (%s)", d.ID, d.Version, svc, env, req.ID); err != nil {
+	if err := outcome("rolls back deploy %s (version %s of %s in %s)%s: rollback requested (%s)", d.ID, d.Version, svc, env, passed, req.ID); err != nil {
 		return err // not requested without its record; Alertmanager sends again
 	}
 	return watch.PublishRollback(ctx, rc.JS, req)
@@ -204,32 +228,97 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 var (
 	errNoDeploy   = errors.New("no deploy")
 	errRolledBack = errors.New("rolled back")
+	errTooFar     = errors.New("no deploy among the newest messages")
 )
 
-// lastDeploy is the newest event on deploys.<env>.<svc> and when the stream
-// got it. The watcher itself publishes service.rolledback there after a
-// rollback, so a newest event of that kind means there is nothing left to
-// roll back.
-func (rc *Receiver) lastDeploy(ctx context.Context, svc, env string) (events.Deploy, time.Time, error) {
+// maxDeployLookback bounds how many messages on deploys.<env>.<svc> an
+// alert looks through for the deploy it rolls back: far more than a burst
+// of stray messages after a deploy, few enough that a flood of them costs
+// an alert little.
+const maxDeployLookback = 100
+
+// lastDeploy is the newest valid deploy event on deploys.<env>.<svc>, when
+// the stream got it, and how many newer messages there were that are no
+// deploy: whoever may publish on the subject can put anything there, and a
+// stray message after a bad deploy must not stop an alert from rolling it
+// back. The watcher itself publishes service.rolledback there after a
+// rollback, so that event, met before any deploy, means there is nothing
+// left to roll back.
+func (rc *Receiver) lastDeploy(ctx context.Context, svc, env string) (d events.Deploy, at time.Time, skipped int, err error) {
 	s, err := rc.JS.Stream(ctx, bus.DeploysStream)
 	if err != nil {
-		return events.Deploy{}, time.Time{}, fmt.Errorf("DEPLOYS stream: %w", err)
+		return events.Deploy{}, time.Time{}, 0, fmt.Errorf("DEPLOYS stream: %w", err)
 	}
 	subject := events.Subject(events.DeploysPrefix, env, svc)
-	msg, err := s.GetLastMsgForSubject(ctx, subject)
+	err = newestFirst(ctx, s, subject, func(msg *jetstream.RawStreamMsg) (bool, error) {
+		dd, derr := events.DecodeDeploy(subject, msg.Header, msg.Data)
+		var notDeploy *events.NotDeployError
+		switch {
+		case derr == nil:
+			d, at = dd, msg.Time
+			return false, nil
+		case errors.As(derr, &notDeploy) && strings.Contains(notDeploy.Type, ".service.rolledback."):
+			return false, errRolledBack
+		}
+		skipped++
+		if skipped >= maxDeployLookback {
+			return false, errTooFar
+		}
+		return true, nil
+	})
+	switch {
+	case err != nil:
+		return events.Deploy{}, time.Time{}, skipped, err
+	case d.ID == "":
+		return events.Deploy{}, time.Time{}, skipped, errNoDeploy
+	}
+	return d, at, skipped, nil
+}
+
+// newestFirst gives visit the messages on subject, newest first, until it
+// returns false or an error. JetStream reads a subject only forwards (the
+// first message on it at or after a sequence), so it reads windows of
+// sequences backwards from the newest, each twice as wide as the one
+// before: few requests whether the subject is most of the stream or a
+// sliver of it.
+func newestFirst(ctx context.Context, s jetstream.Stream, subject string, visit func(*jetstream.RawStreamMsg) (bool, error)) error {
+	last, err := s.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return events.Deploy{}, time.Time{}, errNoDeploy
+		return nil
 	}
 	if err != nil {
-		return events.Deploy{}, time.Time{}, fmt.Errorf("reading the last event on %s: %w", subject, err)
+		return fmt.Errorf("reading the last message on %s: %w", subject, err)
 	}
-	d, err := events.DecodeDeploy(subject, msg.Header, msg.Data)
-	var notDeploy *events.NotDeployError
-	switch {
-	case errors.As(err, &notDeploy) && strings.Contains(notDeploy.Type, ".service.rolledback."):
-		return events.Deploy{}, time.Time{}, errRolledBack
-	case err != nil:
-		return events.Deploy{}, time.Time{}, errNoDeploy
+	if more, err := visit(last); !more || err != nil {
+		return err
 	}
-	return d, msg.Time, nil
+	hi := last.Sequence // messages at hi and above have been visited
+	for width := uint64(16); hi > 1; width *= 2 {
+		lo := uint64(1)
+		if hi > width {
+			lo = hi - width
+		}
+		var window []*jetstream.RawStreamMsg
+		for seq := lo; ; {
+			m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				break
+			}
+			if err != nil {
+				return fmt.Errorf("reading %s at sequence %d: %w", subject, seq, err)
+			}
+			if m.Sequence >= hi {
+				break
+			}
+			window = append(window, m)
+			seq = m.Sequence + 1
+		}
+		for i := len(window) - 1; i >= 0; i-- {
+			if more, err := visit(window[i]); !more || err != nil {
+				return err
+			}
+		}
+		hi = lo
+	}
+	return nil
 }

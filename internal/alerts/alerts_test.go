@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
@@ -210,5 +212,132 @@ func TestReceiver(t *testing.T) {
 		if err := rc.Handle(ctx, strings.NewReader(body)); !errors.As(err, &bad) {
 			t.Errorf("body %.20q: %v, want a BadRequest", body, err)
 		}
+	}
+}
+
+// TestRefused: a webhook request refused before it was read (cross-origin,
+// not JSON) leaves a trace where an operator looks for alerts: the audit
+// and watcher_alerts_total.
+func TestRefused(t *testing.T) {
+	rec := &recorder{}
+	reg := prometheus.NewRegistry()
+	rc := &Receiver{Audit: rec}
+	rc.Register(reg)
+	rc.Refused(t.Context(), `cross-origin request refused (Origin "http://evil.example")`)
+	got := rec.last(t)
+	if got.Kind != audit.AlertReceived || !strings.Contains(got.Message, `refused: cross-origin request refused (Origin "http://evil.example")`) ||
+		got.Detail["outcome"] == nil || got.RequestID != "" {
+		t.Errorf("record %+v", got)
+	}
+	if n := testutil.ToFloat64(t, reg, "watcher_alerts_total", "result", "refused"); n != 1 {
+		t.Errorf("watcher_alerts_total{result=refused} = %v, want 1", n)
+	}
+}
+
+// TestAlertFindsNewestValidDeploy: anyone who may publish on
+// deploys.<env>.<svc> could silence alert rollbacks of the service by
+// publishing anything after a bad deploy, had the newest message to decide.
+// The newest message that is a valid deploy decides; what was passed over
+// is said in the record.
+func TestAlertFindsNewestValidDeploy(t *testing.T) {
+	n := testutil.StartNATS(t)
+	file := filepath.Join(t.TempDir(), "rules.yml")
+	if err := os.WriteFile(file, []byte(rules), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	now := time.Now()
+	rc := &Receiver{JS: n.JS, Policies: func() *policy.Set { return set }, Audit: rec, Now: func() time.Time { return now }}
+	ctx := t.Context()
+	publish := func(subject string, data []byte) {
+		t.Helper()
+		if _, err := n.JS.Publish(ctx, subject, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deploy := func(svc, version, prev string) []byte {
+		b, _ := json.Marshal(map[string]any{"id": "d-" + svc + "-" + version, "service": svc, "environment": "production",
+			"version": version, "previous_version": prev})
+		return b
+	}
+	rolled, err := events.EncodeRolledBack(events.RolledBack{ID: "rb-x", Service: "shop", Environment: "production", Version: "v1",
+		FromVersion: "v2", Reason: "x", Time: now}, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A CDEvent of a type that is neither a deploy nor our rollback.
+	removed := []byte(strings.ReplaceAll(string(rolled), "service.rolledback", "service.removed"))
+	if _, err := events.DecodeDeploy("deploys.production.shop", nil, removed); err == nil {
+		t.Fatal("the service.removed event decodes as a deploy; the test needs one that does not")
+	}
+	var lastRequest events.RollbackRequest
+	fire := func(fingerprint string) audit.Record {
+		t.Helper()
+		shop := map[string]string{"alertname": "ShopErrorsHigh", "severity": "critical", "service": "shop", "environment": "production"}
+		if err := rc.Handle(ctx, strings.NewReader(webhook("firing", shop, fingerprint, now.Add(-time.Minute).UTC().Truncate(time.Second)))); err != nil {
+			t.Fatal(err)
+		}
+		got := rec.last(t)
+		if got.RequestID != "" {
+			s, err := n.JS.Stream(ctx, bus.RollbacksStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := s.GetLastMsgForSubject(ctx, "rollbacks.production.shop")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if lastRequest, err = events.DecodeRollbackRequest(m.Subject, m.Data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return got
+	}
+
+	publish("deploys.production.shop", deploy("shop", "v1", "v0"))
+	publish("deploys.production.shop", deploy("shop", "v2", "v1"))
+	publish("deploys.production.shop", []byte("garbage"))
+	publish("deploys.production.shop", []byte(`{"id": "d-shop-v3"}`))
+	publish("deploys.production.shop", deploy("cart", "v9", "v8")) // valid, but not for this subject
+	publish("deploys.production.shop", removed)
+	for i := range 50 { // other services' deploys in between
+		publish("deploys.production.cart", deploy("cart", fmt.Sprintf("v%d", i+10), "v8"))
+	}
+	publish("deploys.production.shop", []byte(`{"version": "x\"} or vector(1) #"}`))
+	got := fire("f1")
+	if got.RequestID == "" || got.DeployID != "d-shop-v2" || lastRequest.DeployID != "d-shop-v2" || lastRequest.Version != "v2" ||
+		lastRequest.ToVersion != "v1" {
+		t.Fatalf("after invalid messages: record %q (deploy %q), request %+v; want the rollback of d-shop-v2", got.Message, got.DeployID, lastRequest)
+	}
+	if skipped, _ := got.Detail["skipped_messages"].(int); skipped != 5 || !strings.Contains(got.Message, "passing over 5 newer messages") {
+		t.Errorf("record %q, detail %v: want it to say the 5 newer messages that are no deploy were passed over", got.Message, got.Detail)
+	}
+
+	// Our own service.rolledback is not a deploy either: behind invalid
+	// messages it still says the last deploy was rolled back already.
+	publish("deploys.production.shop", rolled)
+	publish("deploys.production.shop", []byte("garbage"))
+	if got := fire("f2"); got.RequestID != "" || !strings.Contains(got.Message, "rolled back already") {
+		t.Errorf("after the rollback and garbage: %q, want rolled back already", got.Message)
+	}
+
+	// A valid deploy after it decides again.
+	publish("deploys.production.shop", deploy("shop", "v3", "v1"))
+	publish("deploys.production.shop", []byte("garbage"))
+	if got := fire("f3"); got.DeployID != "d-shop-v3" || lastRequest.DeployID != "d-shop-v3" {
+		t.Errorf("after a new deploy and garbage: %q (deploy %q), want the rollback of d-shop-v3", got.Message, got.DeployID)
+	}
+
+	// The walk is bounded: past maxDeployLookback messages that are no
+	// deploy, the alert is ignored and the record says why.
+	for range maxDeployLookback {
+		publish("deploys.production.shop", []byte("garbage"))
+	}
+	if got := fire("f4"); got.RequestID != "" || !strings.Contains(got.Message, fmt.Sprintf("none of the last %d messages", maxDeployLookback)) {
+		t.Errorf("after %d invalid messages: %q, want it ignored saying none of them is a deploy", maxDeployLookback, got.Message)
 	}
 }

@@ -171,11 +171,12 @@ func decodeCDEvent(outer string, raw json.RawMessage, ceType string) (Deploy, er
 	if _, err := str("subject.content.environment.source", env["source"]); err != nil {
 		return Deploy{}, err
 	}
-	artifact, err := str("subject.content.artifactId", content["artifactId"])
+	const artifactField = "subject.content.artifactId"
+	artifact, err := str(artifactField, content["artifactId"])
 	if err != nil {
 		return Deploy{}, err
 	}
-	purlVersion, err := versionOfPurl("subject.content.artifactId", artifact)
+	purlVersion, err := rawPurlVersion(artifactField, artifact)
 	if err != nil {
 		return Deploy{}, err
 	}
@@ -184,23 +185,24 @@ func decodeCDEvent(outer string, raw json.RawMessage, ceType string) (Deploy, er
 	if err != nil {
 		return Deploy{}, err
 	}
-	// The purl's version is the release, as the contract says. customData
-	// may name it instead when the purl has none (pkg:oci/shop, say). When
-	// both do and disagree, the event contradicts itself and is rejected
-	// rather than validated against a guess.
+	// customData.version, when given, is the release (contract section 5):
+	// a purl often names the artifact by digest while the release directory
+	// has another name, so the two differing is normal, and the purl's
+	// version is then not read at all. Otherwise the purl's version is the
+	// release, and has to be a valid one.
 	fields := cdeventFields
 	switch {
-	case purlVersion != "" && custom.version != "" && purlVersion != custom.version:
-		return Deploy{}, reject("customData.version", custom.version,
-			"disagrees with the version "+strconv.Quote(printable(purlVersion, 64))+" of subject.content.artifactId")
-	case purlVersion != "":
-		d.Version = purlVersion
 	case custom.version != "":
 		d.Version = custom.version
 		fields.version = "customData.version"
-	default:
-		return Deploy{}, &RejectError{Field: "subject.content.artifactId", Value: printable(artifact, 64),
+	case purlVersion == "":
+		return Deploy{}, &RejectError{Field: artifactField, Value: printable(artifact, 64),
 			Reason: "has no version, and customData.version names none either"}
+	default:
+		if err := checkPurlVersion(artifactField, artifact, purlVersion); err != nil {
+			return Deploy{}, err
+		}
+		d.Version = purlVersion
 	}
 	d.PreviousVersion, d.Hosts, d.Labels = custom.previousVersion, custom.hosts, custom.labels
 	if err := d.validate(fields); err != nil {
@@ -295,8 +297,9 @@ func parseTime(field, v string) (time.Time, error) {
 	return t.UTC(), nil
 }
 
-// versionOfPurl returns the version of a package URL, "" if it has none.
-func versionOfPurl(field, purl string) (version string, err error) {
+// rawPurlVersion parses a package URL and returns its version unchecked,
+// "" if it has none.
+func rawPurlVersion(field, purl string) (version string, err error) {
 	if purl == "" {
 		return "", &RejectError{Field: field, Reason: "is required"}
 	}
@@ -314,17 +317,19 @@ func versionOfPurl(field, purl string) (version string, err error) {
 	if perr != nil {
 		return "", reject(field, purl, "is not a valid package URL: "+printable(perr.Error(), 200))
 	}
-	v := p.Version
-	if v == "" {
-		return "", nil
-	}
+	return p.Version, nil
+}
+
+// checkPurlVersion checks v, the version of purl, as a release name.
+func checkPurlVersion(field, purl, v string) error {
+	const remedy = " (or name the release in customData.version, which then is the version)"
 	if strings.Contains(v, "/") || strings.Contains(v, "..") {
-		return "", reject(field, purl, "has version "+strconv.Quote(printable(v, 64))+`, which contains "/" or ".."; a version is a release directory name`)
+		return reject(field, purl, "has version "+strconv.Quote(printable(v, 64))+`, which contains "/" or ".."; a version is a release directory name`+remedy)
 	}
 	if !VersionPattern.MatchString(v) {
-		return "", reject(field, purl, "has version "+strconv.Quote(printable(v, 64))+" not matching "+VersionPattern.String()+" (name the release in customData.version and leave it out of the purl)")
+		return reject(field, purl, "has version "+strconv.Quote(printable(v, 64))+" not matching "+VersionPattern.String()+remedy)
 	}
-	return v, nil
+	return nil
 }
 
 // custom is what the watcher reads from customData.

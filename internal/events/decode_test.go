@@ -144,6 +144,16 @@ func TestDecodeDeploy(t *testing.T) {
 	}{
 		{"native full", nil, []byte(nativeBase), wantDeploy("d-42", FormatJSON)},
 		{
+			"native OCI digest versions", nil,
+			edit(t, nativeBase, set("version", "sha256:0b31b1c02ff458ad9b7b81cbdf8f028bd54699fa151f221d1e8de6817db93427"),
+				set("previous_version", "sha256:aaaa")),
+			func() Deploy {
+				d := wantDeploy("d-42", FormatJSON)
+				d.Version, d.PreviousVersion = "sha256:0b31b1c02ff458ad9b7b81cbdf8f028bd54699fa151f221d1e8de6817db93427", "sha256:aaaa"
+				return d
+			}(),
+		},
+		{
 			"native minimal", nil,
 			[]byte(`{"id":"d-1","service":"shop","environment":"production","version":"1.0"}`),
 			Deploy{ID: "d-1", Service: "shop", Environment: "production", Version: "1.0", Format: FormatJSON},
@@ -185,6 +195,29 @@ func TestDecodeDeploy(t *testing.T) {
 		{
 			"cdevent purl and customData agree", nil,
 			edit(t, cdBase, set("customData.version", "2026.11.25-1")),
+			wantDeploy(cdID, FormatCDEvent),
+		},
+		{
+			// The spec's conformance examples name the artifact by digest.
+			"cdevent OCI digest purl", nil,
+			edit(t, cdBase, set("subject.content.artifactId", "pkg:oci/myapp@sha256%3A0b31b1c02ff458ad9b7b81cbdf8f028bd54699fa151f221d1e8de6817db93427")),
+			func() Deploy {
+				d := wantDeploy(cdID, FormatCDEvent)
+				d.Version = "sha256:0b31b1c02ff458ad9b7b81cbdf8f028bd54699fa151f221d1e8de6817db93427"
+				return d
+			}(),
+		},
+		{
+			"cdevent customData.version wins over the purl's", nil,
+			edit(t, cdBase, set("customData.version", "2026.11.25-2")),
+			func() Deploy { d := wantDeploy(cdID, FormatCDEvent); d.Version = "2026.11.25-2"; return d }(),
+		},
+		{
+			// Only the version that names the release directory has to be
+			// one: the purl's is then an artifact identifier, nothing more.
+			"cdevent customData.version wins over a purl version that is no release name", nil,
+			edit(t, cdBase, set("subject.content.artifactId", "pkg:oci/myapp@sha512%3A"+strings.Repeat("ab", 64)),
+				set("customData.version", "2026.11.25-1")),
 			wantDeploy(cdID, FormatCDEvent),
 		},
 		{
@@ -291,7 +324,8 @@ func TestDecodeDeployRejects(t *testing.T) {
 		{name: "version dotdot", data: edit(t, nativeBase, set("version", "..")), field: "version"},
 		{name: "version with dotdot inside", data: edit(t, nativeBase, set("version", "1..2")), field: "version"},
 		{name: "version leading dot", data: edit(t, nativeBase, set("version", ".hidden")), field: "version"},
-		{name: "version with colon", data: edit(t, nativeBase, set("version", "sha256:abc")), field: "version"},
+		{name: "version starting with a colon", data: edit(t, nativeBase, set("version", ":abc")), field: "version"},
+		{name: "version with colon and slash", data: edit(t, nativeBase, set("version", "sha256:a/b")), field: "version"},
 		{name: "bool version", data: edit(t, nativeBase, set("version", true)), field: "version"},
 		{name: "previous version traversal", data: edit(t, nativeBase, set("previous_version", "../current")), field: "previous_version"},
 		{name: "hosts not an array", data: edit(t, nativeBase, set("hosts", "web1")), field: "hosts"},
@@ -364,10 +398,13 @@ func TestDecodeDeployRejects(t *testing.T) {
 		{name: "cd artifactId not a purl", data: edit(t, cdBase, set("subject.content.artifactId", "shop-2026.11.25-1.tar.gz")), field: "subject.content.artifactId"},
 		{name: "cd purl version with slash", data: edit(t, cdBase, set("subject.content.artifactId", "pkg:generic/shop@1.0%2F..%2F..%2Fetc")), field: "subject.content.artifactId"},
 		{name: "cd purl version dotdot", data: edit(t, cdBase, set("subject.content.artifactId", "pkg:generic/shop@..")), field: "subject.content.artifactId"},
-		{name: "cd purl oci digest", data: edit(t, cdBase, set("subject.content.artifactId", "pkg:oci/myapp@sha256%3A0b31b1c02ff458ad9b7b81cbdf8f028bd54699fa151f221d1e8de6817db93427")), field: "subject.content.artifactId"},
+		// 7+128 characters: over the 128 a version may have.
+		{name: "cd purl sha512 digest", data: edit(t, cdBase, set("subject.content.artifactId", "pkg:oci/myapp@sha512%3A"+strings.Repeat("ab", 64))), field: "subject.content.artifactId"},
 		{name: "cd no version anywhere", data: edit(t, cdBase, set("subject.content.artifactId", "pkg:generic/shop")), field: "subject.content.artifactId"},
-		{name: "cd customData version disagrees", data: edit(t, cdBase, set("customData.version", "2026.11.25-2")), field: "customData.version"},
 		{name: "cd customData version traversal", data: edit(t, cdBase, set("subject.content.artifactId", "pkg:generic/shop"), set("customData.version", "../x")), field: "customData.version"},
+		{name: "cd customData version traversal beside a purl version", data: edit(t, cdBase, set("customData.version", "../x")), field: "customData.version"},
+		{name: "cd customData version empty", data: edit(t, cdBase, set("subject.content.artifactId", "pkg:generic/shop"), set("customData.version", "")), field: "subject.content.artifactId"},
+		{name: "cd artifactId not a purl beside customData.version", data: edit(t, cdBase, set("subject.content.artifactId", "shop.tar.gz"), set("customData.version", "1")), field: "subject.content.artifactId"},
 		{name: "cd customData previousVersion bad", data: edit(t, cdBase, set("customData.previousVersion", "a/b")), field: "customData.previousVersion"},
 		{name: "cd customData previousVersion number", data: edit(t, cdBase, set("customData.previousVersion", 3)), field: "customData.previousVersion"},
 		{name: "cd customData host injection", data: edit(t, cdBase, set("customData.hosts", []string{"web1", "-oProxyCommand=x"})), field: "customData.hosts[1]"},

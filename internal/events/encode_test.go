@@ -36,6 +36,7 @@ func TestEncodeNativeRoundTrip(t *testing.T) {
 	for _, d := range []Deploy{
 		fullDeploy(),
 		{ID: NewID(), Service: "s", Environment: "e", Version: "1"},
+		{ID: NewID(), Service: "s", Environment: "e", Version: ociDigest, PreviousVersion: "sha256:aaaa"},
 	} {
 		b, err := EncodeNative(d)
 		if err != nil {
@@ -57,6 +58,7 @@ func TestEncodeCDEventRoundTrip(t *testing.T) {
 	for _, d := range []Deploy{
 		fullDeploy(),
 		{ID: "urn:uuid:8d2c2a6e-3b4c-4f1e-9a51-6c1f3e1d2b00", Service: "shop", Environment: "production", Version: "1.0.0", Time: deployTime},
+		{ID: "d-7", Service: "shop", Environment: "production", Version: ociDigest, PreviousVersion: "sha256:aaaa", Time: deployTime},
 	} {
 		b, err := EncodeCDEvent(d, "/rollback-watcher/publish")
 		if err != nil {
@@ -224,6 +226,52 @@ func TestEncodeRolledBack(t *testing.T) {
 	want := map[string]string{"fromVersion": "2026.11.25-1", "requestId": "rb-01JDX7", "reason": "check orders failed\n12 < 50"}
 	if !maps.Equal(ce.Data.CustomData, want) {
 		t.Errorf("customData %v, want %v", ce.Data.CustomData, want)
+	}
+}
+
+// ociDigest is a version as the CDEvents conformance examples give it.
+const ociDigest = "sha256:0b31b1c02ff458ad9b7b81cbdf8f028bd54699fa151f221d1e8de6817db93427"
+
+// TestEncodeDigestVersions: a deploy may be versioned by digest (contract
+// section 5), so what the watcher writes about it must take one too.
+func TestEncodeDigestVersions(t *testing.T) {
+	b, err := EncodeRolledBack(RolledBack{
+		ID: NewID(), Service: "shop", Environment: "production", Version: "sha256:aaaa",
+		FromVersion: ociDigest, RequestID: "rb-1", Reason: "checks failed", Time: deployTime,
+	}, "/rollback-watcher")
+	if err != nil {
+		t.Fatalf("EncodeRolledBack: %v", err)
+	}
+	var ce struct {
+		Data struct {
+			Subject    struct{ Content struct{ ArtifactID string } }
+			CustomData map[string]string `json:"customData"`
+		}
+	}
+	if err := json.Unmarshal(b, &ce); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := versionOfPurl("artifactId", ce.Data.Subject.Content.ArtifactID); err != nil || v != "sha256:aaaa" {
+		t.Errorf("artifactId %q reads back as %q, %v", ce.Data.Subject.Content.ArtifactID, v, err)
+	}
+	if got := ce.Data.CustomData["fromVersion"]; got != ociDigest {
+		t.Errorf("fromVersion %q", got)
+	}
+
+	r := RollbackRequest{
+		ID: "rb-" + NewID(), Service: "shop", Environment: "production", Version: ociDigest, ToVersion: "sha256:aaaa",
+		Reason: "manual", Source: SourceManual,
+	}
+	b, err = EncodeRollbackRequest(r)
+	if err != nil {
+		t.Fatalf("EncodeRollbackRequest: %v", err)
+	}
+	got, err := DecodeRollbackRequest("rollbacks.production.shop", b)
+	if err != nil {
+		t.Fatalf("DecodeRollbackRequest: %v", err)
+	}
+	if !reflect.DeepEqual(got, r) {
+		t.Errorf("got  %+v\nwant %+v", got, r)
 	}
 }
 

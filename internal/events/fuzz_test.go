@@ -18,7 +18,10 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -94,10 +97,14 @@ func checkDeployName(t *testing.T, field, v string) {
 	}
 }
 
+// contractVersion is the version rule of contract section 5, copied here
+// rather than taken from validate.go.
+var contractVersion = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}$`)
+
 // checkDeployVersion fails unless v is a valid release directory name.
 func checkDeployVersion(t *testing.T, field, v string) {
 	t.Helper()
-	if !VersionPattern.MatchString(v) || strings.Contains(v, "..") || strings.Contains(v, "/") ||
+	if !contractVersion.MatchString(v) || strings.Contains(v, "..") || strings.Contains(v, "/") ||
 		v == "." || strings.ContainsAny(v, "\\ \t\r\n") {
 		t.Fatalf("accepted %s %q", field, v)
 	}
@@ -308,6 +315,36 @@ func topMembers(data []byte) map[string]json.RawMessage {
 	return m
 }
 
+// addConformanceSeeds adds the CDEvents specification's conformance
+// examples (testdata/cdevents-conformance) as seeds.
+func addConformanceSeeds(f *testing.F) {
+	files, err := filepath.Glob(filepath.Join(conformanceDir, "*", "*.json"))
+	if err != nil || len(files) == 0 {
+		f.Fatalf("no conformance examples in %s: %v", conformanceDir, err)
+	}
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+}
+
+// customVersion returns customData.version of a CDEvent whose customData is
+// JSON (no customDataContentType), and whether it names one: contract
+// section 5 makes it the version then, whatever the purl says.
+func customVersion(top map[string]json.RawMessage) (string, bool) {
+	if _, typed := top["customDataContentType"]; typed {
+		return "", false
+	}
+	var v string
+	if json.Unmarshal(topMembers(top["customData"])["version"], &v) != nil || v == "" {
+		return "", false
+	}
+	return v, true
+}
+
 // FuzzDecodeDeploy feeds DecodeDeploy any subject, headers and body: every
 // format at once, the subject rule, and the round trips.
 func FuzzDecodeDeploy(f *testing.F) {
@@ -389,6 +426,7 @@ func FuzzDecodeCDEvent(f *testing.F) {
 	f.Add(edit(f, cdBase, set("context.type", "dev.cdeventsx.harbor-quota.exceeded.0.1.0")))
 	f.Add(edit(f, cdBase, set("subject.content.artifactId", "pkg:generic/shop@1.0%2F..%2F..%2Fetc"), set("customData.version", "../x")))
 	f.Add(edit(f, cdBase, set("subject.id", "shop;rm -rf /"), set("customData.hosts", []string{"web1", "-oProxyCommand=x"})))
+	addConformanceSeeds(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var d Deploy
 		var err error
@@ -399,6 +437,9 @@ func FuzzDecodeCDEvent(f *testing.F) {
 		}
 		ok := checkError(t, err)
 		top := topMembers(data)
+		if v, given := customVersion(top); ok && given && d.Version != v {
+			t.Fatalf("customData.version %q given, version %q taken", v, d.Version)
+		}
 		_, hasContext := top["context"]
 		_, hasSpec := top["specversion"]
 		if ok && !hasContext {
@@ -579,6 +620,19 @@ func FuzzDecodeBinary(f *testing.F) {
 		sameResult(t, d, nil, other, oerr)
 		checkRoundTrips(t, d)
 	})
+}
+
+// versionOfPurl is what decodeCDEvent takes from a purl when customData
+// names no version: its version, checked as a release name.
+func versionOfPurl(field, purl string) (string, error) {
+	v, err := rawPurlVersion(field, purl)
+	if err != nil || v == "" {
+		return "", err
+	}
+	if err := checkPurlVersion(field, purl, v); err != nil {
+		return "", err
+	}
+	return v, nil
 }
 
 // FuzzVersionOfPurl is the version of the purl in subject.content.artifactId.

@@ -31,8 +31,12 @@ var (
 	// elements and subject tokens.
 	NamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 	// VersionPattern is what versions must look like: a version is a release
-	// directory's basename, so no '/' and no "..".
-	VersionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+	// directory's basename, so no '/' and no "..". It admits ':' so that an
+	// OCI digest ("sha256:0b31...", what the CDEvents conformance examples
+	// deploy) is a version. ':' is harmless in a path, an argv word and an
+	// SFTP request; no KV key, Nats-Msg-Id or subject is built from a
+	// version (KV keys are hashes of ids), where it could be a problem.
+	VersionPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}$`)
 	// LabelKeyPattern is what label keys must look like (Prometheus label
 	// names, plus '.' and '-').
 	LabelKeyPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,62}$`)

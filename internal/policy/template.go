@@ -8,6 +8,8 @@ import (
 	"strings"
 	"text/template"
 	"text/template/parse"
+	"unicode"
+	"unicode/utf8"
 )
 
 // newTemplate parses a policy template. missingkey=error makes a deploy
@@ -18,7 +20,11 @@ import (
 // measurement and rollback, so a template must not be able to run without
 // end: checkBounded refuses the constructs that could.
 func newTemplate(name, text string) (*template.Template, error) {
-	t, err := template.New(name).Option("missingkey=error").Parse(text)
+	return parseTemplate(name, text, nil)
+}
+
+func parseTemplate(name, text string, funcs template.FuncMap) (*template.Template, error) {
+	t, err := template.New(name).Option("missingkey=error").Funcs(funcs).Parse(text)
 	if err != nil {
 		return nil, err
 	}
@@ -26,6 +32,226 @@ func newTemplate(name, text string) (*template.Template, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// newQueryTemplate parses a check's query template. Whoever can publish a
+// deploy chooses its labels (and, within their patterns, its names and
+// versions), so what a query prints from the deploy must never become
+// PromQL syntax: a label `x"} or vector(1) #` put into team="..." would
+// otherwise end the literal and make the check pass whatever the service
+// does. So, as html/template does for HTML, every action that prints must
+// sit inside a "..." or '...' string literal, and what it prints is escaped
+// for that literal: PromQL reads back exactly the value. Decisions inside
+// the template ({{if eq .Labels.team "x"}}) still see the raw values.
+func newQueryTemplate(name, text string) (*template.Template, error) {
+	t, err := parseTemplate(name, text, queryFuncs)
+	if err != nil {
+		return nil, err
+	}
+	if err := escapeQuery(t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// The escapers escapeQuery appends to the actions of a query.
+const (
+	escDouble = "_watcher_promql_double_quoted"
+	escSingle = "_watcher_promql_single_quoted"
+)
+
+var queryFuncs = template.FuncMap{
+	escDouble: func(v any) string { return promqlEscape(fmt.Sprint(v), '"') },
+	escSingle: func(v any) string { return promqlEscape(fmt.Sprint(v), '\'') },
+}
+
+// promqlEscape escapes s for the inside of a PromQL string literal opened
+// by quote (" or '), so that PromQL reads back exactly s: a backslash and
+// the quote are escaped, and so is everything the lexer refuses inside a
+// literal (a newline, U+FFFD, which it takes for invalid UTF-8) or that
+// could hide in a query shown to people (other control and format
+// characters).
+func promqlEscape(s string, quote byte) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\\' || r == rune(quote):
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r == utf8.RuneError || !unicode.IsPrint(r):
+			if r > 0xFFFF {
+				fmt.Fprintf(&b, `\U%08x`, r)
+			} else {
+				fmt.Fprintf(&b, `\u%04x`, r)
+			}
+		default:
+			b.WriteRune(r)
+		}
+		i += size
+	}
+	return b.String()
+}
+
+// quoting is where PromQL's lexer is at a point of a query's text.
+type quoting int
+
+const (
+	inCode quoting = iota
+	inDouble
+	inDoubleEscape // just after a backslash in "..."
+	inSingle
+	inSingleEscape
+	inRaw     // `...`: no escapes at all
+	inComment // # to the end of the line
+)
+
+// after is where the lexer is after text, starting at q.
+func (q quoting) after(text []byte) quoting {
+	for _, c := range text { // every character that matters is ASCII
+		switch q {
+		case inCode:
+			switch c {
+			case '"':
+				q = inDouble
+			case '\'':
+				q = inSingle
+			case '`':
+				q = inRaw
+			case '#':
+				q = inComment
+			}
+		case inDouble, inSingle:
+			switch {
+			case c == '\\':
+				q++ // the matching escape state
+			case q == inDouble && c == '"', q == inSingle && c == '\'':
+				q = inCode
+			}
+		case inDoubleEscape, inSingleEscape:
+			q--
+		case inRaw:
+			if c == '`' {
+				q = inCode
+			}
+		case inComment:
+			if c == '\n' || c == '\r' {
+				q = inCode
+			}
+		}
+	}
+	return q
+}
+
+// escapeQuery makes every action of t that prints escape its output for
+// the string literal it is in, and refuses an action outside one. Like
+// html/template, it follows the template's text as PromQL's lexer would,
+// and requires both branches of an if or with to end in the same place, and
+// a range's body to end where it started, so that the place of every
+// action is known whatever the data.
+func escapeQuery(t *template.Template) error {
+	if t.Tree == nil {
+		return nil
+	}
+	// where says where n is, before its actions get their escapers.
+	where := func(n parse.Node) string {
+		loc, context := t.ErrorContext(n)
+		return loc + ": " + context
+	}
+	fail := func(n parse.Node, msg string) error {
+		return fmt.Errorf("template: %s: %s", where(n), msg)
+	}
+	var walk func(n parse.Node, q, loop quoting) (quoting, error)
+	branches := func(n parse.Node, b *parse.BranchNode, q, loop quoting, what string) (quoting, error) {
+		at := where(n)
+		q1, err := walk(b.List, q, loop)
+		if err != nil {
+			return q, err
+		}
+		q2 := q
+		if b.ElseList != nil {
+			if q2, err = walk(b.ElseList, q, loop); err != nil {
+				return q, err
+			}
+		}
+		if q1 != q2 {
+			return q, fmt.Errorf("template: %s: %s", at, "the branches of {{"+what+"}} end in different places of the query (one inside a string literal, one outside): "+
+				"open and close each literal in the same branch")
+		}
+		return q1, nil
+	}
+	walk = func(n parse.Node, q, loop quoting) (quoting, error) {
+		switch n := n.(type) {
+		case *parse.ListNode:
+			if n == nil {
+				return q, nil
+			}
+			for _, c := range n.Nodes {
+				var err error
+				if q, err = walk(c, q, loop); err != nil {
+					return q, err
+				}
+			}
+		case *parse.TextNode:
+			return q.after(n.Text), nil
+		case *parse.ActionNode:
+			if len(n.Pipe.Decl) > 0 {
+				return q, nil // {{ $x := ... }} prints nothing
+			}
+			esc := escDouble
+			switch q {
+			case inDouble:
+			case inSingle:
+				esc = escSingle
+			case inCode:
+				return q, fail(n, `prints outside a string literal: in a query, what a template prints must be inside "..." or '...', `+
+					`such as team="{{ .Labels.team }}", where it is escaped; elsewhere a deploy's value could rewrite the query`)
+			case inRaw:
+				return q, fail(n, "prints inside a `...` string, where nothing can be escaped: use \"...\" instead")
+			case inComment:
+				return q, fail(n, "prints inside a # comment, which a newline in the value would end: take it out of the comment")
+			default:
+				return q, fail(n, "prints just after a backslash in a string literal, which would take its first character for an escape")
+			}
+			n.Pipe.Cmds = append(n.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: n.Pos,
+				Args: []parse.Node{parse.NewIdentifier(esc).SetTree(t.Tree).SetPos(n.Pos)}})
+		case *parse.IfNode:
+			return branches(n, &n.BranchNode, q, loop, "if")
+		case *parse.WithNode:
+			return branches(n, &n.BranchNode, q, loop, "with")
+		case *parse.RangeNode:
+			at := where(n)
+			body, err := walk(n.List, q, q)
+			if err != nil {
+				return q, err
+			}
+			after := q
+			if n.ElseList != nil {
+				if after, err = walk(n.ElseList, q, loop); err != nil {
+					return q, err
+				}
+			}
+			if body != q || after != q {
+				return q, fmt.Errorf("template: %s: %s", at, "the body of {{range}} does not end where it starts (inside or outside a string literal), so its actions' places depend on the labels: "+
+					"open and close each literal inside the body, or around the whole range")
+			}
+		case *parse.BreakNode, *parse.ContinueNode:
+			if q != loop {
+				return q, fail(n, "leaves the range at another place of the query (inside or outside a string literal) than where it started")
+			}
+		}
+		return q, nil
+	}
+	_, err := walk(t.Root, inCode, inCode)
+	return err
 }
 
 // checkBounded refuses what would make executing t take unbounded time:
@@ -239,7 +465,7 @@ func (c *Check) RenderQuery(d TemplateData) (string, error) {
 	t := c.query
 	if t == nil { // a Check not made by Load
 		var err error
-		if t, err = newTemplate("query", c.Query); err != nil {
+		if t, err = newQueryTemplate("query", c.Query); err != nil {
 			return "", fmt.Errorf("check %q: %w", c.Name, err)
 		}
 	}

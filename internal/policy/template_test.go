@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/prometheus/promql/parser"
 )
 
 func loadOne(t *testing.T, text string) *Policy {
@@ -187,8 +189,106 @@ func TestTemplatesAreBounded(t *testing.T) {
 		}
 	}
 	// One range over the labels is fine.
-	c := &Check{Name: "c", Query: `up{ {{- range $k, $v := $.Labels}}{{$k}}="{{$v}}",{{end -}} }`}
-	if q, err := c.RenderQuery(deploy); err != nil || q != `up{note="two words; rm -rf /",team="payments",}` {
+	c := &Check{Name: "c", Query: `up{labels="{{ range $k, $v := $.Labels }}{{ $k }}={{ $v }};{{ end }}"}`}
+	if q, err := c.RenderQuery(deploy); err != nil || q != `up{labels="note=two words; rm -rf /;team=payments;"}` {
 		t.Errorf("RenderQuery = %q, %v", q, err)
+	}
+}
+
+// TestQueryValuesStayStringLiterals: whoever can publish a deploy chooses
+// its labels, and a label that could end the string literal it is put in,
+// such as `x"} or vector(1) #`, would rewrite the check's query so that
+// their own bad deploy passes. What a query's template prints is escaped
+// for the literal it is in, so PromQL reads back exactly the value.
+func TestQueryValuesStayStringLiterals(t *testing.T) {
+	values := []string{
+		`x"} or vector(1) #`,
+		`x'} or vector(1) #`,
+		`back\slash`, `trailing\`, `\"`, `\\"`,
+		"line\nbreak\r\n", "tab\there", "nul\x00", "bell\a\b\f\v",
+		"é ü 日本 🚀", "line\u2028separator", "replacement \uFFFD char", "zero\u200bwidth",
+		"`raw`", "#comment", "{{ .Service }}", "",
+	}
+	for _, tmpl := range []string{
+		`up{v="{{ .Labels.v }}"}`,
+		`up{v='{{ .Labels.v }}'}`,
+		`up{v="{{ .Labels.v | printf "%s" }}"}`,
+		`up{v="{{ with .Labels.v }}{{ . }}{{ end }}"}`,
+		`up{v="{{ range $k, $v := .Labels }}{{ $v }}{{ end }}"}`,
+		`label_replace(up, "v", "{{ .Labels.v }}", "", "")`, // a function's string argument
+	} {
+		c := &Check{Name: "c", Query: tmpl}
+		for _, v := range values {
+			d := deploy
+			d.Labels = map[string]string{"v": v}
+			q, err := c.RenderQuery(d)
+			if err != nil {
+				t.Errorf("%s with %q: %v", tmpl, v, err)
+				continue
+			}
+			expr, err := promql.ParseExpr(q)
+			if err != nil {
+				t.Errorf("%s with %q renders %s, which is not PromQL: %v", tmpl, v, q, err)
+				continue
+			}
+			if got := stringsIn(expr); !slices.Contains(got, v) {
+				t.Errorf("%s with %q renders %s, whose strings are %q", tmpl, v, q, got)
+			}
+		}
+	}
+
+	// Decisions inside the template see the value as it is.
+	c := &Check{Name: "c", Query: `up{v="{{ if eq .Labels.v "a\"b" }}quote{{ else }}{{ .Labels.v }}{{ end }}"}`}
+	d := deploy
+	d.Labels = map[string]string{"v": `a"b`}
+	if q, err := c.RenderQuery(d); err != nil || q != `up{v="quote"}` {
+		t.Errorf("RenderQuery = %q, %v; want the comparison to see the raw value", q, err)
+	}
+	// What the template writes itself is escaped too.
+	c = &Check{Name: "c", Query: `up{v="{{ printf "%s\"} or vector(1) #" .Service }}"}`}
+	if q, err := c.RenderQuery(deploy); err != nil || q != `up{v="shop\"} or vector(1) #"}` {
+		t.Errorf("RenderQuery = %q, %v", q, err)
+	}
+}
+
+// stringsIn is every string in a PromQL expression: string literals and
+// label matcher values.
+func stringsIn(expr parser.Expr) []string {
+	var out []string
+	parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
+		switch n := n.(type) {
+		case *parser.StringLiteral:
+			out = append(out, n.Val)
+		case *parser.VectorSelector:
+			for _, m := range n.LabelMatchers {
+				if m.Name != "__name__" {
+					out = append(out, m.Value)
+				}
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// TestQueryActionsOutsideStrings: a template action in a query outside a
+// "..." or '...' literal could put a deploy's value into PromQL syntax,
+// where no escaping helps; such a query is refused, naming the action.
+func TestQueryActionsOutsideStrings(t *testing.T) {
+	for _, tc := range []struct{ query, want string }{
+		{`up{service={{ .Service }}}`, `query:1:14: {{.Service}}: prints outside a string literal`},
+		{`{{ .Labels.team }}_total`, `query:1:3: {{.Labels.team}}: prints outside a string literal`},
+		{"up{team=`{{ .Labels.team }}`}", "query:1:12: {{.Labels.team}}: prints inside a `...` string"},
+		{"up # {{ .Labels.team }}", `query:1:8: {{.Labels.team}}: prints inside a # comment`},
+		{`up{team="\{{ .Labels.team }}"}`, `query:1:13: {{.Labels.team}}: prints just after a backslash`},
+		{`up offset {{ "5m" }}`, `query:1:13: {{"5m"}}: prints outside a string literal`},
+		{`up{team="{{ if .Labels.team }}x"{{ end }}}`, `branches of {{if}} end in different places`},
+		{`up{team="{{ range .Labels }}x"{{ end }}}`, `the body of {{range}} does not end where it starts`},
+	} {
+		c := &Check{Name: "c", Query: tc.query}
+		q, err := c.RenderQuery(deploy)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("RenderQuery(%s) = %q, %v; want an error saying %q", tc.query, q, err, tc.want)
+		}
 	}
 }

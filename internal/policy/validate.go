@@ -171,7 +171,7 @@ func (d *decoder) checkCheck(c *Check, names map[string]int) {
 // parses the result as PromQL, so that a typo shows at load time rather
 // than as a query error in the middle of a deploy.
 func (d *decoder) checkQuery(c *Check, what string, line int) *template.Template {
-	t, err := newTemplate("query", c.Query)
+	t, err := newQueryTemplate("query", c.Query)
 	if err != nil {
 		d.errorf(line, "%s: bad template: %s", what, templateMessage(err))
 		return nil

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,14 +29,37 @@ type Server struct {
 	// Alerts handles Alertmanager's webhook body (POST /api/v1/alerts);
 	// nil answers 404.
 	Alerts func(ctx context.Context, body io.Reader) error
+	// AlertsRefused, when set, is told why a request to POST
+	// /api/v1/alerts was refused before its body was read (a cross-origin
+	// request, not JSON), so that the refusal is counted and audited.
+	AlertsRefused func(ctx context.Context, why string)
 	// Page, when set, serves the status page at GET /.
 	Page   PageSource
 	Logger *slog.Logger
 }
 
-// Handler returns the routes.
+// Handler returns the routes. Every state-changing route (a POST) refuses
+// cross-origin requests: a page the operator visits can make the browser
+// POST here, with no CORS preflight for text/plain or a form, and the
+// watcher would roll back or reload. Browsers say where a request comes
+// from (Sec-Fetch-Site, or Origin in older ones); Alertmanager and curl
+// send neither and are let through.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	cop := http.NewCrossOriginProtection()
+	// guard runs h only for a request that is not cross-origin; refused
+	// is told about the others.
+	guard := func(h http.HandlerFunc, refused func(context.Context, string)) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if err := cop.Check(r); err != nil {
+				s.refuse(w, r, http.StatusForbidden, refused, fmt.Sprintf(
+					"cross-origin request refused (%v; Origin %.200q, Sec-Fetch-Site %.40q): only the watcher's own page, Alertmanager or a client such as curl may change state",
+					err, r.Header.Get("Origin"), r.Header.Get("Sec-Fetch-Site")))
+				return
+			}
+			h(w, r)
+		}
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("Healthy.\n"))
@@ -48,15 +73,24 @@ func (s *Server) Handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("Ready.\n"))
 	})
-	mux.HandleFunc("POST /-/reload", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("POST /-/reload", guard(func(w http.ResponseWriter, _ *http.Request) {
 		if err := s.Reload(); err != nil {
 			http.Error(w, "failed to reload policies, keeping the ones in force: "+err.Error(), http.StatusInternalServerError)
 			return
 		}
 		_, _ = w.Write([]byte("Policies reloaded.\n"))
-	})
+	}, nil))
 	if s.Alerts != nil {
-		mux.HandleFunc("POST /api/v1/alerts", func(w http.ResponseWriter, r *http.Request) {
+		mux.HandleFunc("POST /api/v1/alerts", guard(func(w http.ResponseWriter, r *http.Request) {
+			// Alertmanager sends JSON. Requiring it also keeps out a browser
+			// that sends neither Sec-Fetch-Site nor Origin: it may POST
+			// text/plain anywhere, but application/json only after a CORS
+			// preflight that the watcher never answers.
+			if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+				s.refuse(w, r, http.StatusUnsupportedMediaType, s.AlertsRefused, fmt.Sprintf(
+					"Content-Type must be application/json (Alertmanager's webhook sends it), got %.200q", r.Header.Get("Content-Type")))
+				return
+			}
 			err := s.Alerts(r.Context(), r.Body)
 			var bad *alerts.BadRequest
 			switch {
@@ -71,7 +105,7 @@ func (s *Server) Handler() http.Handler {
 			default:
 				w.WriteHeader(http.StatusOK)
 			}
-		})
+		}, s.AlertsRefused))
 	}
 	if s.Page != nil {
 		mux.Handle("GET /{$}", newStatusPage(s.Page, s.Logger))
@@ -88,4 +122,17 @@ func (s *Server) Handler() http.Handler {
 		_ = json.NewEncoder(w).Encode(map[string]any{"status": "success", "data": map[string]any{"active": active, "recent": recent}})
 	})
 	return mux
+}
+
+// refuse answers a request that must change nothing, logs it and tells
+// refused (when set) why.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, refused func(context.Context, string), why string) {
+	if s.Logger != nil {
+		s.Logger.Warn("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr,
+			"user_agent", r.UserAgent(), "status", status, "reason", why)
+	}
+	if refused != nil {
+		refused(r.Context(), why)
+	}
+	http.Error(w, why, status)
 }
