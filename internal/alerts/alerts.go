@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -20,7 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
-	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/deploys"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/watch"
@@ -177,7 +176,12 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	}
 	rec.Policy = p.Name
 
-	d, at, skipped, err := rc.lastDeploy(ctx, svc, env)
+	// The newest valid deploy decides: a stray message after a bad deploy
+	// must not stop an alert from rolling it back. The watcher's own
+	// service.rolledback, met before any deploy, means there is nothing
+	// left to roll back.
+	found, err := deploys.Find(ctx, rc.JS, deploys.Query{Environment: env, Service: svc, StopAtRolledBack: true})
+	d, at, skipped := found.Deploy, found.Time, found.Skipped
 	subject := events.Subject(events.DeploysPrefix, env, svc)
 	passed := ""
 	if skipped > 0 {
@@ -185,13 +189,13 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 		passed = fmt.Sprintf(" (passing over %d newer messages on %s that are no valid deploy)", skipped, subject)
 	}
 	switch {
-	case errors.Is(err, errNoDeploy):
+	case errors.Is(err, deploys.ErrNotFound):
 		return outcome("ignored: no deploy of %s in %s to roll back%s", svc, env, passed)
-	case errors.Is(err, errRolledBack):
+	case errors.Is(err, deploys.ErrRolledBack):
 		return outcome("ignored: the last deploy of %s in %s was rolled back already%s", svc, env, passed)
-	case errors.Is(err, errTooFar):
+	case errors.Is(err, deploys.ErrTooFar):
 		return outcome("ignored: none of the last %d messages on %s is a valid deploy, so the deploy to roll back is unknown; "+
-			"find it with `watcher history` and roll it back with `watcher rollback`", maxDeployLookback, subject)
+			"find it with `watcher history` and roll it back with `watcher rollback`", deploys.DefaultLimit, subject)
 	case err != nil:
 		return err
 	}
@@ -223,102 +227,4 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 		return err // not requested without its record; Alertmanager sends again
 	}
 	return watch.PublishRollback(ctx, rc.JS, req)
-}
-
-var (
-	errNoDeploy   = errors.New("no deploy")
-	errRolledBack = errors.New("rolled back")
-	errTooFar     = errors.New("no deploy among the newest messages")
-)
-
-// maxDeployLookback bounds how many messages on deploys.<env>.<svc> an
-// alert looks through for the deploy it rolls back: far more than a burst
-// of stray messages after a deploy, few enough that a flood of them costs
-// an alert little.
-const maxDeployLookback = 100
-
-// lastDeploy is the newest valid deploy event on deploys.<env>.<svc>, when
-// the stream got it, and how many newer messages there were that are no
-// deploy: whoever may publish on the subject can put anything there, and a
-// stray message after a bad deploy must not stop an alert from rolling it
-// back. The watcher itself publishes service.rolledback there after a
-// rollback, so that event, met before any deploy, means there is nothing
-// left to roll back.
-func (rc *Receiver) lastDeploy(ctx context.Context, svc, env string) (d events.Deploy, at time.Time, skipped int, err error) {
-	s, err := rc.JS.Stream(ctx, bus.DeploysStream)
-	if err != nil {
-		return events.Deploy{}, time.Time{}, 0, fmt.Errorf("DEPLOYS stream: %w", err)
-	}
-	subject := events.Subject(events.DeploysPrefix, env, svc)
-	err = newestFirst(ctx, s, subject, func(msg *jetstream.RawStreamMsg) (bool, error) {
-		dd, derr := events.DecodeDeploy(subject, msg.Header, msg.Data)
-		var notDeploy *events.NotDeployError
-		switch {
-		case derr == nil:
-			d, at = dd, msg.Time
-			return false, nil
-		case errors.As(derr, &notDeploy) && strings.Contains(notDeploy.Type, ".service.rolledback."):
-			return false, errRolledBack
-		}
-		skipped++
-		if skipped >= maxDeployLookback {
-			return false, errTooFar
-		}
-		return true, nil
-	})
-	switch {
-	case err != nil:
-		return events.Deploy{}, time.Time{}, skipped, err
-	case d.ID == "":
-		return events.Deploy{}, time.Time{}, skipped, errNoDeploy
-	}
-	return d, at, skipped, nil
-}
-
-// newestFirst gives visit the messages on subject, newest first, until it
-// returns false or an error. JetStream reads a subject only forwards (the
-// first message on it at or after a sequence), so it reads windows of
-// sequences backwards from the newest, each twice as wide as the one
-// before: few requests whether the subject is most of the stream or a
-// sliver of it.
-func newestFirst(ctx context.Context, s jetstream.Stream, subject string, visit func(*jetstream.RawStreamMsg) (bool, error)) error {
-	last, err := s.GetLastMsgForSubject(ctx, subject)
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("reading the last message on %s: %w", subject, err)
-	}
-	if more, err := visit(last); !more || err != nil {
-		return err
-	}
-	hi := last.Sequence // messages at hi and above have been visited
-	for width := uint64(16); hi > 1; width *= 2 {
-		lo := uint64(1)
-		if hi > width {
-			lo = hi - width
-		}
-		var window []*jetstream.RawStreamMsg
-		for seq := lo; ; {
-			m, err := s.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				break
-			}
-			if err != nil {
-				return fmt.Errorf("reading %s at sequence %d: %w", subject, seq, err)
-			}
-			if m.Sequence >= hi {
-				break
-			}
-			window = append(window, m)
-			seq = m.Sequence + 1
-		}
-		for i := len(window) - 1; i >= 0; i-- {
-			if more, err := visit(window[i]); !more || err != nil {
-				return err
-			}
-		}
-		hi = lo
-	}
-	return nil
 }

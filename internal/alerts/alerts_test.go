@@ -17,6 +17,7 @@ import (
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/deploys"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/testutil"
@@ -332,12 +333,12 @@ func TestAlertFindsNewestValidDeploy(t *testing.T) {
 		t.Errorf("after a new deploy and garbage: %q (deploy %q), want the rollback of d-shop-v3", got.Message, got.DeployID)
 	}
 
-	// The walk is bounded: past maxDeployLookback messages that are no
+	// The walk is bounded: past deploys.DefaultLimit messages that are no
 	// deploy, the alert is ignored and the record says why.
-	for range maxDeployLookback {
+	for range deploys.DefaultLimit {
 		publish("deploys.production.shop", []byte("garbage"))
 	}
-	if got := fire("f4"); got.RequestID != "" || !strings.Contains(got.Message, fmt.Sprintf("none of the last %d messages", maxDeployLookback)) {
-		t.Errorf("after %d invalid messages: %q, want it ignored saying none of them is a deploy", maxDeployLookback, got.Message)
+	if got := fire("f4"); got.RequestID != "" || !strings.Contains(got.Message, fmt.Sprintf("none of the last %d messages", deploys.DefaultLimit)) {
+		t.Errorf("after %d invalid messages: %q, want it ignored saying none of them is a deploy", deploys.DefaultLimit, got.Message)
 	}
 }

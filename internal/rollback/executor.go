@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/deploys"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
 )
@@ -397,6 +399,14 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 		return e.failed(ctx, base, nil, fmt.Errorf("no policy matches service %s in environment %s: nothing says how to roll it back", req.Service, req.Environment))
 	}
 
+	if len(p.Rollback.Hosts) == 0 && len(req.Hosts) > 0 && e.JS != nil {
+		if err := e.checkHosts(ctx, req); err != nil {
+			if errors.Is(err, errHostsNotAnnounced) {
+				return e.failed(ctx, base, nil, err)
+			}
+			return Result{Status: ResultFailed, Err: err, Retry: true}
+		}
+	}
 	plans, err := e.plan(ctx, req, p)
 	if err != nil {
 		return e.failedOn(ctx, base, p, plans, hostResults(plans), err, nil)
@@ -455,6 +465,46 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 	e.publishRolledBack(ctx, req, from, to)
 	e.logger.Info("rollback completed", "request", req.ID, "service", req.Service, "environment", req.Environment, "from", from, "to", to)
 	return Result{Status: ResultCompleted, Hosts: results}
+}
+
+// errHostsNotAnnounced: a request names hosts that its deploy did not.
+var errHostsNotAnnounced = errors.New("hosts not announced by the deploy")
+
+// checkHosts refuses a request naming hosts that the deploy it rolls back
+// did not announce, when the policy lists none: the hosts a rollback
+// reaches with the watcher's SSH key come from the policy or from the
+// deploy event, never from whoever may publish a rollback request.
+func (e *Executor) checkHosts(ctx context.Context, req events.RollbackRequest) error {
+	q := deploys.Query{Environment: req.Environment, Service: req.Service, Limit: 1000}
+	which := "version " + req.Version
+	switch {
+	case req.DeployID != "":
+		which = "deploy " + req.DeployID
+		q.Match = func(d events.Deploy) bool { return d.ID == req.DeployID }
+	case req.Version != "":
+		q.Match = func(d events.Deploy) bool { return d.Version == req.Version }
+	default:
+		which = "deploy"
+	}
+	found, err := deploys.Find(ctx, e.JS, q)
+	switch {
+	case errors.Is(err, deploys.ErrNotFound), errors.Is(err, deploys.ErrTooFar):
+		return fmt.Errorf("%w: the request names hosts %v, but no %s of %s in %s on %s announced them; a request may name only the hosts of the deploy it rolls back (or list them in the policy's rollback.hosts); nothing touched",
+			errHostsNotAnnounced, req.Hosts, which, req.Service, req.Environment, bus.DeploysStream)
+	case err != nil:
+		return fmt.Errorf("looking up the deploy whose hosts the request names: %w", err)
+	}
+	var unknown []string
+	for _, h := range req.Hosts {
+		if !slices.Contains(found.Deploy.Hosts, h) {
+			unknown = append(unknown, h)
+		}
+	}
+	if len(unknown) > 0 {
+		return fmt.Errorf("%w: the request names hosts %v that deploy %s (version %s) did not announce (it named %v); a request may name only the hosts of the deploy it rolls back (or list them in the policy's rollback.hosts); nothing touched",
+			errHostsNotAnnounced, unknown, found.Deploy.ID, found.Deploy.Version, found.Deploy.Hosts)
+	}
+	return nil
 }
 
 func (e *Executor) policyFor(req events.RollbackRequest) *policy.Policy {

@@ -558,6 +558,9 @@ func TestExecuteFailsTouchingNothing(t *testing.T) {
 			if tc.req != nil {
 				tc.req(&req)
 			}
+			if len(req.Hosts) > 0 {
+				announce(t, n, req, req.Hosts...)
+			}
 			before := snapshot(t, h.root)
 
 			res := e.Execute(ctx, req)
@@ -909,6 +912,7 @@ func TestExecuteFanOut(t *testing.T) {
 			e.Dial = staticDial(nil)
 			req := request(fmt.Sprintf("rb-fan-%d", i))
 			req.Hosts = hostsReq
+			announce(t, n, req, hostsReq...)
 			before := snapshot(t, root)
 
 			res := e.Execute(ctx, req)

@@ -1,0 +1,113 @@
+package rollback
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/testutil"
+)
+
+// announce publishes the deploy that req rolls back on DEPLOYS, as a
+// deploy tool would have, naming hosts.
+func announce(t *testing.T, n *testutil.NATS, req events.RollbackRequest, hosts ...string) {
+	t.Helper()
+	b, err := events.EncodeNative(events.Deploy{
+		ID: req.DeployID, Service: req.Service, Environment: req.Environment,
+		Version: req.Version, Hosts: hosts, Time: time.Now().UTC(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.JS.Publish(t.Context(), events.Subject(events.DeploysPrefix, req.Environment, req.Service), b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExecuteRefusesHostsTheDeployDidNotAnnounce (issue 10.10): when the
+// policy lists no hosts, a request may name only the hosts that the deploy
+// it rolls back announced. Whoever may publish a rollback request must not
+// point the watcher's SSH key at a host of their choice; a refused request
+// dials nothing, touches nothing and is recorded.
+func TestExecuteRefusesHostsTheDeployDidNotAnnounce(t *testing.T) {
+	n := testutil.StartNATS(t)
+	tests := []struct {
+		name      string
+		announced []string // nil: no deploy announced at all
+		deployID  string
+		hosts     []string
+		want      string // "" : executed
+	}{
+		{name: "announced hosts", announced: []string{"web1:22", "web2:22"}, hosts: []string{"web1:22", "web2:22"}},
+		{name: "a subset of the announced hosts", announced: []string{"web1:22", "web2:22"}, hosts: []string{"web2:22"}},
+		{name: "a host the deploy did not announce", announced: []string{"web1:22"}, hosts: []string{"web1:22", "attacker.example:22"},
+			want: "names hosts [attacker.example:22] that deploy d-42 (version v2) did not announce"},
+		{name: "no such deploy", announced: []string{"web1:22"}, deployID: "d-other", hosts: []string{"web1:22"},
+			want: "no deploy d-other of " + "shopd in production on DEPLOYS announced them"},
+		{name: "nothing announced", hosts: []string{"web1:22"}, want: "no deploy d-42 of shope in production"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Each case its own service, so that deploys of one case are
+			// not found by another.
+			root := t.TempDir()
+			perHost := host{link: filepath.Join(root, "{{ .Host }}", "current"), releases: filepath.Join(root, "{{ .Host }}", "releases")}
+			svc := "shop" + string(rune('a'+i))
+			for _, name := range []string{"web1", "web2", "attacker.example"} {
+				dir := filepath.Join(root, name)
+				h := host{root: dir, releases: filepath.Join(dir, "releases"), link: filepath.Join(dir, "current")}
+				mkdir(t, h.releases)
+				h.release(t, "v1", -time.Hour)
+				h.release(t, "v2", 0, PreviousVersionFile, "v1\n")
+				symlink(t, "releases/v2", h.link)
+			}
+			e, rec, _ := newExecutor(t, n, loadRules(t, policyYAML("shop", svc, perHost)))
+			var mu sync.Mutex
+			var dialed []string
+			dial := staticDial(nil)
+			e.Dial = func(ctx context.Context, h string, cfg policy.SSH) (Target, error) {
+				mu.Lock()
+				dialed = append(dialed, h)
+				mu.Unlock()
+				return dial(ctx, h, cfg)
+			}
+			req := request("rb-hosts-" + svc)
+			req.Service = svc
+			if tc.announced != nil {
+				announce(t, n, req, tc.announced...)
+			}
+			if tc.deployID != "" {
+				req.DeployID = tc.deployID
+			}
+			req.Hosts = tc.hosts
+			before := snapshot(t, root)
+
+			res := e.Execute(ctxFor(t), req)
+
+			if tc.want == "" {
+				if res.Status != ResultCompleted {
+					t.Fatalf("result %s: %v", res.Status, res.Err)
+				}
+				return
+			}
+			if res.Status != ResultFailed || res.Retry || !errors.Is(res.Err, errHostsNotAnnounced) {
+				t.Fatalf("result %s (retry %v): %v; want refused", res.Status, res.Retry, res.Err)
+			}
+			assertUnchanged(t, before, root)
+			if len(dialed) > 0 {
+				t.Errorf("dialed %v for a refused request", dialed)
+			}
+			failed := one(t, rec.all(), audit.RollbackFailed)
+			if !strings.Contains(failed.Message, tc.want) || !strings.Contains(failed.Message, "nothing touched") {
+				t.Errorf("rollback.failed %q\ndoes not say %q", failed.Message, tc.want)
+			}
+		})
+	}
+}
