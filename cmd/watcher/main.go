@@ -56,11 +56,16 @@ type env struct {
 	stdout, stderr io.Writer
 	logger         *slog.Logger
 	reload         <-chan struct{}
+	// secrets hides the passwords and tokens of the URLs the command was
+	// given from all it prints, stdout and stderr (the log) alike.
+	secrets *secrets
 }
 
 // run parses args and runs one command; main keeps the process-wide parts
 // (signals, exit) so that everything here can run inside tests.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-chan struct{}) (code int) {
+	sec := &secrets{}
+	stdout, stderr = sec.writer(stdout), sec.writer(stderr)
 	defer func() {
 		// A panic is a bug, but the contract is one clear line, never a
 		// stack trace: say what happened and how to report it.
@@ -109,7 +114,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 		fmt.Fprintf(stderr, "watcher: error: %s; try --help\n", errLine(err))
 		return 2
 	}
-	e := &env{stdout: stdout, stderr: stderr, logger: promslog.New(&logCfg), reload: reload}
+	e := &env{stdout: stdout, stderr: stderr, logger: promslog.New(&logCfg), reload: reload, secrets: sec}
 	if err := cmds[name](ctx, e); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {
