@@ -245,12 +245,14 @@ func TestSecretsRedacted(t *testing.T) {
 	writeFile(t, rules, `policies:
   - name: v
     match: {service: shop, environment: production}
-    window: 1m
+    window: 2s
+    interval: 200ms
+    initial_delay: 0s
     checks:
       - name: v
         query: vector(1)
         min: 1
-    rollback: {link: /srv/shop/current}
+    rollback: {link: /srv/shop/current, mode: publish}
 `)
 	config := filepath.Join(t.TempDir(), "watcher.yml")
 	writeFile(t, config, fmt.Sprintf("prometheus:\n  url: http://ops:%s@%s\n", pw, closedProm))
@@ -294,11 +296,27 @@ func TestSecretsRedacted(t *testing.T) {
 		{"--config.file=" + config},
 	} {
 		t.Run("running "+args[0], func(t *testing.T) {
+			natsAddr := testutil.FreeAddr(t)
 			w := startRun(t, testutil.FreeAddr(t), append([]string{"--rules=" + rules, "--storage.path=" + t.TempDir(),
-				"--nats.listen=" + testutil.FreeAddr(t)}, args...)...)
+				"--nats.listen=" + natsAddr}, args...)...)
 			testutil.Eventually(t, 20*time.Second, "the watcher running log line", func() bool {
 				return strings.Contains(w.stderr.String(), "watcher running")
 			})
+			// A run whose queries fail: their errors go to the audit,
+			// the API and the page.
+			if code, _, errOut := cli(t, "publish", "--nats.url=nats://"+natsAddr, "--service=shop", "--environment=production",
+				"--version=2026.11.25-1"); code != 0 {
+				t.Fatalf("publish: exit %d: %s", code, errOut)
+			}
+			var recs string
+			testutil.Eventually(t, 30*time.Second, "the run's verdict", func() bool {
+				_, recs, _ = cli(t, "history", "--nats.url=nats://"+natsAddr, "--json")
+				return strings.Contains(recs, `"run.inconclusive"`) || strings.Contains(recs, `"run.failed"`)
+			})
+			if !strings.Contains(recs, "connection refused") {
+				t.Errorf("the audit does not record the query errors:\n%s", recs)
+			}
+			check(t, "watcher history", recs)
 			// The URL is still named, with the password hidden.
 			if !strings.Contains(w.stderr.String(), "http://ops:xxxxx@"+closedProm) {
 				t.Errorf("the log does not name Prometheus as http://ops:xxxxx@%s:\n%s", closedProm, w.stderr.String())
