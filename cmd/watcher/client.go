@@ -39,8 +39,8 @@ func addClientFlags(cmd *kingpin.CmdClause) *clientFlags {
 
 // connect reaches NATS within a short deadline: a command line tool must
 // say "unreachable" quickly rather than hang.
-func (f *clientFlags) connect(ctx context.Context, name string) (jetstream.JetStream, func(), error) {
-	cfg, err := f.load()
+func (f *clientFlags) connect(ctx context.Context, e *env, name string) (jetstream.JetStream, func(), error) {
+	cfg, err := e.load(&f.configFlags)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -68,7 +68,7 @@ func addCheck(app *kingpin.Application, cmds map[string]func(context.Context, *e
 	cmd.Flag("environment", "With --prometheus.url: the environment templates see (default: as --service).").StringVar(&tf.environment)
 	cmd.Flag("version", "With --prometheus.url: the version templates see.").Default("trial").StringVar(&tf.version)
 	cmds["check"] = func(ctx context.Context, e *env) error {
-		cfg, err := f.load()
+		cfg, err := e.load(&f)
 		if err != nil {
 			return &exitError{code: 2, err: err}
 		}
@@ -129,7 +129,7 @@ func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, 
 		if err != nil {
 			return err
 		}
-		js, closeNC, err := f.connect(ctx, "watcher publish")
+		js, closeNC, err := f.connect(ctx, e, "watcher publish")
 		if err != nil {
 			return err
 		}
@@ -169,7 +169,7 @@ func addRollback(app *kingpin.Application, cmds map[string]func(context.Context,
 		if _, err := events.DecodeRollbackRequest(subj, b); err != nil {
 			return usageErr("invalid rollback request: %v", err)
 		}
-		js, closeNC, err := f.connect(ctx, "watcher rollback")
+		js, closeNC, err := f.connect(ctx, e, "watcher rollback")
 		if err != nil {
 			return err
 		}
@@ -197,7 +197,7 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 	var follow bool
 	cmd.Flag("follow", "Keep printing new records as they are written, until interrupted (like tail -f).").Short('f').BoolVar(&follow)
 	cmds["history"] = func(ctx context.Context, e *env) error {
-		js, closeNC, err := f.connect(ctx, "watcher history")
+		js, closeNC, err := f.connect(ctx, e, "watcher history")
 		if err != nil {
 			return err
 		}

@@ -42,7 +42,7 @@ func addDrill(app *kingpin.Application, cmds map[string]func(context.Context, *e
 		if err := d.Validate(); err != nil {
 			return usageErr("%v", err)
 		}
-		cfg, err := f.load()
+		cfg, err := e.load(&f)
 		if err != nil {
 			return usageErr("%v", err)
 		}

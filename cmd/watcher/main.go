@@ -56,11 +56,16 @@ type env struct {
 	stdout, stderr io.Writer
 	logger         *slog.Logger
 	reload         <-chan struct{}
+	// secrets hides the passwords and tokens of the URLs the command was
+	// given from all it prints, stdout and stderr (the log) alike.
+	secrets *secrets
 }
 
 // run parses args and runs one command; main keeps the process-wide parts
 // (signals, exit) so that everything here can run inside tests.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-chan struct{}) (code int) {
+	sec := &secrets{}
+	stdout, stderr = sec.writer(stdout), sec.writer(stderr)
 	defer func() {
 		// A panic is a bug, but the contract is one clear line, never a
 		// stack trace: say what happened and how to report it.
@@ -69,17 +74,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 			code = 3
 		}
 	}()
-	app := kingpin.New("watcher", "Rollback Watcher: validates each deploy against business metrics in Prometheus and rolls back the bad ones.")
+	app := kingpin.New("watcher", "Rollback Watcher: validates each deploy against business metrics in Prometheus and rolls back the bad ones. "+
+		"--version (before any command) or `watcher version` prints the build.")
 	app.UsageWriter(stdout)
 	app.ErrorWriter(stderr)
-	// No --version flag: `publish --version` is the deployed version, and
-	// `watcher version` prints the build.
 	app.HelpFlag.Short('h')
 	var logCfg promslog.Config
 	logCfg.Writer = stderr
 	promslogflag.AddFlags(app, &logCfg)
-	exited := false
-	app.Terminate(func(int) { exited = true })
 
 	cmds := map[string]func(context.Context, *env) error{}
 	addRun(app, cmds)
@@ -95,15 +97,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 		return nil
 	}
 
-	name, err := app.Parse(args)
+	if topLevelVersion(app, args) {
+		fmt.Fprintln(stdout, version.Print("watcher"))
+		return 0
+	}
+	name, exited, err := parse(app, args)
 	if exited {
 		return 0 // --help or --version printed what was asked
+	}
+	if errors.Is(err, kingpin.ErrCommandNotSpecified) {
+		fmt.Fprintf(stderr, "watcher: error: no command given; usage: watcher [<flags>] <command> [<args> ...] with a command among %s; try --help\n",
+			strings.Join(commandNames(app), ", "))
+		return 2
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "watcher: error: %s; try --help\n", errLine(err))
 		return 2
 	}
-	e := &env{stdout: stdout, stderr: stderr, logger: promslog.New(&logCfg), reload: reload}
+	e := &env{stdout: stdout, stderr: stderr, logger: promslog.New(&logCfg), reload: reload, secrets: sec}
 	if err := cmds[name](ctx, e); err != nil {
 		var ee *exitError
 		if errors.As(err, &ee) {
@@ -116,6 +127,74 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 		return 1
 	}
 	return 0
+}
+
+// kingpinExit is how parse stops kingpin where it would call os.Exit.
+type kingpinExit struct{}
+
+// parse runs kingpin without letting it exit the process: once it has
+// printed the help or the version, it stops there (exited) instead of going
+// on to also print the usage again for the missing command. A missing
+// command is ErrCommandNotSpecified, for the caller's one line.
+func parse(app *kingpin.Application, args []string) (name string, exited bool, err error) {
+	if pc, err := app.ParseContext(args); err == nil && pc.SelectedCommand == nil && !asksForHelp(app, pc) {
+		return "", false, kingpin.ErrCommandNotSpecified
+	}
+	app.Terminate(func(int) { panic(kingpinExit{}) })
+	defer func() {
+		if r := recover(); r != nil {
+			if _, ok := r.(kingpinExit); !ok {
+				panic(r)
+			}
+			exited = true
+		}
+	}()
+	name, err = app.Parse(args)
+	return name, false, err
+}
+
+func asksForHelp(app *kingpin.Application, pc *kingpin.ParseContext) bool {
+	for _, el := range pc.Elements {
+		if f, ok := el.Clause.(*kingpin.FlagClause); ok && f == app.HelpFlag {
+			return true
+		}
+	}
+	return false
+}
+
+// topLevelVersion says whether --version comes before any command, like
+// the Prometheus tools' flag. It cannot be a kingpin flag of the
+// application: kingpin refuses a command flag of the same name, and
+// `publish --version` (the deployed version) and `check --version` (the one
+// templates see) are that. So the arguments before the command are read
+// here: the application's flags, with the value of those that take one.
+func topLevelVersion(app *kingpin.Application, args []string) bool {
+	takesValue := map[string]bool{}
+	for _, f := range app.Model().Flags {
+		takesValue["--"+f.Name] = !f.IsBoolFlag()
+	}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--version":
+			return true
+		case a == "--" || !strings.HasPrefix(a, "-"):
+			return false // the command, or positional arguments
+		case takesValue[a]:
+			i++ // --log.level debug: skip the value
+		}
+	}
+	return false
+}
+
+func commandNames(app *kingpin.Application) []string {
+	var names []string
+	for _, c := range app.Model().Commands {
+		if !c.Hidden && c.Name != "help" {
+			names = append(names, c.Name)
+		}
+	}
+	return names
 }
 
 // errLine keeps an error on the one stderr line the contract promises: the

@@ -126,7 +126,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	if rep.lease < time.Second {
 		return usageErr("--runs.lease=%s: at least 1s (heartbeats go out every third of it)", rep.lease)
 	}
-	cfg, err := f.load()
+	cfg, err := e.load(f)
 	if err != nil {
 		return err
 	}
@@ -165,10 +165,16 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	if err != nil {
 		return err
 	}
+	promUp := newPromProbe(prom, redactURLs(cfg.Prometheus.URL), logger, e.secrets.scrubErr)
 
 	var opts []nats.Option
 	storageErr := func() error { return nil }
 	if cfg.NATS.URL == "" {
+		unlock, err := lockStorage(storage)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		srv, err := bus.StartEmbedded(listen, storage, logger)
 		if err != nil {
 			return err
@@ -211,7 +217,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), versionCollector())
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), versionCollector(), promUp.Collector())
 	aud := &audit.Publisher{JS: js}
 	host, _ := os.Hostname()
 	// Connections to rollback hosts are opened while a deploy is in its
@@ -219,7 +225,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	// executor has stopped.
 	sshPool := rollback.NewSSHPool(0)
 	defer sshPool.Close()
-	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: prom, Audit: aud, Logger: logger,
+	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: promUp, Audit: aud, Logger: logger,
 		Warmer:  &rollback.Warmer{Pool: sshPool, Logger: logger},
 		Replica: rep.name, Lease: rep.lease, Replicas: cfg.NATS.Replicas}
 	// A request whose executor died comes back to another replica after
@@ -234,6 +240,8 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
+	probeDone := make(chan struct{})
+	go func() { promUp.Run(runCtx); close(probeDone) }()
 	if err := w.Start(runCtx); err != nil {
 		return err
 	}
@@ -250,6 +258,8 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
 			Page:   web.StreamPage{Watcher: w, JS: js},
 			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused,
+			// Readiness ignores Prometheus: see "Prometheus unreachable" in README.md.
+			Degraded: promUp.Degraded,
 			Ready: func() error {
 				if nc.Status() != nats.CONNECTED {
 					return fmt.Errorf("NATS connection is %s", nc.Status())
@@ -266,7 +276,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 			logger.Error("web server stopped", "err", err)
 		}
 	}()
-	logger.Info("watcher running", "web", ln.Addr().String(), "nats", cfg.NATS.URL, "prometheus", cfg.Prometheus.URL,
+	logger.Info("watcher running", "web", ln.Addr().String(), "nats", redactURLs(cfg.NATS.URL), "prometheus", redactURLs(cfg.Prometheus.URL),
 		"policies", len(set.Policies), "dry_run", dryRun, "version", version.Version)
 
 	for {
@@ -285,6 +295,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	stop()
 	w.Wait()
 	x.Wait()
+	<-probeDone
 	return nil
 }
 

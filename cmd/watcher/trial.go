@@ -74,7 +74,7 @@ func trial(ctx context.Context, e *env, cfg *config.Config, set *policy.Set, tf 
 		}
 	}
 	if errors > 0 {
-		return fmt.Errorf("%d check(s) could not be evaluated on %s; see the table above", errors, cfg.Prometheus.URL)
+		return fmt.Errorf("%d check(s) could not be evaluated on %s; see the table above", errors, redactURLs(cfg.Prometheus.URL))
 	}
 	return nil
 }

@@ -71,6 +71,9 @@ type statusPage struct {
 	src    PageSource
 	logger *slog.Logger
 	now    func() time.Time
+	// degraded, when set, names what the watcher works without: shown
+	// first, as banners.
+	degraded func() []string
 
 	// mu makes one page build at a time: concurrent viewers wait for it
 	// and then share its cached reads instead of reading the stream again.
@@ -195,6 +198,9 @@ func (p *statusPage) build(ctx context.Context) *pageData {
 	now := p.now().UTC()
 	active, recent := p.src.Runs()
 	d := &pageData{Now: now.Format("2006-01-02 15:04:05") + " UTC", Active: len(active), Recent: len(recent)}
+	if p.degraded != nil {
+		d.Errors = append(d.Errors, p.degraded()...)
+	}
 
 	charted := map[string]bool{}
 	var detailRuns []watch.RunStatus

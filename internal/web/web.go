@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -25,7 +26,10 @@ type Server struct {
 	Reload func() error
 	// Ready says whether the watcher consumes events (nil means ready).
 	Ready func() error
-	Runs  func() (active, recent []watch.RunStatus)
+	// Degraded, when set, names what the watcher works without, ready or
+	// not (Prometheus unreachable): /-/ready and the status page say it.
+	Degraded func() []string
+	Runs     func() (active, recent []watch.RunStatus)
 	// Alerts handles Alertmanager's webhook body (POST /api/v1/alerts);
 	// nil answers 404.
 	Alerts func(ctx context.Context, body io.Reader) error
@@ -65,13 +69,17 @@ func (s *Server) Handler() http.Handler {
 		_, _ = w.Write([]byte("Healthy.\n"))
 	})
 	mux.HandleFunc("GET /-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		var notes []string
+		if s.Degraded != nil {
+			notes = s.Degraded()
+		}
 		if s.Ready != nil {
 			if err := s.Ready(); err != nil {
-				http.Error(w, "Not ready: "+err.Error(), http.StatusServiceUnavailable)
+				http.Error(w, strings.Join(append([]string{"Not ready: " + err.Error()}, notes...), "; "), http.StatusServiceUnavailable)
 				return
 			}
 		}
-		_, _ = w.Write([]byte("Ready.\n"))
+		_, _ = w.Write([]byte(strings.Join(append([]string{"Ready."}, notes...), " ") + "\n"))
 	})
 	mux.HandleFunc("POST /-/reload", guard(func(w http.ResponseWriter, _ *http.Request) {
 		if err := s.Reload(); err != nil {
@@ -108,7 +116,9 @@ func (s *Server) Handler() http.Handler {
 		}, s.AlertsRefused))
 	}
 	if s.Page != nil {
-		mux.Handle("GET /{$}", newStatusPage(s.Page, s.Logger))
+		page := newStatusPage(s.Page, s.Logger)
+		page.degraded = s.Degraded
+		mux.Handle("GET /{$}", page)
 	}
 	mux.HandleFunc("GET /api/v1/runs", func(w http.ResponseWriter, _ *http.Request) {
 		active, recent := s.Runs()
