@@ -18,6 +18,7 @@ import (
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
+	"github.com/rollback-watcher/watcher/internal/deploys"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/rollback"
@@ -157,7 +158,9 @@ func addRollback(app *kingpin.Application, cmds map[string]func(context.Context,
 	var req events.RollbackRequest
 	cmd.Flag("service", "Service to roll back.").Required().StringVar(&req.Service)
 	cmd.Flag("environment", "Environment to roll back.").Required().StringVar(&req.Environment)
-	cmd.Flag("to-version", "Release to roll back to (default: the previous release).").StringVar(&req.ToVersion)
+	cmd.Flag("version", "Release to roll back from (default: the version of the newest deploy of the service recorded on DEPLOYS). A request for a release that was rolled back already changes nothing.").
+		StringVar(&req.Version)
+	cmd.Flag("to-version", "Release to roll back to (default: the deploy's previous version, else the previous release on each host).").StringVar(&req.ToVersion)
 	cmd.Flag("reason", "Why; recorded in the audit and the release's ROLLED_BACK marker.").Required().StringVar(&req.Reason)
 	cmds["rollback"] = func(ctx context.Context, e *env) error {
 		req.ID = events.NewID()
@@ -176,12 +179,49 @@ func addRollback(app *kingpin.Application, cmds map[string]func(context.Context,
 		defer closeNC()
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
+		if err := pinDeploy(pctx, js, &req); err != nil {
+			return err
+		}
 		if err := watch.PublishRollback(pctx, js, req); err != nil {
 			return fmt.Errorf("%w (is a watcher running? it creates the ROLLBACKS stream)", err)
 		}
 		fmt.Fprintln(e.stdout, req.ID)
 		return nil
 	}
+}
+
+// pinDeploy names in a manual request the release it rolls back: --version,
+// or the newest deploy recorded on DEPLOYS. A request that only said
+// "roll back" would roll back whatever is current when it runs, so running
+// the command twice (or after an automatic rollback) would roll back the
+// good release below the bad one; pinned, the repeat finds that release
+// rolled back already and changes nothing. The deploy found also gives the
+// hosts and the previous version it announced.
+func pinDeploy(ctx context.Context, js jetstream.JetStream, req *events.RollbackRequest) error {
+	q := deploys.Query{Environment: req.Environment, Service: req.Service}
+	if req.Version != "" {
+		want := req.Version
+		q.Match = func(d events.Deploy) bool { return d.Version == want }
+	}
+	found, err := deploys.Find(ctx, js, q)
+	switch {
+	case err == nil:
+	case req.Version != "" && (errors.Is(err, deploys.ErrNotFound) || errors.Is(err, deploys.ErrTooFar)):
+		// Deployed without an event: the version alone says enough; the
+		// hosts come from the policy.
+		return nil
+	case errors.Is(err, deploys.ErrNotFound), errors.Is(err, deploys.ErrTooFar):
+		return &exitError{code: 1, err: fmt.Errorf("no deploy of %s in %s is recorded on %s, so which release to roll back is unknown: name it with --version (the release directory's name)",
+			req.Service, req.Environment, bus.DeploysStream)}
+	default:
+		return fmt.Errorf("reading the deploys of %s in %s: %w", req.Service, req.Environment, err)
+	}
+	d := found.Deploy
+	req.Version, req.DeployID, req.Hosts, req.Labels = d.Version, d.ID, d.Hosts, d.Labels
+	if req.ToVersion == "" {
+		req.ToVersion = d.PreviousVersion
+	}
+	return nil
 }
 
 func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {

@@ -70,8 +70,18 @@ func TestRunningWatcher(t *testing.T) {
 
 	t.Run("manual rollback", func(t *testing.T) {
 		link := release(t, filepath.Join(dir, "shop"), "2026.11.24-3", "2026.11.25-1")
+		// A good release below the previous one: a second rollback must
+		// not reach it (issue 10.3).
+		older := filepath.Join(dir, "shop", "releases", "2026.11.23-1")
+		if err := os.MkdirAll(older, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, "shop", "releases", "2026.11.24-3", "previousVersion"), older+"\n")
+
+		// The release rolled back is named (TestPinDeploy covers finding
+		// it on DEPLOYS).
 		code, out, errOut := cli(t, "rollback", natsURL, "--service=shop", "--environment=production",
-			"--reason=manual: checkout is broken")
+			"--version=2026.11.25-1", "--reason=manual: checkout is broken")
 		if code != 0 {
 			t.Fatalf("rollback exited %d: %s", code, errOut)
 		}
@@ -96,6 +106,33 @@ func TestRunningWatcher(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(dir, "shop", "releases", "2026.11.25-1", "ROLLED_BACK"))
 		if err != nil || !strings.Contains(string(b), "checkout is broken") {
 			t.Errorf("ROLLED_BACK marker = %q (%v), want one with the reason", b, err)
+		}
+
+		// The same command again: 2026.11.25-1 is rolled back already, so
+		// nothing changes; 2026.11.24-3 is not rolled back in its turn.
+		code, out, errOut = cli(t, "rollback", natsURL, "--service=shop", "--environment=production",
+			"--version=2026.11.25-1", "--reason=manual: again, to be sure")
+		if code != 0 {
+			t.Fatalf("second rollback exited %d: %s", code, errOut)
+		}
+		again := strings.TrimSpace(out)
+		recs = auditUntil(t, w, "rollback.completed for "+again, func(recs []audit.Record) bool {
+			recs = byRequest(recs, again)
+			return hasKind(recs, audit.RollbackCompleted) || hasKind(recs, audit.RollbackFailed)
+		}, "--service=shop", "--environment=production")
+		for _, r := range byRequest(recs, again) {
+			if r.Kind == audit.RollbackCompleted && !strings.Contains(r.Message, "nothing to do") {
+				t.Errorf("second rollback.completed %q does not say it had nothing to do", r.Message)
+			}
+			if r.Kind == audit.RollbackFailed {
+				t.Errorf("second rollback failed: %s", r.Message)
+			}
+		}
+		if got := readlink(t, link); got != "2026.11.24-3" {
+			t.Errorf("after the second rollback the link is on %s, want it left on 2026.11.24-3", got)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "shop", "releases", "2026.11.24-3", "ROLLED_BACK")); err == nil {
+			t.Error("the second rollback marked the good release 2026.11.24-3 rolled back")
 		}
 	})
 

@@ -411,6 +411,9 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 	if err != nil {
 		return e.failedOn(ctx, base, p, plans, hostResults(plans), err, nil)
 	}
+	if rolledBackBefore(plans) {
+		return e.nothingToDo(ctx, req, p, base, plans)
+	}
 	data := p.Rollback.Data
 	var dataOut map[string]any
 	if data != nil && data.Order == "before_code" {
@@ -505,6 +508,38 @@ func (e *Executor) checkHosts(ctx context.Context, req events.RollbackRequest) e
 			errHostsNotAnnounced, unknown, found.Deploy.ID, found.Deploy.Version, found.Deploy.Hosts)
 	}
 	return nil
+}
+
+// rolledBackBefore reports whether another request rolled back the
+// release on every host already: a repeated manual rollback, or one after
+// an automatic rollback of the same deploy.
+func rolledBackBefore(plans []*plan) bool {
+	for _, pl := range plans {
+		if !pl.noop || pl.mark || !pl.skipAfter || pl.earlier == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// nothingToDo records a request that finds its release rolled back on
+// every host by an earlier request: each host's standing, then a
+// rollback.completed that says nothing changed. No data step runs and no
+// service.rolledback is announced again.
+func (e *Executor) nothingToDo(ctx context.Context, req events.RollbackRequest, p *policy.Policy, base audit.Record, plans []*plan) Result {
+	results := e.switchAll(ctx, req, p, plans)
+	from, to := filepath.Base(plans[0].release.Current), filepath.Base(plans[0].release.Previous)
+	done := base
+	done.Kind = audit.RollbackCompleted
+	done.MsgID = req.ID + ".result"
+	done.Message = fmt.Sprintf("nothing to do: %s in %s was rolled back from %s to %s already (%s); no host changed",
+		req.Service, req.Environment, from, to, plans[0].earlier)
+	done.Detail = map[string]any{"hosts": results, "from": from, "to": to, "noop": true}
+	if err := e.Audit.Record(ctx, done); err != nil {
+		e.logger.Error("rollback.completed not recorded", "request", req.ID, "err", err)
+	}
+	e.logger.Info("rollback request found its release rolled back already", "request", req.ID, "service", req.Service, "environment", req.Environment, "from", from)
+	return Result{Status: ResultSkipped, Hosts: results}
 }
 
 func (e *Executor) policyFor(req events.RollbackRequest) *policy.Policy {

@@ -111,3 +111,53 @@ func TestExecuteRefusesHostsTheDeployDidNotAnnounce(t *testing.T) {
 		})
 	}
 }
+
+// TestExecuteRepeatedManualRollbackIsANoop (issue 10.3): a manual request
+// pinned to the release it rolls back, run after that release was rolled
+// back (by an automatic rollback or the same command run twice), changes
+// nothing: the good release below stays current and unmarked, neither the
+// after command nor the data step runs again, and the audit says so.
+func TestExecuteRepeatedManualRollbackIsANoop(t *testing.T) {
+	n := testutil.StartNATS(t)
+	h := deployed(t) // current -> v2, v2/previousVersion -> v1, v0 below
+	writeFile(t, filepath.Join(h.rel("v1"), PreviousVersionFile), "v0\n")
+	runs := filepath.Join(t.TempDir(), "runs")
+	rules := loadRules(t, policyYAML("shop", "shop", h,
+		"after: "+yamlList("sh", "-c", `echo after >> "$0"`, runs),
+		"data: {command: "+yamlList("sh", "-c", `echo data >> "$0"`, runs)+", run_on: local, order: after_code, timeout: 10s}"))
+	e, rec, reg := newExecutor(t, n, rules)
+
+	auto := request("rb-auto")
+	if res := e.Execute(ctxFor(t), auto); res.Status != ResultCompleted {
+		t.Fatalf("automatic rollback: %s %v", res.Status, res.Err)
+	}
+	for i, id := range []string{"rb-manual-1", "rb-manual-2"} {
+		manual := request(id)
+		manual.Source, manual.RunID, manual.DeployID = events.SourceManual, "", ""
+		res := e.Execute(ctxFor(t), manual)
+		if res.Status != ResultSkipped {
+			t.Fatalf("manual rollback %d: %s %v, want a no-op", i+1, res.Status, res.Err)
+		}
+		var done audit.Record
+		for _, r := range rec.all() {
+			if r.Kind == audit.RollbackCompleted && r.RequestID == id {
+				done = r
+			}
+		}
+		if !strings.Contains(done.Message, "nothing to do") || !strings.Contains(done.Message, "by request rb-auto") {
+			t.Errorf("rollback.completed %q does not say that rb-auto rolled it back already", done.Message)
+		}
+	}
+	if got := readlink(t, h.link); got != "releases/v1" {
+		t.Errorf("link -> %s, want releases/v1 (the good release stays)", got)
+	}
+	if exists(t, filepath.Join(h.rel("v1"), MarkerFile)) {
+		t.Error("the good release v1 was marked rolled back")
+	}
+	if got := readFile(t, runs); got != "after\ndata\n" {
+		t.Errorf("after and data ran %q, want once each, for the automatic rollback", got)
+	}
+	if got := rollbacks(t, reg, ResultSkipped); got != 2 {
+		t.Errorf("watcher_rollbacks_total{result=skipped} = %v, want 2", got)
+	}
+}
