@@ -227,3 +227,72 @@ func messages(recs []audit.Record) string {
 	}
 	return b.String()
 }
+
+// TestExecuteFinishesASwitchACrashCutShort (issue 10.2): the executor died
+// between the switch and the marker. The redelivered request finds the link
+// on the release the request rolls back to and the release it rolls back
+// from unmarked: the switch is done, so it writes the marker, runs the
+// after command and completes (it used to fail for good: "link is on v1,
+// not on v2 which the request rolls back"). A link on some other release
+// is still refused.
+func TestExecuteFinishesASwitchACrashCutShort(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		toVersion string // the request's to_version ("" : previousVersion decides)
+		linkOn    string
+		want      string // "" : completed
+	}{
+		{name: "previousVersion names where the link is", linkOn: "v1"},
+		{name: "the request names where the link is", toVersion: "v1", linkOn: "v1"},
+		{name: "the link is on another release", linkOn: "v0", want: "refusing to roll back a release that was not requested"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := deployed(t)
+			if err := os.Remove(h.link); err != nil {
+				t.Fatal(err)
+			}
+			symlink(t, "releases/"+tc.linkOn, h.link) // the switch made before the crash
+			runs := filepath.Join(t.TempDir(), "after-runs")
+			rules := loadRules(t, policyYAML("shop", "shop", h, "after: "+yamlList("sh", "-c", `echo ran >> "$0"`, runs)))
+			rec := &recorder{}
+			e := &Executor{Policies: rules, Audit: rec, Source: "test"}
+			req := request("rb-crashed")
+			req.ToVersion = tc.toVersion
+
+			res := e.Execute(ctxFor(t), req)
+
+			if tc.want != "" {
+				if res.Status != ResultFailed || !strings.Contains(res.Err.Error(), tc.want) {
+					t.Fatalf("result %s %v, want refused: %s", res.Status, res.Err, tc.want)
+				}
+				if exists(t, filepath.Join(h.rel("v2"), MarkerFile)) || exists(t, runs) {
+					t.Error("a refused request marked v2 or ran the after command")
+				}
+				return
+			}
+			if res.Status != ResultCompleted {
+				t.Fatalf("result %s: %v", res.Status, res.Err)
+			}
+			if got := readlink(t, h.link); got != "releases/v1" {
+				t.Errorf("link -> %s", got)
+			}
+			if m := readMarker(t, h.rel("v2")); m.RequestID != req.ID || m.To != h.rel("v1") {
+				t.Errorf("marker %+v", m)
+			}
+			if got := readFile(t, runs); got != "ran\n" {
+				t.Errorf("after ran %q, want once", got)
+			}
+			host := one(t, rec.all(), audit.RollbackHost)
+			if !strings.Contains(host.Message, "finished the rollback: marked v2 rolled back, ran the after command") {
+				t.Errorf("rollback.host %q does not say what was finished", host.Message)
+			}
+			// Delivered once more: everything is done; nothing runs again.
+			if res := e.Execute(ctxFor(t), req); res.Status != ResultCompleted {
+				t.Fatalf("again: %s %v", res.Status, res.Err)
+			}
+			if got := readFile(t, runs); got != "ran\n" {
+				t.Errorf("after ran %q after a second delivery, want once", got)
+			}
+		})
+	}
+}
