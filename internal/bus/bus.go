@@ -305,21 +305,13 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 
 // EnsureStreams creates the streams that are missing. Existing streams are
 // left as the operator configured them (retention, limits), provided they
-// still capture the subjects the watcher uses.
+// still capture the subjects the watcher uses. Like EnsureKeyValue it
+// tolerates replicas creating them at the same time and a cluster still
+// electing its leaders.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	for _, cfg := range StreamConfigs(replicas) {
-		s, err := js.Stream(ctx, cfg.Name)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				return fmt.Errorf("creating stream %s: %w", cfg.Name, err)
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("looking up stream %s: %w (is JetStream enabled on the server?)", cfg.Name, err)
-		}
-		if !coversSubject(s.CachedInfo().Config.Subjects, cfg.Subjects[0]) {
-			return fmt.Errorf("stream %s exists but does not capture %s (it has %v)", cfg.Name, cfg.Subjects[0], s.CachedInfo().Config.Subjects)
+		if err := ensureStream(ctx, js, cfg); err != nil {
+			return err
 		}
 	}
 	return nil
