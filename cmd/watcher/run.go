@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -168,14 +169,22 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 
 	var opts []nats.Option
 	storageErr := func() error { return nil }
+	if cfg.NATS.URL != "" && cfg.NATS.Server.Enabled() {
+		return usageErr("--config.file %s: nats.server secures the embedded server, which does not run with --nats.url: secure %s itself, or drop --nats.url", f.file, cfg.NATS.URL)
+	}
+	conn := cfg.NATS
 	if cfg.NATS.URL == "" {
-		srv, err := bus.StartEmbedded(listen, storage, logger)
+		srv, err := bus.StartEmbeddedWith(listen, storage, cfg.NATS.Server, logger)
 		if err != nil {
 			return err
 		}
 		defer srv.Stop()
 		cfg.NATS.URL = srv.ClientURL()
-		opts = append(opts, nats.InProcessServer(srv))
+		// The watcher reaches its own server in-process, as its internal
+		// user: the client credentials in the file are for the commands.
+		// In-process, TLS is neither needed nor offered ("tls://" would ask for it).
+		conn = bus.Options{URL: strings.Replace(srv.ClientURL(), "tls://", "nats://", 1), Replicas: cfg.NATS.Replicas}
+		opts = append(opts, srv.ClientOptions()...)
 		storageErr = srv.StorageError
 		go func() {
 			// A full disk stops JetStream's writes until it restarts:
@@ -193,9 +202,9 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 				}
 			}
 		}()
-		logger.Info("embedded NATS server started", "url", srv.ClientURL(), "storage", storage)
+		logger.Info("embedded NATS server started", "url", srv.ClientURL(), "storage", storage, "security", srv.Security())
 	}
-	nc, err := bus.Connect(cfg.NATS, "watcher run", opts...)
+	nc, err := bus.Connect(conn, "watcher run", opts...)
 	if err != nil {
 		return err
 	}
