@@ -48,6 +48,9 @@ type ServerUser struct {
 // no use to anyone even if it leaked.
 const internalUser = "_watcher"
 
+// internalInbox is the inbox prefix of the watcher's own connection.
+const internalInbox = "_WATCHER_INBOX"
+
 // Enabled says whether any of the options is set.
 func (o ServerOptions) Enabled() bool {
 	return len(o.Users) > 0 || o.TLS != (ServerTLS{})
@@ -169,7 +172,10 @@ func permissions(u ServerUser) *server.Permissions {
 func (e *Embedded) ClientOptions() []nats.Option {
 	opts := []nats.Option{nats.InProcessServer(e)}
 	if e.internalPassword != "" {
-		opts = append(opts, nats.UserInfo(internalUser, e.internalPassword))
+		// Tools are granted "_INBOX.>" to get their acks; the answers to
+		// the watcher (deploy events, rollback requests it consumes) go
+		// elsewhere, out of their sight.
+		opts = append(opts, nats.UserInfo(internalUser, e.internalPassword), nats.CustomInboxPrefix(internalInbox))
 	}
 	return opts
 }
