@@ -116,3 +116,15 @@ func TestSecuredEmbeddedServer(t *testing.T) {
 		t.Error("a password is in the watcher's log")
 	}
 }
+
+// nats.server secures the embedded server only: with --nats.url it would
+// be silently ignored, leaving the external server as open as it was.
+func TestServerSectionWithExternalNATSIsAUsageError(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "watcher.yml")
+	writeFile(t, cfg, "nats:\n  server:\n    users:\n      - {user: ci, password_file: ci.pass, publish: [deploys.prod.shop]}\n")
+	code, _, errOut := cli(t, "run", "--config.file="+cfg, "--nats.url=nats://"+testutil.FreeAddr(t), "--web.listen-address="+testutil.FreeAddr(t))
+	if code != 2 || !strings.Contains(errOut, "nats.server secures the embedded server") {
+		t.Errorf("exit %d, stderr %q; want 2 and why", code, errOut)
+	}
+	assertOneLine(t, errOut)
+}

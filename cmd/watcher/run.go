@@ -132,6 +132,10 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 		return err
 	}
 	// Bad addresses are usage errors, reported before anything starts.
+	if cfg.NATS.URL != "" && cfg.NATS.Server.Enabled() {
+		// Ignoring it would leave the external server as open as it was.
+		return usageErr("--config.file %s: nats.server secures the embedded server, which does not run with --nats.url: secure %s itself, or drop --nats.url", f.file, cfg.NATS.URL)
+	}
 	if cfg.NATS.URL == "" {
 		if _, port, err := net.SplitHostPort(listen); err != nil {
 			return usageErr("--nats.listen %q: %v", listen, err)
@@ -169,9 +173,6 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 
 	var opts []nats.Option
 	storageErr := func() error { return nil }
-	if cfg.NATS.URL != "" && cfg.NATS.Server.Enabled() {
-		return usageErr("--config.file %s: nats.server secures the embedded server, which does not run with --nats.url: secure %s itself, or drop --nats.url", f.file, cfg.NATS.URL)
-	}
 	conn := cfg.NATS
 	if cfg.NATS.URL == "" {
 		srv, err := bus.StartEmbeddedWith(listen, storage, cfg.NATS.Server, logger)
