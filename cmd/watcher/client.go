@@ -39,22 +39,42 @@ func addClientFlags(cmd *kingpin.CmdClause) *clientFlags {
 }
 
 // connect reaches NATS within a short deadline: a command line tool must
-// say "unreachable" quickly rather than hang.
-func (f *clientFlags) connect(ctx context.Context, e *env, name string) (jetstream.JetStream, func(), error) {
+// say "unreachable" quickly rather than hang. The context it returns ends
+// when the server reports a permission violation: a publish the server
+// refused is dropped without an answer, and waiting for its ack would only
+// end in a misleading timeout.
+func (f *clientFlags) connect(ctx context.Context, e *env, name string) (context.Context, jetstream.JetStream, func(), error) {
 	cfg, err := e.load(&f.configFlags)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	nc, err := bus.Connect(cfg.NATS, name, nats.Timeout(5*time.Second), nats.RetryOnFailedConnect(false), nats.MaxReconnects(0))
+	ctx, denied := context.WithCancelCause(ctx)
+	nc, err := bus.Connect(cfg.NATS, name, nats.Timeout(5*time.Second), nats.RetryOnFailedConnect(false), nats.MaxReconnects(0),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				denied(err)
+			}
+		}))
 	if err != nil {
-		return nil, nil, err
+		denied(nil)
+		return nil, nil, nil, err
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, nil, err
+		denied(nil)
+		return nil, nil, nil, err
 	}
-	return js, nc.Close, nil
+	return ctx, js, func() { nc.Close(); denied(nil) }, nil
+}
+
+// permissionErr is the server's permission violation, if that is what
+// ended ctx, said so that the user knows where to grant it.
+func permissionErr(ctx context.Context, what string) error {
+	if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+		return fmt.Errorf("%s: %w (the NATS user in --config.file is not allowed this: its publish/subscribe permissions are in the server's configuration, nats.server.users for the embedded one)", what, cause)
+	}
+	return nil
 }
 
 func addCheck(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
@@ -130,7 +150,7 @@ func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, 
 		if err != nil {
 			return err
 		}
-		js, closeNC, err := f.connect(ctx, e, "watcher publish")
+		ctx, js, closeNC, err := f.connect(ctx, e, "watcher publish")
 		if err != nil {
 			return err
 		}
@@ -140,6 +160,9 @@ func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, 
 		defer cancel()
 		ack, err := js.PublishMsg(pctx, msg, jetstream.WithMsgID(d.ID))
 		if err != nil {
+			if perr := permissionErr(ctx, "publishing on "+msg.Subject); perr != nil {
+				return perr
+			}
 			return fmt.Errorf("publishing on %s: %w (%s)", msg.Subject, err, publishHint(err, d.ID))
 		}
 		if ack.Duplicate {
@@ -172,7 +195,7 @@ func addRollback(app *kingpin.Application, cmds map[string]func(context.Context,
 		if _, err := events.DecodeRollbackRequest(subj, b); err != nil {
 			return usageErr("invalid rollback request: %v", err)
 		}
-		js, closeNC, err := f.connect(ctx, e, "watcher rollback")
+		ctx, js, closeNC, err := f.connect(ctx, e, "watcher rollback")
 		if err != nil {
 			return err
 		}
@@ -180,9 +203,15 @@ func addRollback(app *kingpin.Application, cmds map[string]func(context.Context,
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if err := pinDeploy(pctx, js, &req); err != nil {
+			if perr := permissionErr(ctx, "reading the deploys of "+req.Service+" in "+req.Environment); perr != nil {
+				return perr
+			}
 			return err
 		}
 		if err := watch.PublishRollback(pctx, js, req); err != nil {
+			if perr := permissionErr(ctx, "publishing on "+subj); perr != nil {
+				return perr
+			}
 			return fmt.Errorf("%w (is a watcher running? it creates the ROLLBACKS stream)", err)
 		}
 		fmt.Fprintln(e.stdout, req.ID)
@@ -237,7 +266,7 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 	var follow bool
 	cmd.Flag("follow", "Keep printing new records as they are written, until interrupted (like tail -f).").Short('f').BoolVar(&follow)
 	cmds["history"] = func(ctx context.Context, e *env) error {
-		js, closeNC, err := f.connect(ctx, e, "watcher history")
+		ctx, js, closeNC, err := f.connect(ctx, e, "watcher history")
 		if err != nil {
 			return err
 		}
@@ -260,6 +289,9 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 		defer cancel()
 		recs, err := audit.Read(rctx, js, flt)
 		if err != nil {
+			if perr := permissionErr(ctx, "reading the audit trail"); perr != nil {
+				return perr
+			}
 			return err
 		}
 		if asJSON {

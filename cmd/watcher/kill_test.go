@@ -48,25 +48,34 @@ func watcherBinary(t *testing.T) string {
 
 // proc is `watcher run` as a process of its own.
 type proc struct {
-	cmd *exec.Cmd
-	log *syncBuffer
-	web string
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	web    string
+	exited chan struct{}
 }
 
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{log: &syncBuffer{}, web: testutil.FreeAddr(t)}
+	p := launchProc(t, args...)
+	p.waitReady(t)
+	return p
+}
+
+// launchProc starts `watcher run` without waiting for it to be ready, so
+// that several can start at the same instant.
+func launchProc(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{log: &syncBuffer{}, web: testutil.FreeAddr(t), exited: make(chan struct{})}
 	p.cmd = exec.Command(watcherBinary(t), append([]string{"run", "--web.listen-address=" + p.web, "--log.level=debug"}, args...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(exited) }()
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-exited:
+		case <-p.exited:
 		case <-time.After(15 * time.Second):
 			_ = p.cmd.Process.Kill()
 			t.Errorf("watcher did not stop on SIGTERM")
@@ -75,15 +84,28 @@ func startProc(t *testing.T, args ...string) *proc {
 			t.Logf("watcher %v log:\n%s", p.cmd.Args, p.log.String())
 		}
 	})
+	return p
+}
+
+// waitReady waits for /-/ready to answer 200, and fails if the watcher
+// exits first.
+func (p *proc) waitReady(t *testing.T) {
+	t.Helper()
 	testutil.Eventually(t, 30*time.Second, "watcher ready", func() bool {
-		select {
-		case <-exited:
+		if p.hasExited() {
 			t.Fatalf("watcher exited: %s", p.log.String())
-		default:
 		}
 		return httpStatus("http://"+p.web+"/-/ready") == 200
 	})
-	return p
+}
+
+func (p *proc) hasExited() bool {
+	select {
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
 }
 
 func (p *proc) kill(t *testing.T) {

@@ -182,3 +182,74 @@ func lastTime(recs []audit.Record) time.Time {
 	}
 	return last
 }
+
+// TestReplicasStartedTogetherOnAFreshCluster: three watchers launched at
+// the same instant against a cluster that has just started (no stream, no
+// bucket, the meta leader perhaps still being elected), as pods or systemd
+// units start. Each creates the streams and buckets at once with the
+// others; all three must come up and stay up, and a deploy then gets one
+// run.
+func TestReplicasStartedTogetherOnAFreshCluster(t *testing.T) {
+	cluster := testutil.StartFreshCluster(t, 3)
+	exp := testutil.NewExporter(t)
+	exp.Set("orders_per_minute", map[string]string{"service": "shop"}, 120)
+	prom := testutil.StartPrometheus(t, exp.URL)
+	dir := t.TempDir()
+	release(t, filepath.Join(dir, "shop"), "v1", "v2")
+	rules := filepath.Join(dir, "rules.yml")
+	writeFile(t, rules, fmt.Sprintf(`policies:
+  - name: orders
+    match: {service: shop, environment: production}
+    window: 3s
+    interval: 1s
+    checks:
+      - name: orders-per-minute
+        query: orders_per_minute{service="{{ .Service }}"}
+        min: 50
+    rollback:
+      link: %s/shop/current
+`, dir))
+	var procs []*proc
+	for i := range 3 {
+		procs = append(procs, launchProc(t, "--nats.url="+cluster.URL, "--nats.replicas=3", "--rules="+rules,
+			"--prometheus.url="+prom.URL, fmt.Sprintf("--runs.replica=r%d", i+1)))
+	}
+	for _, p := range procs {
+		p.waitReady(t)
+	}
+	time.Sleep(2 * time.Second) // one that fails late would have exited by now
+	for i, p := range procs {
+		if p.hasExited() {
+			t.Fatalf("replica r%d exited after it was ready: %s", i+1, p.log.String())
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b, _ := json.Marshal(map[string]any{"id": "deploy-shop", "service": "shop", "environment": "production", "version": "v2", "previous_version": "v1"})
+	if _, err := cluster.JS.Publish(ctx, "deploys.production.shop", b); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	var started, verdicts int
+	testutil.Eventually(t, 30*time.Second, "the deploy's verdict", func() bool {
+		recs, err := audit.Read(ctx, cluster.JS, audit.Filter{Environment: "production"})
+		if err != nil {
+			t.Logf("reading the audit stream: %v", err)
+			return false
+		}
+		started, verdicts = 0, 0
+		for _, r := range recs {
+			switch r.Kind {
+			case audit.RunStarted:
+				started++
+			case audit.RunPassed, audit.RunFailed, audit.RunInconclusive:
+				verdicts++
+			}
+		}
+		return verdicts > 0
+	})
+	time.Sleep(time.Second) // a second run would show by now
+	if started != 1 || verdicts != 1 {
+		t.Errorf("%d run.started and %d verdicts for one deploy, want 1 and 1", started, verdicts)
+	}
+}

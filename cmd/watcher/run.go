@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -131,6 +132,10 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 		return err
 	}
 	// Bad addresses are usage errors, reported before anything starts.
+	if cfg.NATS.URL != "" && cfg.NATS.Server.Enabled() {
+		// Ignoring it would leave the external server as open as it was.
+		return usageErr("--config.file %s: nats.server secures the embedded server, which does not run with --nats.url: secure %s itself, or drop --nats.url", f.file, cfg.NATS.URL)
+	}
 	if cfg.NATS.URL == "" {
 		if _, port, err := net.SplitHostPort(listen); err != nil {
 			return usageErr("--nats.listen %q: %v", listen, err)
@@ -169,19 +174,24 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 
 	var opts []nats.Option
 	storageErr := func() error { return nil }
+	conn := cfg.NATS
 	if cfg.NATS.URL == "" {
 		unlock, err := lockStorage(storage)
 		if err != nil {
 			return err
 		}
 		defer unlock()
-		srv, err := bus.StartEmbedded(listen, storage, logger)
+		srv, err := bus.StartEmbeddedWith(listen, storage, cfg.NATS.Server, logger)
 		if err != nil {
 			return err
 		}
 		defer srv.Stop()
 		cfg.NATS.URL = srv.ClientURL()
-		opts = append(opts, nats.InProcessServer(srv))
+		// The watcher reaches its own server in-process, as its internal
+		// user: the client credentials in the file are for the commands.
+		// In-process, TLS is neither needed nor offered ("tls://" would ask for it).
+		conn = bus.Options{URL: strings.Replace(srv.ClientURL(), "tls://", "nats://", 1), Replicas: cfg.NATS.Replicas}
+		opts = append(opts, srv.ClientOptions()...)
 		storageErr = srv.StorageError
 		go func() {
 			// A full disk stops JetStream's writes until it restarts:
@@ -199,9 +209,9 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 				}
 			}
 		}()
-		logger.Info("embedded NATS server started", "url", srv.ClientURL(), "storage", storage)
+		logger.Info("embedded NATS server started", "url", srv.ClientURL(), "storage", storage, "security", srv.Security())
 	}
-	nc, err := bus.Connect(cfg.NATS, "watcher run", opts...)
+	nc, err := bus.Connect(conn, "watcher run", opts...)
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,10 @@ const MaxPayload = 8 << 20
 // Options says how to reach NATS. Secrets are read from files so that they
 // never show up in flags, process listings or --help.
 type Options struct {
+	// Server secures the server that `watcher run` embeds when no URL is
+	// given; the client options above do not apply to the watcher's own
+	// connection to it.
+	Server          ServerOptions    `yaml:"server"`
 	URL             string           `yaml:"url"`
 	User            string           `yaml:"user"`
 	PasswordFile    string           `yaml:"password_file"`
@@ -141,8 +145,13 @@ func redactURL(u string) string {
 // Embedded is a nats-server with JetStream running inside the watcher.
 type Embedded struct {
 	*server.Server
-	log *serverLogger
+	log              *serverLogger
+	internalPassword string // of internalUser; "" without users
+	security         string // how it is secured, for the log
 }
+
+// Security says how the server is secured (users, TLS), without secrets.
+func (e *Embedded) Security() string { return e.security }
 
 // minFreeToRecover is the free space on the storage path at which Recover
 // restarts JetStream after a storage failure.
@@ -188,8 +197,15 @@ func (e *Embedded) StorageError() error {
 }
 
 // StartEmbedded starts a nats-server listening on listen ("127.0.0.1:4222";
-// port 0 picks a free one) with JetStream stored under storeDir.
+// port 0 picks a free one) with JetStream stored under storeDir, open to
+// any client.
 func StartEmbedded(listen, storeDir string, logger *slog.Logger) (*Embedded, error) {
+	return StartEmbeddedWith(listen, storeDir, ServerOptions{}, logger)
+}
+
+// StartEmbeddedWith is StartEmbedded with users, permissions and TLS as sec
+// says. Connect to it with ClientOptions.
+func StartEmbeddedWith(listen, storeDir string, sec ServerOptions, logger *slog.Logger) (*Embedded, error) {
 	host, portStr, err := net.SplitHostPort(listen)
 	if err != nil {
 		return nil, fmt.Errorf("--nats.listen %q: %w", listen, err)
@@ -227,6 +243,10 @@ func StartEmbedded(listen, storeDir string, logger *slog.Logger) (*Embedded, err
 		MaxPayload: MaxPayload,
 		NoSigs:     true,
 	}
+	internalPassword, err := sec.apply(opts)
+	if err != nil {
+		return nil, err
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
@@ -238,7 +258,7 @@ func StartEmbedded(listen, storeDir string, logger *slog.Logger) (*Embedded, err
 		s.Shutdown()
 		return nil, fmt.Errorf("embedded NATS did not start listening on %s (is the port in use? see --nats.listen)", listen)
 	}
-	return &Embedded{Server: s, log: sl}, nil
+	return &Embedded{Server: s, log: sl, internalPassword: internalPassword, security: sec.describe()}, nil
 }
 
 // Stop shuts the server down and waits for it.
@@ -305,21 +325,13 @@ func StreamConfigs(replicas int) []jetstream.StreamConfig {
 
 // EnsureStreams creates the streams that are missing. Existing streams are
 // left as the operator configured them (retention, limits), provided they
-// still capture the subjects the watcher uses.
+// still capture the subjects the watcher uses. Like EnsureKeyValue it
+// tolerates replicas creating them at the same time and a cluster still
+// electing its leaders.
 func EnsureStreams(ctx context.Context, js jetstream.JetStream, replicas int) error {
 	for _, cfg := range StreamConfigs(replicas) {
-		s, err := js.Stream(ctx, cfg.Name)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
-			if _, err := js.CreateStream(ctx, cfg); err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-				return fmt.Errorf("creating stream %s: %w", cfg.Name, err)
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("looking up stream %s: %w (is JetStream enabled on the server?)", cfg.Name, err)
-		}
-		if !coversSubject(s.CachedInfo().Config.Subjects, cfg.Subjects[0]) {
-			return fmt.Errorf("stream %s exists but does not capture %s (it has %v)", cfg.Name, cfg.Subjects[0], s.CachedInfo().Config.Subjects)
+		if err := ensureStream(ctx, js, cfg); err != nil {
+			return err
 		}
 	}
 	return nil

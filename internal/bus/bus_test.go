@@ -469,7 +469,7 @@ func TestEnsureStreamsWithoutJetStream(t *testing.T) {
 	if err == nil {
 		t.Fatal("EnsureStreams succeeded on a server without JetStream")
 	}
-	if !strings.Contains(err.Error(), "JetStream") {
+	if !errors.Is(err, jetstream.ErrJetStreamNotEnabled) || !strings.Contains(err.Error(), "enable JetStream") {
 		t.Errorf("error %q does not say JetStream is missing", err)
 	}
 }

@@ -53,8 +53,21 @@ func Load(path string) (*Config, error) {
 	n.CredentialsFile = join(dir, n.CredentialsFile)
 	n.NKeyFile = join(dir, n.NKeyFile)
 	n.TLS.SetDirectory(dir)
+	st := &n.Server.TLS
+	st.CertFile, st.KeyFile, st.ClientCAFile = join(dir, st.CertFile), join(dir, st.KeyFile), join(dir, st.ClientCAFile)
+	for i := range n.Server.Users {
+		u := &n.Server.Users[i]
+		u.PasswordFile = join(dir, u.PasswordFile)
+	}
 	if err := c.Prometheus.HTTP.Validate(); err != nil {
 		return nil, fmt.Errorf("%s: prometheus.http_client: %w", path, err)
+	}
+	if err := n.Server.Validate(); err != nil {
+		var lines []string
+		for _, l := range strings.Split(err.Error(), "\n") {
+			lines = append(lines, path+": nats.server."+l)
+		}
+		return nil, errors.New(strings.Join(lines, "\n"))
 	}
 	return c, nil
 }

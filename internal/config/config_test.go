@@ -49,6 +49,18 @@ nats:
     cert_file: certs/client.pem
     key_file: certs/client-key.pem
   replicas: 3
+  server:
+    tls:
+      cert_file: certs/server.pem
+      key_file: certs/server-key.pem
+      client_ca_file: /etc/watcher/client-ca.pem
+    users:
+      - user: ci-shop
+        password_file: secrets/ci-shop
+        publish: [deploys.prod.shop]
+        subscribe: ["_INBOX.>"]
+      - nkey: UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4
+        publish: ["rollbacks.>"]
 `
 
 func TestLoadResolvesPathsAgainstTheFile(t *testing.T) {
@@ -97,6 +109,21 @@ func TestLoadResolvesPathsAgainstTheFile(t *testing.T) {
 	}
 	if n.Replicas != 3 {
 		t.Errorf("nats replicas = %d", n.Replicas)
+	}
+	st := n.Server.TLS
+	for _, ch := range []struct{ name, got, want string }{
+		{"server tls cert_file", st.CertFile, in("certs/server.pem")},
+		{"server tls key_file", st.KeyFile, in("certs/server-key.pem")},
+		{"server tls client_ca_file", st.ClientCAFile, "/etc/watcher/client-ca.pem"},
+	} {
+		if ch.got != ch.want {
+			t.Errorf("nats %s = %q, want %q", ch.name, ch.got, ch.want)
+		}
+	}
+	if u := n.Server.Users; len(u) != 2 || u[0].User != "ci-shop" || u[0].PasswordFile != in("secrets/ci-shop") ||
+		!slices.Equal(u[0].Publish, []string{"deploys.prod.shop"}) || !slices.Equal(u[0].Subscribe, []string{"_INBOX.>"}) ||
+		u[1].NKey != "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4" || !slices.Equal(u[1].Publish, []string{"rollbacks.>"}) {
+		t.Errorf("nats server users = %+v", u)
 	}
 }
 
@@ -191,6 +218,52 @@ func TestLoadBad(t *testing.T) {
 			name:    "bad duration",
 			content: "prometheus:\n  timeout: soon\n",
 			want:    []string{"soon"},
+		},
+		{
+			name:    "an inline password for a server user is not a key",
+			content: "nats:\n  server:\n    users:\n      - user: ci\n        password: hunter2\n",
+			line:    5,
+			want:    []string{"unknown key password"},
+		},
+		{
+			name:    "server user without password_file",
+			content: "nats:\n  server:\n    users:\n      - user: ci\n        publish: [deploys.prod.shop]\n",
+			want:    []string{"nats.server.users[0]: user ci has no password_file"},
+		},
+		{
+			name:    "server user with neither user nor nkey",
+			content: "nats:\n  server:\n    users:\n      - publish: [deploys.prod.shop]\n",
+			want:    []string{"nats.server.users[0]: user (with password_file) or nkey is required"},
+		},
+		{
+			name:    "an nkey seed where the public key goes",
+			content: "nats:\n  server:\n    users:\n      - nkey: SUACSSL3UAHUDXKFSNVUZRF5UHPMWZ6BFDTJ7M6USDXIEDNPPQYYYCU3VY\n",
+			want:    []string{"nats.server.users[0]: nkey", "is not a public user nkey"},
+		},
+		{
+			name:    "the watcher's own user name",
+			content: "nats:\n  server:\n    users:\n      - {user: _watcher, password_file: pw}\n",
+			want:    []string{"reserved"},
+		},
+		{
+			name:    "a user twice",
+			content: "nats:\n  server:\n    users:\n      - {user: ci, password_file: a}\n      - {user: ci, password_file: b}\n",
+			want:    []string{"nats.server.users[1]: ci is listed twice"},
+		},
+		{
+			name:    "bad subject",
+			content: "nats:\n  server:\n    users:\n      - {user: ci, password_file: a, publish: [\"deploys..shop\"]}\n",
+			want:    []string{"nats.server.users[0]: publish: \"deploys..shop\" is not a valid subject"},
+		},
+		{
+			name:    "server cert without key",
+			content: "nats:\n  server:\n    tls: {cert_file: c.pem}\n",
+			want:    []string{"nats.server.tls: cert_file and key_file go together"},
+		},
+		{
+			name:    "client CA without a server certificate",
+			content: "nats:\n  server:\n    tls: {client_ca_file: ca.pem}\n",
+			want:    []string{"nats.server.tls: client_ca_file needs cert_file and key_file"},
 		},
 		{
 			name:    "invalid http_client",

@@ -145,7 +145,7 @@ func (e *Executor) Start(ctx context.Context) error {
 	if err := e.openRequests(ctx); err != nil {
 		return err
 	}
-	cons, err := e.JS.CreateOrUpdateConsumer(ctx, bus.RollbacksStream, jetstream.ConsumerConfig{
+	cons, err := bus.EnsureConsumer(ctx, e.JS, bus.RollbacksStream, jetstream.ConsumerConfig{
 		Durable:       e.Consumer,
 		FilterSubject: events.RollbacksPrefix + ".>",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -157,7 +157,7 @@ func (e *Executor) Start(ctx context.Context) error {
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
 	if err != nil {
-		return fmt.Errorf("creating consumer %s on %s: %w", e.Consumer, bus.RollbacksStream, err)
+		return err
 	}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
 		e.sem <- struct{}{}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/rollback-watcher/watcher/internal/bus"
 )
 
 // RequestsBucket records, per rollback request id, how far its execution
@@ -65,7 +67,7 @@ func requestKey(id string) string {
 
 // openRequests creates RequestsBucket.
 func (e *Executor) openRequests(ctx context.Context) error {
-	kv, err := e.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bus.EnsureKeyValue(ctx, e.JS, jetstream.KeyValueConfig{
 		Bucket:      RequestsBucket,
 		Description: "rollback requests and how far their execution got (rollback watcher)",
 		TTL:         30 * 24 * time.Hour,
@@ -73,7 +75,7 @@ func (e *Executor) openRequests(ctx context.Context) error {
 		Replicas:    max(e.Replicas, 1),
 	})
 	if err != nil {
-		return fmt.Errorf("creating KV bucket %s: %w", RequestsBucket, err)
+		return err
 	}
 	e.requests = kv
 	return nil

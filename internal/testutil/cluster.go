@@ -31,6 +31,25 @@ type Cluster struct {
 // t.TempDir() and creates the watcher's streams at replication factor n.
 func StartCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
+	c := StartFreshCluster(t, n)
+	// The meta leader is elected after the routes are up; until then
+	// stream creation fails.
+	var last error
+	Eventually(t, 30*time.Second, "JetStream cluster ready", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		last = bus.EnsureStreams(ctx, c.JS, n)
+		return last == nil
+	})
+	return c
+}
+
+// StartFreshCluster starts n clustered nats-servers with JetStream under
+// t.TempDir() and returns at once: no stream exists yet and the meta
+// leader may still be in election, as when a cluster and its watchers
+// start together.
+func StartFreshCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
 	routes := make([]string, n)
 	clusterPorts := make([]int, n)
 	for i := range n {
@@ -82,14 +101,5 @@ func StartCluster(t testing.TB, n int) *Cluster {
 	if c.JS, err = jetstream.New(nc); err != nil {
 		t.Fatal(err)
 	}
-	// The meta leader is elected after the routes are up; until then
-	// stream creation fails.
-	var last error
-	Eventually(t, 30*time.Second, "JetStream cluster ready", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		last = bus.EnsureStreams(ctx, c.JS, n)
-		return last == nil
-	})
 	return c
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/events"
 )
 
@@ -49,16 +50,16 @@ func replicaName(host string) string {
 // replica.
 func (w *Watcher) openStore(ctx context.Context) error {
 	replicas := max(w.Replicas, 1)
-	runs, err := w.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	runs, err := bus.EnsureKeyValue(ctx, w.JS, jetstream.KeyValueConfig{
 		Bucket:      RunsBucket,
 		Description: "validation runs in progress (rollback watcher)",
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
 	})
 	if err != nil {
-		return fmt.Errorf("creating KV bucket %s: %w", RunsBucket, err)
+		return err
 	}
-	alive, err := w.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	alive, err := bus.EnsureKeyValue(ctx, w.JS, jetstream.KeyValueConfig{
 		Bucket:      ReplicasBucket,
 		Description: "live rollback watcher replicas, one key each, kept by heartbeats",
 		TTL:         w.Lease,
@@ -66,7 +67,7 @@ func (w *Watcher) openStore(ctx context.Context) error {
 		Replicas:    replicas,
 	})
 	if err != nil {
-		return fmt.Errorf("creating KV bucket %s: %w", ReplicasBucket, err)
+		return err
 	}
 	w.runs, w.alive = runs, alive
 	return w.heartbeat(ctx)

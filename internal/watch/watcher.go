@@ -225,13 +225,13 @@ func (w *Watcher) init() {
 // events in the background until ctx ends. Wait waits for it to stop.
 func (w *Watcher) Start(ctx context.Context) error {
 	w.init()
-	kv, err := w.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := bus.EnsureKeyValue(ctx, w.JS, jetstream.KeyValueConfig{
 		Bucket:  DedupBucket,
 		TTL:     30 * 24 * time.Hour,
 		Storage: jetstream.FileStorage,
 	})
 	if err != nil {
-		return fmt.Errorf("creating KV bucket %s: %w", DedupBucket, err)
+		return err
 	}
 	w.ids = kv
 	if err := w.openStore(ctx); err != nil {
@@ -243,7 +243,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 	if err := w.adoptAtStart(ctx); err != nil {
 		return err
 	}
-	cons, err := w.JS.CreateOrUpdateConsumer(ctx, bus.DeploysStream, jetstream.ConsumerConfig{
+	cons, err := bus.EnsureConsumer(ctx, w.JS, bus.DeploysStream, jetstream.ConsumerConfig{
 		Durable:       w.Consumer,
 		FilterSubject: events.DeploysPrefix + ".>",
 		AckPolicy:     jetstream.AckExplicitPolicy,
@@ -255,7 +255,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 		DeliverPolicy: jetstream.DeliverNewPolicy,
 	})
 	if err != nil {
-		return fmt.Errorf("creating consumer %s on %s: %w", w.Consumer, bus.DeploysStream, err)
+		return err
 	}
 	// Events are handled in lanes, one goroutine each: a few writes per
 	// event are round trips to the server, which one lane would pay one
