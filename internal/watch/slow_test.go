@@ -119,3 +119,38 @@ func TestConsecutiveErrorLimitEndsRun(t *testing.T) {
 		t.Errorf("%d rollback requests, want none (on_inconclusive: keep)", n)
 	}
 }
+
+// TestOversizeAnswerIsErrorMeasurement: an answer past the client's series
+// limit is a measurement with outcome error whose reason names the limit,
+// not a watcher holding half a million series.
+func TestOversizeAnswerIsErrorMeasurement(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"status":"success","data":{"resultType":"vector","result":[`)
+		for i := range 524288 {
+			if i > 0 {
+				fmt.Fprint(w, ",")
+			}
+			if _, err := fmt.Fprintf(w, `{"metric":{"i":"%d"},"value":[1,"1"]}`, i); err != nil {
+				return
+			}
+		}
+		fmt.Fprint(w, `]}}`)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := prommetrics.New(prommetrics.Options{URL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := "policies:\n" + policyYAML("big", shopMatch, "window: 1s\ninterval: 500ms", `
+- name: everything
+  query: '{__name__=~".+"}'
+  aggregate: sum
+  min: 1`)
+	h := newPromHarness(t, rules, c)
+	h.publish(deployEvent("d-big", "shop", "production", "v2"))
+	m := h.waitMeasurements("d-big", 1)[0]
+	if m.Detail["outcome"] != "error" || !strings.Contains(fmt.Sprint(m.Detail["reason"]), "more than 10000 series, the limit (prometheus.max_series)") {
+		t.Errorf("measurement %q: outcome %v, want an error naming prometheus.max_series", m.Message, m.Detail["outcome"])
+	}
+}
