@@ -176,6 +176,35 @@ func TestCheck(t *testing.T) {
 		}
 	})
 
+	t.Run("a timeout longer than an interval is a warning", func(t *testing.T) {
+		dir := t.TempDir()
+		rules := filepath.Join(dir, "rules.yml")
+		writeFile(t, rules, `policies:
+  - name: fast
+    match: {service: shop}
+    interval: 2s
+    checks:
+      - {name: up, query: up, min: 1}
+    rollback: {mode: publish}
+  - name: slow
+    match: {service: cart}
+    interval: 30s
+    checks:
+      - {name: up, query: up, min: 1}
+    rollback: {mode: publish}
+`)
+		cfg := filepath.Join(dir, "watcher.yml")
+		writeFile(t, cfg, "rule_files: [rules.yml]\nprometheus:\n  timeout: 10s\n")
+		code, out, errOut := cli(t, "check", "--config.file="+cfg)
+		if code != 0 || !strings.HasPrefix(out, "2 policies in 1 files are valid") {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and both valid", code, out, errOut)
+		}
+		want := rules + ":2: warning: policy fast: its queries get 2s (its interval), not prometheus.timeout 10s; a slower answer is an error measurement\n"
+		if errOut != want {
+			t.Errorf("stderr = %q, want %q", errOut, want)
+		}
+	})
+
 	t.Run("missing config file is a usage error", func(t *testing.T) {
 		missing := filepath.Join(t.TempDir(), "nope.yml")
 		code, _, errOut := cli(t, "check", "--config.file="+missing)

@@ -15,6 +15,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/common/model"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
@@ -105,10 +106,27 @@ func addCheck(app *kingpin.Application, cmds map[string]func(context.Context, *e
 			return &exitError{code: 1, err: err}
 		}
 		fmt.Fprintf(e.stdout, "%d policies in %d files are valid: %s\n", len(set.Policies), len(set.Files), strings.Join(set.Files, ", "))
+		timeoutWarnings(e.stderr, set, time.Duration(cfg.Prometheus.Timeout))
 		if !f.promSet {
 			return nil
 		}
 		return trial(ctx, e, cfg, set, tf)
+	}
+}
+
+// timeoutWarnings names the policies whose interval is shorter than the
+// prometheus.timeout the config file sets: their queries are cut off at
+// the interval instead (a slow answer must not make measurements pile up),
+// which the file's author may not expect. The policies stay valid.
+func timeoutWarnings(w io.Writer, set *policy.Set, timeout time.Duration) {
+	if timeout <= 0 {
+		return
+	}
+	for _, p := range set.Policies {
+		if interval := time.Duration(p.Interval); interval < timeout {
+			fmt.Fprintf(w, "%s:%d: warning: policy %s: its queries get %s (its interval), not prometheus.timeout %s; a slower answer is an error measurement\n",
+				p.File, p.Line, p.Name, model.Duration(interval), model.Duration(timeout))
+		}
 	}
 }
 

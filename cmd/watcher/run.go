@@ -235,7 +235,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	// executor has stopped.
 	sshPool := rollback.NewSSHPool(0)
 	defer sshPool.Close()
-	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: promUp, Audit: aud, Logger: logger,
+	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: promUp, QueryTimeout: prom.Timeout(), Audit: aud, Logger: logger,
 		Warmer:  &rollback.Warmer{Pool: sshPool, Logger: logger},
 		Replica: rep.name, Lease: rep.lease, Replicas: cfg.NATS.Replicas}
 	// A request whose executor died comes back to another replica after

@@ -31,6 +31,8 @@ rule_files:
 prometheus:
   url: https://prometheus.example.com:9090
   timeout: 15s
+  max_response_bytes: 16MiB
+  max_series: 20000
   http_client:
     basic_auth:
       username: watcher
@@ -82,6 +84,9 @@ func TestLoadResolvesPathsAgainstTheFile(t *testing.T) {
 	p := c.Prometheus
 	if p.URL != "https://prometheus.example.com:9090" || time.Duration(p.Timeout) != 15*time.Second {
 		t.Errorf("prometheus url %q timeout %s", p.URL, p.Timeout)
+	}
+	if p.MaxResponseBytes != 16<<20 || p.MaxSeries != 20000 {
+		t.Errorf("prometheus max_response_bytes %d max_series %d, want 16MiB and 20000", p.MaxResponseBytes, p.MaxSeries)
 	}
 	if p.HTTP.BasicAuth == nil || p.HTTP.BasicAuth.Username != "watcher" ||
 		p.HTTP.BasicAuth.PasswordFile != in("secrets/prometheus-password") {
@@ -264,6 +269,11 @@ func TestLoadBad(t *testing.T) {
 			name:    "client CA without a server certificate",
 			content: "nats:\n  server:\n    tls: {client_ca_file: ca.pem}\n",
 			want:    []string{"nats.server.tls: client_ca_file needs cert_file and key_file"},
+		},
+		{
+			name:    "bad size",
+			content: "prometheus:\n  max_response_bytes: lots\n",
+			want:    []string{"lots"},
 		},
 		{
 			name:    "invalid http_client",

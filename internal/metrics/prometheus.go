@@ -3,32 +3,56 @@ package metrics
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
+	"path"
+	"strconv"
+	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/api"
-	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/alecthomas/units"
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
 )
 
 // Options says how to reach Prometheus. HTTPClientConfig carries auth
 // (basic_auth, authorization, oauth2) and TLS the way every Prometheus-family
-// tool configures them.
+// tool configures them. MaxResponseBytes and MaxSeries bound one answer:
+// the watcher judges a few numbers, and one unbounded answer (a query that
+// matched every series) once took it from 33 MB to 7.8 GB.
 type Options struct {
-	URL     string                  `yaml:"url"`
-	Timeout model.Duration          `yaml:"timeout"`
-	HTTP    config.HTTPClientConfig `yaml:"http_client"`
+	URL              string                  `yaml:"url"`
+	Timeout          model.Duration          `yaml:"timeout"`
+	MaxResponseBytes units.Base2Bytes        `yaml:"max_response_bytes"`
+	MaxSeries        int                     `yaml:"max_series"`
+	HTTP             config.HTTPClientConfig `yaml:"http_client"`
 }
 
 // DefaultTimeout bounds one instant query.
 var DefaultTimeout = model.Duration(10 * time.Second)
 
+// DefaultMaxSeries is ten times what a check judging one series per
+// instance of a large service needs; what an answer holds in memory is
+// about this many series, whatever its size on the wire.
+var DefaultMaxSeries = 10000
+
+// DefaultMaxResponseBytes lets DefaultMaxSeries series with a dozen
+// labels each through (Prometheus writes about 300 to 800 bytes for one),
+// and stops an answer that is mostly something else (a huge label) before
+// the decoder has to hold it.
+var DefaultMaxResponseBytes = 8 * units.MiB
+
 // Client runs instant queries.
 type Client struct {
-	api     v1.API
-	timeout time.Duration
+	http      *http.Client
+	endpoint  string
+	timeout   time.Duration
+	maxBytes  int64
+	maxSeries int
 }
 
 // New builds a client. It does not contact Prometheus.
@@ -37,6 +61,12 @@ func New(o Options) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("prometheus URL %q: want http(s)://host:port", o.URL)
 	}
+	if o.MaxResponseBytes < 0 {
+		return nil, fmt.Errorf("prometheus max_response_bytes %s: want a positive size such as 8MiB", o.MaxResponseBytes)
+	}
+	if o.MaxSeries < 0 {
+		return nil, fmt.Errorf("prometheus max_series %d: want a positive number", o.MaxSeries)
+	}
 	if err := o.HTTP.Validate(); err != nil {
 		return nil, fmt.Errorf("prometheus http_client: %w", err)
 	}
@@ -44,33 +74,285 @@ func New(o Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prometheus http_client: %w", err)
 	}
-	c, err := api.NewClient(api.Config{Address: o.URL, RoundTripper: rt})
-	if err != nil {
-		return nil, fmt.Errorf("prometheus client: %w", err)
+	u.Path = path.Join(u.Path, "/api/v1/query")
+	c := &Client{
+		http:      &http.Client{Transport: rt},
+		endpoint:  u.String(),
+		timeout:   time.Duration(o.Timeout),
+		maxBytes:  int64(o.MaxResponseBytes),
+		maxSeries: o.MaxSeries,
 	}
-	timeout := time.Duration(o.Timeout)
-	if timeout <= 0 {
-		timeout = time.Duration(DefaultTimeout)
+	if c.timeout <= 0 {
+		c.timeout = time.Duration(DefaultTimeout)
 	}
-	return &Client{api: v1.NewAPI(c), timeout: timeout}, nil
+	if c.maxBytes == 0 {
+		c.maxBytes = int64(DefaultMaxResponseBytes)
+	}
+	if c.maxSeries == 0 {
+		c.maxSeries = DefaultMaxSeries
+	}
+	return c, nil
+}
+
+// Timeout is how long one query may take at most; a caller's context with
+// an earlier deadline shortens it.
+func (c *Client) Timeout() time.Duration { return c.timeout }
+
+// LimitError is an answer cut off at one of the client's limits. Its text
+// names the limit and the configuration key that raises it.
+type LimitError struct {
+	Series bool  // the series limit, else the byte limit
+	Limit  int64 // series or bytes
+}
+
+func (e *LimitError) Error() string {
+	if e.Series {
+		return fmt.Sprintf("answer has more than %d series, the limit (prometheus.max_series); aggregate in the query (sum by, topk) or raise the limit", e.Limit)
+	}
+	return fmt.Sprintf("answer larger than %s, the limit (prometheus.max_response_bytes); narrow the query or raise the limit", units.Base2Bytes(e.Limit))
 }
 
 // Query evaluates an instant query at ts. A scalar result is returned as a
 // one-sample vector without labels; a matrix or string is an error, since a
 // threshold can only judge numbers.
+//
+// The answer is decoded as it streams in, one series at a time, and cut
+// off past MaxSeries series or MaxResponseBytes bytes: what a query can
+// cost the process is bounded by the limits, not by what the query matched.
 func (c *Client) Query(ctx context.Context, query string, ts time.Time) (model.Vector, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	v, _, _, err := c.api.Query(ctx, query, ts, v1.WithTimeout(c.timeout))
+	// Prometheus stops evaluating when the client has stopped waiting.
+	timeout := c.timeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = min(timeout, time.Until(dl))
+	}
+	form := url.Values{
+		"query":   {query},
+		"time":    {strconv.FormatFloat(float64(ts.UnixNano())/1e9, 'f', -1, 64)},
+		"timeout": {strconv.FormatFloat(max(timeout, time.Millisecond).Seconds(), 'f', 3, 64)},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, strings.NewReader(form.Encode()))
 	if err != nil {
 		return nil, err
 	}
-	switch r := v.(type) {
-	case model.Vector:
-		return r, nil
-	case *model.Scalar:
-		return model.Vector{{Metric: model.Metric{}, Value: r.Value, Timestamp: r.Timestamp}}, nil
-	default:
-		return nil, fmt.Errorf("query returned a %s, want an instant vector or scalar", v.Type())
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
 	}
+	defer resp.Body.Close()
+	body := &limitedBody{r: resp.Body, left: c.maxBytes, limit: c.maxBytes}
+	vec, err := decodeAnswer(json.NewDecoder(body), c.maxSeries)
+	var le *LimitError
+	switch {
+	case errors.As(err, &le):
+		return nil, err
+	case resp.StatusCode/100 != 2 && (err == nil || !errors.As(err, new(*apiError))):
+		// Not an API answer: a proxy's or web.config's refusal.
+		return nil, fmt.Errorf("prometheus answered %s: %s", resp.Status, oneLine(body.head))
+	case err != nil:
+		return nil, err
+	}
+	return vec, nil
+}
+
+// apiError is Prometheus's own error answer: {"status":"error",...}.
+type apiError struct{ typ, msg string }
+
+func (e *apiError) Error() string { return e.typ + ": " + e.msg }
+
+// decodeAnswer reads a /api/v1/query answer token by token, so that the
+// series are decoded one at a time and the count is checked as they come.
+func decodeAnswer(dec *json.Decoder, maxSeries int) (model.Vector, error) {
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, err
+	}
+	var (
+		status, errType, errMsg string
+		vec                     model.Vector
+		haveData                bool
+	)
+	for dec.More() {
+		key, err := objectKey(dec)
+		if err != nil {
+			return nil, err
+		}
+		switch key {
+		case "status":
+			err = dec.Decode(&status)
+		case "errorType":
+			err = dec.Decode(&errType)
+		case "error":
+			err = dec.Decode(&errMsg)
+		case "data":
+			vec, err = decodeData(dec, maxSeries)
+			haveData = true
+		default: // warnings, infos, and whatever a later version adds
+			err = skipValue(dec)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if _, err := dec.Token(); err != nil { // '}'
+		return nil, err
+	}
+	if status == "error" {
+		return nil, &apiError{typ: errType, msg: errMsg}
+	}
+	if status != "success" || !haveData {
+		return nil, fmt.Errorf("decoding answer: status %q without data, want a Prometheus query API answer", status)
+	}
+	if vec == nil {
+		vec = model.Vector{}
+	}
+	return vec, nil
+}
+
+// decodeData decodes the data object: {"resultType": ..., "result": ...}.
+// Prometheus writes resultType first; the result is decoded by it.
+func decodeData(dec *json.Decoder, maxSeries int) (model.Vector, error) {
+	if err := expectDelim(dec, '{'); err != nil {
+		return nil, err
+	}
+	var (
+		typ string
+		vec model.Vector
+	)
+	for dec.More() {
+		key, err := objectKey(dec)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case key == "resultType":
+			err = dec.Decode(&typ)
+		case key == "result" && typ == "vector":
+			vec, err = decodeVector(dec, maxSeries)
+		case key == "result" && typ == "scalar":
+			var s model.Scalar
+			if err = dec.Decode(&s); err == nil {
+				vec = model.Vector{{Metric: model.Metric{}, Value: s.Value, Timestamp: s.Timestamp}}
+			}
+		case key == "result" && typ == "":
+			err = errors.New("decoding answer: result before resultType; is this a Prometheus query API?")
+		case key == "result":
+			err = fmt.Errorf("query returned a %s, want an instant vector or scalar", typ)
+		default:
+			err = skipValue(dec)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	_, err := dec.Token() // '}'
+	return vec, err
+}
+
+func decodeVector(dec *json.Decoder, maxSeries int) (model.Vector, error) {
+	if err := expectDelim(dec, '['); err != nil {
+		return nil, err
+	}
+	vec := model.Vector{}
+	for dec.More() {
+		if len(vec) == maxSeries {
+			return nil, &LimitError{Series: true, Limit: int64(maxSeries)}
+		}
+		s := &model.Sample{}
+		if err := dec.Decode(s); err != nil {
+			return nil, fmt.Errorf("decoding series %d: %w", len(vec), err)
+		}
+		vec = append(vec, s)
+	}
+	_, err := dec.Token() // ']'
+	return vec, err
+}
+
+func expectDelim(dec *json.Decoder, want json.Delim) error {
+	tok, err := dec.Token()
+	if err != nil {
+		return err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != want {
+		return fmt.Errorf("decoding answer: got %v where %v belongs", tok, want)
+	}
+	return nil
+}
+
+func objectKey(dec *json.Decoder) (string, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return "", err
+	}
+	key, ok := tok.(string)
+	if !ok {
+		return "", fmt.Errorf("decoding answer: got %v where a key belongs", tok)
+	}
+	return key, nil
+}
+
+// skipValue reads past one value token by token, holding none of it.
+func skipValue(dec *json.Decoder) error {
+	depth := 0
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
+	}
+}
+
+// limitedBody fails a read past limit bytes with a LimitError, and keeps
+// the first bytes for the message about an answer that is not JSON.
+type limitedBody struct {
+	r     io.Reader
+	left  int64
+	limit int64
+	head  []byte
+	err   error
+}
+
+const headBytes = 256
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err // the decoder may read again after an error
+	}
+	if b.left <= 0 {
+		// One byte more tells a body of exactly the limit from a longer one.
+		var one [1]byte
+		if n, _ := io.ReadFull(b.r, one[:]); n == 0 {
+			b.err = io.EOF
+		} else {
+			b.err = &LimitError{Limit: b.limit}
+		}
+		return 0, b.err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	if len(b.head) < headBytes {
+		b.head = append(b.head, p[:min(n, headBytes-len(b.head))]...)
+	}
+	return n, err
+}
+
+func oneLine(b []byte) string {
+	s := strings.Join(strings.Fields(string(b)), " ")
+	if s == "" {
+		return "(empty body)"
+	}
+	return s
 }

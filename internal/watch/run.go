@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -31,6 +32,7 @@ type Run struct {
 	Deploy  events.Deploy
 	Policy  *policy.Policy
 	Start   time.Time // when the window opened (the event's arrival)
+	since   time.Time // when this process took the run up: Start, or its resumption
 	checks  []*checkState
 	data    policy.TemplateData
 	mu      sync.Mutex
@@ -69,7 +71,7 @@ type checkState struct {
 }
 
 func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run, error) {
-	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, verdict: VerdictPending, slot: -1}
+	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, since: start, verdict: VerdictPending, slot: -1}
 	r.next, _, _ = r.schedule()
 	r.data = policy.TemplateData{
 		Service:         d.Service,
@@ -120,22 +122,44 @@ type Querier interface {
 // measure takes one measurement of every check at ts and records each in
 // the audit. It returns the checks (dry-run ones aside) that went past their
 // failure limit, and those that went past an inconclusive or error limit.
-func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time) (failed, blind []*checkState, err error) {
+//
+// The checks' queries run at once, all within budget (the query timeout,
+// or less when the run is out of time): one slow check must not leave the
+// others no time, nor make the step take a timeout per check.
+func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget time.Duration) (failed, blind []*checkState, err error) {
+	type answer struct {
+		vec    model.Vector
+		err    error
+		baseAt time.Time
+	}
+	answers := make([]answer, len(r.checks))
+	qctx, cancel := context.WithTimeout(ctx, budget)
+	var wg sync.WaitGroup
+	for i, cs := range r.checks {
+		wg.Go(func() {
+			a := &answers[i]
+			if c := cs.check; c.Baseline != nil {
+				a.baseAt = cs.baselineTime(r, ts)
+				// A pre-deploy baseline is one moment, fetched once it has
+				// data; an offset baseline moves with the measurement.
+				if c.Baseline.Kind != policy.BaselinePreDeploy || cs.baseline == nil {
+					cs.baseline = w.baseline(qctx, r, cs, a.baseAt)
+				}
+			}
+			a.vec, a.err = w.querier.Query(qctx, cs.query, ts)
+			if errors.Is(a.err, context.DeadlineExceeded) && ctx.Err() == nil {
+				a.err = fmt.Errorf("no answer within %s, the query timeout (prometheus.timeout, at most the policy's interval)", budget.Round(time.Millisecond))
+			}
+		})
+	}
+	wg.Wait()
+	cancel()
+	if ctx.Err() != nil {
+		return nil, nil, ctx.Err()
+	}
 	for i, cs := range r.checks {
 		c := cs.check
-		var baseAt time.Time
-		if c.Baseline != nil {
-			baseAt = cs.baselineTime(r, ts)
-			// A pre-deploy baseline is one moment, fetched once it has data;
-			// an offset baseline moves with the measurement.
-			if c.Baseline.Kind != policy.BaselinePreDeploy || cs.baseline == nil {
-				cs.baseline = w.baseline(ctx, r, cs, baseAt)
-			}
-		}
-		vec, qerr := w.querier.Query(ctx, cs.query, ts)
-		if ctx.Err() != nil {
-			return nil, nil, ctx.Err()
-		}
+		vec, qerr, baseAt := answers[i].vec, answers[i].err, answers[i].baseAt
 		j := c.Judge(policy.SeriesOf(vec), cs.baseline, qerr)
 		r.mu.Lock()
 		cs.tally.Add(j.Outcome)
@@ -287,6 +311,17 @@ func blindReason(blind []*checkState) string {
 		parts = append(parts, fmt.Sprintf("check %s is inconclusive: %s", c.Name, why))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// pastErrorLimit reports whether one of the checks has had more query
+// errors in a row than its consecutive_error_limit tolerates.
+func pastErrorLimit(css []*checkState) bool {
+	for _, cs := range css {
+		if l := cs.check.ConsecutiveErrorLimit; l != nil && cs.tally.ConsecutiveErrors > *l {
+			return true
+		}
+	}
+	return false
 }
 
 // endVerdict decides a run whose window closed without a failure. A check

@@ -453,20 +453,26 @@ func scenarios() []scenario {
 // reason to roll back unless the policy says so.
 func outageScenarios() []scenario {
 	steady := func(time.Duration) []point { return value(100) }
-	outage := func(t *testing.T, o *outcome) (pass, errs int) {
+	// outage checks the counts: passes until the outage, then errors, to
+	// the window's end or, with an error limit, to the error past it.
+	outage := func(t *testing.T, o *outcome, limit int) (pass, errs int) {
 		t.Helper()
 		last := o.last(t, "orders")
 		c := counts(t, last)
-		if c["pass"] < 2 || c["error"] < 3 || c["pass"]+c["error"] != o.n {
-			t.Errorf("counts %v: want passes until the outage, then errors, %d in all", c, o.n)
+		want := o.n
+		if limit >= 0 {
+			want = c["pass"] + limit + 1
+		}
+		if c["pass"] < 2 || c["error"] < 3 || c["pass"]+c["error"] != want || len(o.of("orders")) != want {
+			t.Errorf("counts %v of %d measurements: want passes until the outage, then errors, %d in all", c, len(o.of("orders")), want)
 		}
 		wantContains(t, "last measurement", last.Message, "orders: query failed: ")
 		return c["pass"], c["error"]
 	}
 	return []scenario{
 		{
-			// More than 2 query errors in a row: inconclusive; keep rolls
-			// nothing back.
+			// More than 2 query errors in a row: inconclusive at once;
+			// keep rolls nothing back.
 			name: "prometheus-down-keep", deploy: good, want: audit.RunInconclusive,
 			onInconclusive: "keep",
 			checks: `
@@ -476,7 +482,7 @@ func outageScenarios() []scenario {
   consecutive_error_limit: 2`,
 			trace: steady,
 			check: func(t *testing.T, o *outcome) {
-				_, errs := outage(t, o)
+				_, errs := outage(t, o, 2)
 				var third audit.Record
 				for _, m := range o.of("orders") {
 					if counts(t, m)["consecutive_errors"] == 3 {
@@ -501,7 +507,7 @@ func outageScenarios() []scenario {
   min: 50`,
 			trace: steady,
 			check: func(t *testing.T, o *outcome) {
-				pass, errs := outage(t, o)
+				pass, errs := outage(t, o, -1)
 				wantContains(t, "run.passed", o.verdict.Message, fmt.Sprintf("orders pass %d fail 0 inconclusive 0 error %d", pass, errs))
 			},
 		},

@@ -126,3 +126,39 @@ func (s *scheduler) run(ctx context.Context, wg *sync.WaitGroup, step func(*Run)
 		}
 	})
 }
+
+// queryTimeout is how long one measurement's queries may take: the
+// configured prometheus.timeout, but never more than the interval. A
+// longer wait makes every measurement late for the next one, and a run
+// catching up evaluation by evaluation decides far past its window.
+func queryTimeout(configured, interval time.Duration) time.Duration {
+	if configured <= 0 || configured > interval {
+		return interval
+	}
+	return configured
+}
+
+// catchUp decides a run's step at now, for the measurement due at next:
+// how long its queries may take (budget), or, when the run is out of time,
+// how many measurements it skips (skip > 0) to be decided at once.
+//
+// A run is out of time one query timeout after its window's end, or after
+// it was taken up here (since) if that was later: a run resumed after a
+// crash still catches up what it missed, from Prometheus's history, as
+// long as Prometheus answers quickly. A measurement never runs past that
+// deadline, so the verdict comes no later than it. Measurements that
+// cannot be taken by then can no longer matter: the verdict is due.
+func catchUp(now, next, end, since time.Time, interval, timeout time.Duration) (budget time.Duration, skip int) {
+	deadline := end
+	if since.After(end) {
+		deadline = since
+	}
+	deadline = deadline.Add(timeout)
+	if !now.Before(deadline) {
+		if !next.After(end) {
+			skip = int(end.Sub(next)/interval) + 1
+		}
+		return 0, skip
+	}
+	return min(timeout, deadline.Sub(now)), 0
+}

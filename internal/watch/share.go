@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -30,10 +31,22 @@ type queryKey struct {
 }
 
 type sharedCall struct {
-	done chan struct{}
-	vec  model.Vector
-	err  error
-	at   time.Time // when the answer came
+	done     chan struct{}
+	vec      model.Vector
+	err      error
+	at       time.Time // when the answer came
+	deadline time.Time // the first asker's, which bounds the request; zero: none
+}
+
+// cutShort reports whether c failed only because it ran into a deadline
+// earlier than ctx's: an asker with more time to wait asks again rather
+// than take another run's timeout for its own.
+func (c *sharedCall) cutShort(ctx context.Context) bool {
+	if c.deadline.IsZero() || ctx.Err() != nil || !errors.Is(c.err, context.DeadlineExceeded) {
+		return false
+	}
+	mine, ok := ctx.Deadline()
+	return !ok || mine.After(c.deadline)
 }
 
 // keepAnswers is how long an answer serves late askers; a measurement at a
@@ -47,34 +60,48 @@ func newSharedQuerier(q Querier) *sharedQuerier {
 
 func (s *sharedQuerier) Query(ctx context.Context, query string, ts time.Time) (model.Vector, error) {
 	k := queryKey{query, ts.UnixMilli()}
-	s.mu.Lock()
-	c, ok := s.calls[k]
-	if !ok {
-		c = &sharedCall{done: make(chan struct{})}
-		s.calls[k] = c
-		s.inserts++
-		if s.inserts%1024 == 0 {
-			s.sweepLocked(time.Now())
+	for {
+		s.mu.Lock()
+		c, ok := s.calls[k]
+		if !ok {
+			c = &sharedCall{done: make(chan struct{})}
+			c.deadline, _ = ctx.Deadline()
+			s.calls[k] = c
+			s.inserts++
+			if s.inserts%1024 == 0 {
+				s.sweepLocked(time.Now())
+			}
+			// The request runs on its own, under the watcher's context
+			// rather than the asker's: one run stopping (superseded) must
+			// not fail the answer for the others waiting on it, nor wait
+			// for it. It keeps the asker's deadline (the query timeout),
+			// so that a slow Prometheus is not sent more requests than
+			// the runs wait for.
+			base := s.base
+			if base == nil {
+				base = context.WithoutCancel(ctx)
+			}
+			go s.ask(base, k, c, query, ts)
 		}
-		// The request runs on its own, under the watcher's context rather
-		// than the asker's: one run stopping (superseded) must not fail
-		// the answer for the others waiting on it, nor wait for it.
-		base := s.base
-		if base == nil {
-			base = context.WithoutCancel(ctx)
+		s.mu.Unlock()
+		select {
+		case <-c.done:
+			if c.cutShort(ctx) {
+				continue // a failed call is not kept: this makes a new one
+			}
+			return c.vec, c.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		go s.ask(base, k, c, query, ts)
-	}
-	s.mu.Unlock()
-	select {
-	case <-c.done:
-		return c.vec, c.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
 	}
 }
 
 func (s *sharedQuerier) ask(ctx context.Context, k queryKey, c *sharedCall, query string, ts time.Time) {
+	if !c.deadline.IsZero() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, c.deadline)
+		defer cancel()
+	}
 	start := time.Now()
 	vec, err := s.q.Query(ctx, query, ts)
 	if s.observe != nil {

@@ -102,6 +102,9 @@ func restoreRun(st runState, rev uint64) (*Run, error) {
 		return nil, err
 	}
 	r.seq, r.owner, r.rev = st.Seq, st.Owner, rev
+	// Taken up now: a run resumed past its window has one query timeout
+	// from here to catch up (catchUp).
+	r.since = time.Now()
 	if !st.Next.IsZero() {
 		r.next = st.Next
 	}

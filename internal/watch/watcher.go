@@ -37,6 +37,9 @@ type Watcher struct {
 	Querier  Querier
 	Audit    Auditor
 	Logger   *slog.Logger
+	// QueryTimeout is prometheus.timeout, how long one query may take. A
+	// policy's queries get at most its interval (zero: the interval).
+	QueryTimeout time.Duration
 	// Consumer is the durable consumer name on DEPLOYS; replicas sharing it
 	// share the work.
 	Consumer string
@@ -600,17 +603,25 @@ func (w *Watcher) step(r *Run) {
 	r.mu.Lock()
 	next, ending := r.next, r.ending
 	r.mu.Unlock()
-	if ending || next.After(end) {
+	timeout := queryTimeout(w.QueryTimeout, interval)
+	budget, skip := catchUp(time.Now(), next, end, r.since, interval, timeout)
+	if ending || next.After(end) || skip > 0 {
 		verdict, reason, blind := endVerdict(r)
+		var detail map[string]any
+		if skip > 0 {
+			reason += fmt.Sprintf("; %d measurements from %s skipped: Prometheus answered too slowly to catch up within one query timeout (%s) of the window's end",
+				skip, next.UTC().Format(time.RFC3339Nano), timeout)
+			detail = map[string]any{"skipped_measurements": skip}
+		}
 		if verdict == VerdictInconclusive {
 			w.inconclusive(ctx, r, reason, blind)
 		} else {
-			w.finish(ctx, r, verdict, audit.RunPassed, reason, nil)
+			w.finish(ctx, r, verdict, audit.RunPassed, reason, detail)
 		}
 		r.cancel()
 		return
 	}
-	failed, blind, err := w.measure(ctx, r, next)
+	failed, blind, err := w.measure(ctx, r, next, budget)
 	if stopped() {
 		return
 	}
@@ -621,7 +632,13 @@ func (w *Watcher) step(r *Run) {
 	r.mu.Lock()
 	r.next = next
 	r.mu.Unlock()
-	decided := len(failed) > 0 || len(blind) > 0 && r.Policy.OnInconclusive == policy.OnInconclusiveRollback
+	// A check past its consecutive_error_limit decides the run at once,
+	// as the README says: measuring on would hammer a Prometheus that is
+	// down, and a pass after the streak would reset the count it is
+	// judged by. Past an inconclusive limit, a policy that rolls back on
+	// doubt does so now; one that keeps goes on measuring, since a
+	// failure later in the window still fails the run.
+	decided := len(failed) > 0 || len(blind) > 0 && (r.Policy.OnInconclusive == policy.OnInconclusiveRollback || pastErrorLimit(blind))
 	if !decided {
 		if err := w.save(ctx, r); errors.Is(err, errRunLost) {
 			w.lost(r)
@@ -637,9 +654,6 @@ func (w *Watcher) step(r *Run) {
 		r.cancel()
 		return
 	case decided:
-		// Past an inconclusive or error limit, a policy that rolls back
-		// on doubt does so now; one that keeps goes on measuring, since a
-		// failure later in the window still fails the run.
 		w.inconclusive(ctx, r, blindReason(blind), blind)
 		r.cancel()
 		return
