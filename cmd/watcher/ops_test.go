@@ -87,7 +87,7 @@ func TestVersionFlag(t *testing.T) {
     window: 1m
     checks:
       - name: v
-        query: "vector(1) # {{ .Version }}"
+        query: 'label_replace(vector(1), "v", "{{ .Version }}", "", "")'
         min: 1
     rollback: {link: /srv/shop/current}
 `)
