@@ -35,21 +35,13 @@ check-rules: build
 clean:
 	rm -rf bin data
 
-# Fuzz every fuzz target of the decoders of outside input, one at a time,
-# for FUZZTIME each (go test -fuzz takes one target per run). A crash is
-# written to the package's testdata/fuzz/<target>/ and fails the run.
+# Fuzz every fuzz target of the decoders of outside input for FUZZTIME
+# each (scripts/fuzz.sh). A crash is written to the package's
+# testdata/fuzz/<target>/ and fails the run.
 FUZZTIME ?= 10s
 
 fuzz:
-	@set -e; for pkg in ./internal/events ./internal/policy; do \
-		list=$$($(GO) test -list '^Fuzz' $$pkg); \
-		targets=$$(echo "$$list" | grep '^Fuzz' || true); \
-		if [ -z "$$targets" ]; then echo "no fuzz targets in $$pkg" >&2; exit 1; fi; \
-		for target in $$targets; do \
-			echo "== $$pkg $$target ($(FUZZTIME))"; \
-			$(GO) test -run='^$$' -fuzz="^$$target\$$" -fuzztime=$(FUZZTIME) $$pkg; \
-		done; \
-	done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 # The fleet rollback benchmark (bench/fleet, figures in BENCHMARKS.md):
 # parallel-ssh against the watcher's executor on 64 sshd "hosts" on this
