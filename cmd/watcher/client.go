@@ -249,14 +249,20 @@ func pinDeploy(ctx context.Context, js jetstream.JetStream, req *events.Rollback
 	if req.Version != "" {
 		want := req.Version
 		q.Match = func(d events.Deploy) bool { return d.Version == want }
+		q.Limit = 1000
 	}
 	found, err := deploys.Find(ctx, js, q)
 	switch {
 	case err == nil:
-	case req.Version != "" && (errors.Is(err, deploys.ErrNotFound) || errors.Is(err, deploys.ErrTooFar)):
+	case req.Version != "" && errors.Is(err, deploys.ErrNotFound):
 		// Deployed without an event: the version alone says enough; the
 		// hosts come from the policy.
 		return nil
+	case req.Version != "" && errors.Is(err, deploys.ErrTooFar):
+		// It may have been announced with hosts: rolling back without
+		// them would roll back the watcher's own filesystem instead.
+		return &exitError{code: 1, err: fmt.Errorf("no deploy of %s version %s among the newest %d messages on %s for %s, so the hosts it went to are unknown: list them in the policy's rollback.hosts, or publish the deploy again",
+			req.Service, req.Version, q.Limit, bus.DeploysStream, req.Environment)}
 	case errors.Is(err, deploys.ErrNotFound), errors.Is(err, deploys.ErrTooFar):
 		return &exitError{code: 1, err: fmt.Errorf("no deploy of %s in %s is recorded on %s, so which release to roll back is unknown: name it with --version (the release directory's name)",
 			req.Service, req.Environment, bus.DeploysStream)}
@@ -264,7 +270,7 @@ func pinDeploy(ctx context.Context, js jetstream.JetStream, req *events.Rollback
 		return fmt.Errorf("reading the deploys of %s in %s: %w", req.Service, req.Environment, err)
 	}
 	d := found.Deploy
-	req.Version, req.DeployID, req.Hosts, req.Labels = d.Version, d.ID, d.Hosts, d.Labels
+	req.Version, req.DeployID, req.DeploySeq, req.Hosts, req.Labels = d.Version, d.ID, found.Seq, d.Hosts, d.Labels
 	if req.ToVersion == "" {
 		req.ToVersion = d.PreviousVersion
 	}

@@ -218,7 +218,7 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 		Version: d.Version, ToVersion: d.PreviousVersion, Hosts: d.Hosts, Labels: d.Labels,
 		Reason:   events.ClampReason(fmt.Sprintf("alert %s firing since %s", ref.Name, ref.StartsAt.Format(time.RFC3339))),
 		Source:   events.SourceAlert,
-		DeployID: d.ID, Policy: p.Name, Time: now.UTC(), Alert: &ref,
+		DeployID: d.ID, DeploySeq: found.Seq, Policy: p.Name, Time: now.UTC(), Alert: &ref,
 	}
 	rec.RequestID = req.ID
 	rec.Detail["request_id"] = req.ID

@@ -50,8 +50,9 @@ type Query struct {
 // Found is a deploy as the stream holds it.
 type Found struct {
 	Deploy events.Deploy
-	// Time is when the stream got it.
+	// Time is when the stream got it; Seq is its sequence in the stream.
 	Time time.Time
+	Seq  uint64
 	// Skipped counts the newer messages on the subject passed over: not a
 	// valid deploy, or not the one matched.
 	Skipped int
@@ -77,7 +78,7 @@ func Find(ctx context.Context, js jetstream.StreamManager, q Query) (Found, erro
 		var notDeploy *events.NotDeployError
 		switch {
 		case derr == nil && (q.Match == nil || q.Match(d)):
-			f.Deploy, f.Time, found = d, msg.Time, true
+			f.Deploy, f.Time, f.Seq, found = d, msg.Time, msg.Sequence, true
 			return false, nil
 		case q.StopAtRolledBack && errors.As(derr, &notDeploy) && strings.Contains(notDeploy.Type, ".service.rolledback."):
 			return false, ErrRolledBack
@@ -95,6 +96,31 @@ func Find(ctx context.Context, js jetstream.StreamManager, q Query) (Found, erro
 		return f, ErrNotFound
 	}
 	return f, nil
+}
+
+// At reads the deploy at stream sequence seq, which must be a valid deploy
+// on deploys.<environment>.<service>: a request that names its deploy by
+// sequence is checked in one read, however many messages came after it.
+func At(ctx context.Context, js jetstream.StreamManager, environment, service string, seq uint64) (Found, error) {
+	s, err := js.Stream(ctx, bus.DeploysStream)
+	if err != nil {
+		return Found{}, fmt.Errorf("%s stream: %w", bus.DeploysStream, err)
+	}
+	subject := events.Subject(events.DeploysPrefix, environment, service)
+	msg, err := s.GetMsg(ctx, seq)
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return Found{}, fmt.Errorf("%w: no message at sequence %d of %s", ErrNotFound, seq, bus.DeploysStream)
+	case err != nil:
+		return Found{}, fmt.Errorf("reading %s at sequence %d: %w", bus.DeploysStream, seq, err)
+	case msg.Subject != subject:
+		return Found{}, fmt.Errorf("%w: sequence %d of %s is on %s, not %s", ErrNotFound, seq, bus.DeploysStream, msg.Subject, subject)
+	}
+	d, err := events.DecodeDeploy(subject, msg.Header, msg.Data)
+	if err != nil {
+		return Found{}, fmt.Errorf("%w: sequence %d of %s is no valid deploy: %v", ErrNotFound, seq, bus.DeploysStream, err)
+	}
+	return Found{Deploy: d, Time: msg.Time, Seq: msg.Sequence}, nil
 }
 
 // newestFirst gives visit the messages on subject, newest first, until it

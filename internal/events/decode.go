@@ -125,7 +125,7 @@ func DecodeRollbackRequest(subject string, data []byte) (RollbackRequest, error)
 		return RollbackRequest{}, err
 	}
 	m, err := object("json", data, "id", "service", "environment", "version", "to_version", "hosts",
-		"labels", "reason", "source", "run_id", "deploy_id", "policy", "time", "alert")
+		"labels", "reason", "source", "run_id", "deploy_id", "deploy_seq", "policy", "time", "alert")
 	if err != nil {
 		return RollbackRequest{}, err
 	}
@@ -143,6 +143,9 @@ func DecodeRollbackRequest(subject string, data []byte) (RollbackRequest, error)
 		}
 	}
 	if r.Hosts, err = stringList("hosts", m["hosts"], MaxHosts); err != nil {
+		return RollbackRequest{}, err
+	}
+	if r.DeploySeq, err = sequence("deploy_seq", m["deploy_seq"]); err != nil {
 		return RollbackRequest{}, err
 	}
 	if r.Labels, err = stringMap("labels", m["labels"], MaxLabels); err != nil {

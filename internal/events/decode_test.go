@@ -522,7 +522,7 @@ func TestDecodeDeployNotDeploy(t *testing.T) {
 const rollbackBase = `{"id":"rb-01J","service":"shop","environment":"production","version":"2026.11.25-1",
  "to_version":"2026.11.24-3","hosts":["web1:22"],"labels":{"team":"payments"},
  "reason":"check orders-per-minute failed: 12 < 50\n(failure 2 of limit 1)","source":"validation",
- "run_id":"01JDX7","deploy_id":"d-42","policy":"shop-orders","time":"2026-11-25T18:10:00Z"}`
+ "run_id":"01JDX7","deploy_id":"d-42","deploy_seq":1234,"policy":"shop-orders","time":"2026-11-25T18:10:00Z"}`
 
 func TestDecodeRollbackRequest(t *testing.T) {
 	r, err := DecodeRollbackRequest("rollbacks.production.shop", []byte(rollbackBase))
@@ -533,7 +533,7 @@ func TestDecodeRollbackRequest(t *testing.T) {
 		ID: "rb-01J", Service: "shop", Environment: "production", Version: "2026.11.25-1",
 		ToVersion: "2026.11.24-3", Hosts: []string{"web1:22"}, Labels: map[string]string{"team": "payments"},
 		Reason: "check orders-per-minute failed: 12 < 50\n(failure 2 of limit 1)", Source: SourceValidation,
-		RunID: "01JDX7", DeployID: "d-42", Policy: "shop-orders", Time: time.Date(2026, 11, 25, 18, 10, 0, 0, time.UTC),
+		RunID: "01JDX7", DeployID: "d-42", DeploySeq: 1234, Policy: "shop-orders", Time: time.Date(2026, 11, 25, 18, 10, 0, 0, time.UTC),
 	}
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("got  %+v\nwant %+v", r, want)
@@ -570,6 +570,10 @@ func TestDecodeRollbackRequest(t *testing.T) {
 		{"bad source", "", edit(t, rollbackBase, set("source", "cron")), "source"},
 		{"bad run_id", "", edit(t, rollbackBase, set("run_id", "../x")), "run_id"},
 		{"bad deploy_id", "", edit(t, rollbackBase, set("deploy_id", "a*")), "deploy_id"},
+		{"deploy_seq zero", "", edit(t, rollbackBase, set("deploy_seq", 0)), "deploy_seq"},
+		{"deploy_seq negative", "", edit(t, rollbackBase, set("deploy_seq", -3)), "deploy_seq"},
+		{"deploy_seq fraction", "", edit(t, rollbackBase, set("deploy_seq", 1.5)), "deploy_seq"},
+		{"deploy_seq string", "", edit(t, rollbackBase, set("deploy_seq", "12")), "deploy_seq"},
 		{"policy control", "", edit(t, rollbackBase, set("policy", "a\nb")), "policy"},
 		{"bad time", "", edit(t, rollbackBase, set("time", "soon")), "time"},
 		{"deploys subject", "deploys.production.shop", []byte(rollbackBase), "subject"},

@@ -159,6 +159,19 @@ func str(field string, raw json.RawMessage) (string, error) {
 	return s, nil
 }
 
+// sequence decodes a JSON member holding a stream sequence (a whole
+// number from 1 up); a missing member (or null) is 0.
+func sequence(field string, raw json.RawMessage) (uint64, error) {
+	if raw == nil || string(raw) == "null" {
+		return 0, nil
+	}
+	var n uint64
+	if err := json.Unmarshal(raw, &n); err != nil || n == 0 {
+		return 0, &RejectError{Field: field, Value: printable(string(raw), 40), Reason: "must be a stream sequence, a whole number from 1 up"}
+	}
+	return n, nil
+}
+
 // stringList decodes an array of at most limit strings; it stops reading
 // at the first entry over the limit, so a huge array costs little.
 func stringList(field string, raw json.RawMessage, limit int) ([]string, error) {

@@ -68,8 +68,12 @@ type RollbackRequest struct {
 	Source    string            `json:"source"`
 	RunID     string            `json:"run_id,omitempty"`
 	DeployID  string            `json:"deploy_id,omitempty"`
-	Policy    string            `json:"policy,omitempty"`
-	Time      time.Time         `json:"time"`
+	// DeploySeq is the deploy event's sequence in the DEPLOYS stream, when
+	// the requester read it from there: the executor checks the hosts the
+	// request names against that event in one read.
+	DeploySeq uint64    `json:"deploy_seq,omitempty"`
+	Policy    string    `json:"policy,omitempty"`
+	Time      time.Time `json:"time"`
 	// Alert names the alert that asked for the rollback (source alert).
 	Alert *AlertRef `json:"alert,omitempty"`
 }

@@ -1,7 +1,10 @@
 package rollback
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 
 	"log/slog"
 	"net"
@@ -10,12 +13,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
@@ -56,6 +61,17 @@ func startCutProxy(t *testing.T, listenIP, target string, cutAt int64) *cutProxy
 }
 
 func (p *cutProxy) addr() string { return p.ln.Addr().String() }
+
+// cutNow drops every connection open through the proxy, as a network
+// fault would.
+func (p *cutProxy) cutNow() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.closed {
+		_ = c.Close()
+	}
+	p.cut.Store(true)
+}
 
 func (p *cutProxy) serve() {
 	for {
@@ -237,17 +253,32 @@ func messages(recs []audit.Record) string {
 // is still refused.
 func TestExecuteFinishesASwitchACrashCutShort(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		toVersion string // the request's to_version ("" : previousVersion decides)
-		linkOn    string
-		want      string // "" : completed
+		name       string
+		toVersion  string // the request's to_version ("" : previousVersion decides)
+		linkOn     string
+		noPrevFile bool
+		want       string // "" : completed
 	}{
 		{name: "previousVersion names where the link is", linkOn: "v1"},
 		{name: "the request names where the link is", toVersion: "v1", linkOn: "v1"},
 		{name: "the link is on another release", linkOn: "v0", want: "refusing to roll back a release that was not requested"},
+		// No previousVersion file and no to_version: the newest other
+		// release decides, and counts only when it is older than the
+		// release rolled back (a rollback goes back in time).
+		{name: "newest other release, older", linkOn: "v1", noPrevFile: true},
+		{name: "newest other release is a newer deploy", linkOn: "v3", noPrevFile: true, want: "refusing to roll back a release that was not requested"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := deployed(t)
+			if tc.noPrevFile {
+				if err := os.Remove(filepath.Join(h.rel("v2"), PreviousVersionFile)); err != nil {
+					t.Fatal(err)
+				}
+				touch(t, h.rel("v2"), t0)
+			}
+			if tc.linkOn == "v3" {
+				h.release(t, "v3", time.Hour) // a deploy after v2
+			}
 			if err := os.Remove(h.link); err != nil {
 				t.Fatal(err)
 			}
@@ -294,5 +325,117 @@ func TestExecuteFinishesASwitchACrashCutShort(t *testing.T) {
 				t.Errorf("after ran %q after a second delivery, want once", got)
 			}
 		})
+	}
+}
+
+// TestExecuteCutAfterCommandIsStoppedBeforeItRunsAgain (issue 10.1): the
+// connection drops while the after command runs on the host. The command
+// outlives the connection, so the retry first stops it (its process group,
+// from a new connection), then runs it again, since it did not get to its
+// end: the after command completes once, and two never run at once.
+func TestExecuteCutAfterCommandIsStoppedBeforeItRunsAgain(t *testing.T) {
+	n := testutil.StartNATS(t)
+	s := testutil.StartSSHD(t, cutHosts...)
+	f := newCutFleet(t, s, 0)
+	dir := t.TempDir()
+	started, log := filepath.Join(dir, "started"), filepath.Join(dir, "ran")
+	rules := loadRules(t, f.policy(s, f.knownHosts, "2s", f.addrs[:1],
+		"after: "+yamlList("sh", "-c", `echo x >> "$0"; sleep 1; echo ran >> "$1"`, started, log)))
+	e, rec := fleetExecutor(t, n, rules)
+	e.RetryBackoff = 100 * time.Millisecond
+	go func() {
+		testutil.Eventually(t, 10*time.Second, "the after command to start", func() bool { return exists(t, started) })
+		f.proxies[0].cutNow()
+	}()
+
+	res := e.Execute(ctxFor(t), request("rb-cut-after"))
+
+	if res.Status != ResultCompleted {
+		t.Fatalf("result %s: %v\naudit: %v", res.Status, res.Err, messages(rec.all()))
+	}
+	if !f.proxies[0].cut.Load() {
+		t.Fatal("the connection was never cut")
+	}
+	time.Sleep(1500 * time.Millisecond) // long enough for a first copy left running to finish
+	if got := readFile(t, started); got != "x\nx\n" {
+		t.Errorf("the after command started %d times, want twice (cut, then again)", strings.Count(got, "x"))
+	}
+	if got := readFile(t, log); got != "ran\n" {
+		t.Errorf("the after command finished %d times, want once: the copy cut off was not stopped", strings.Count(got, "ran"))
+	}
+}
+
+// TestRetryable: which failures are worth another attempt on a host.
+func TestRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		err         error
+		retry, plan bool
+	}{
+		{"connection lost", fmt.Errorf("write x: %w", ErrConnectionLost), true, true},
+		{"handshake cut", transient{errors.New("SSH handshake: EOF")}, true, true},
+		{"refused", unreachable{fmt.Errorf("connecting: %w", syscall.ECONNREFUSED)}, true, false},
+		{"no answer", unreachable{errors.New("connecting to x: no answer within connect_timeout 1s")}, true, false},
+		{"after killed at command_timeout", fmt.Errorf("run x: killed after command_timeout 1m: %w", context.DeadlineExceeded), false, false},
+		{"host key", &HostKeyError{Err: errors.New("key mismatch")}, false, false},
+		{"link moved", newError(ErrLinkMoved, nil, "moved"), false, false},
+		{"permission", fmt.Errorf("open: %w", fs.ErrPermission), false, false},
+		{"no previous", newError(ErrNoPrevious, nil, "none"), false, false},
+		{"cancelled", context.Canceled, false, false},
+	} {
+		if got := Retryable(tc.err); got != tc.retry {
+			t.Errorf("%s: Retryable = %v, want %v", tc.name, got, tc.retry)
+		}
+		if got := retryablePlan(tc.err); got != tc.plan {
+			t.Errorf("%s: retryablePlan = %v, want %v", tc.name, got, tc.plan)
+		}
+	}
+}
+
+// flakyMarker fails the first read of a ROLLED_BACK marker as a dropped
+// connection would.
+type flakyMarker struct {
+	Target
+	failed atomic.Bool
+}
+
+func (f *flakyMarker) ReadFile(name string) ([]byte, error) {
+	if filepath.Base(name) == MarkerFile && !f.failed.Swap(true) {
+		return nil, fmt.Errorf("open %s: %w", name, ErrConnectionLost)
+	}
+	return f.Target.ReadFile(name)
+}
+
+// TestExecuteMarkerReadFailureIsNotAnotherRequests: a redelivered request
+// whose after command never got to its end reads its own marker; when that
+// read fails, the marker must not pass for another request's (which would
+// leave the after command never run): the read is tried again.
+func TestExecuteMarkerReadFailureIsNotAnotherRequests(t *testing.T) {
+	h := deployed(t)
+	if err := os.Remove(h.link); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, "releases/v1", h.link)
+	req := request("rb-marker-read")
+	if err := MarkRolledBack(Local{}, h.rel("v2"), Marker{RequestID: req.ID, Reason: "x", From: h.rel("v2"), To: h.rel("v1")}); err != nil {
+		t.Fatal(err)
+	}
+	runs := filepath.Join(t.TempDir(), "after-runs")
+	rules := loadRules(t, policyYAML("shop", "shop", h, `hosts: ["web1"]`, "after: "+yamlList("sh", "-c", `echo ran >> "$0"`, runs)))
+	rec := &recorder{}
+	flaky := &flakyMarker{Target: named{name: "web1"}}
+	e := &Executor{Policies: rules, Audit: rec, Source: "test", RetryBackoff: time.Millisecond,
+		Dial: func(context.Context, string, policy.SSH) (Target, error) { return flaky, nil }}
+
+	res := e.Execute(ctxFor(t), req)
+
+	if res.Status != ResultCompleted {
+		t.Fatalf("result %s: %v", res.Status, res.Err)
+	}
+	if !flaky.failed.Load() {
+		t.Fatal("the marker read never failed")
+	}
+	if got := readFile(t, runs); got != "ran\n" {
+		t.Errorf("after ran %q, want once: a marker that could not be read passed for another request's", got)
 	}
 }

@@ -124,7 +124,7 @@ func (e *Executor) setup() {
 	}
 	e.sem = make(chan struct{}, e.Workers)
 	e.results = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "watcher_rollbacks_total", Help: "Rollback requests handled, by result (completed, failed, skipped).",
+		Name: "watcher_rollbacks_total", Help: "Rollback requests handled, by result (completed, failed, skipped: dry-run, mode publish, or the release was rolled back already).",
 	}, []string{"result"})
 	e.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "watcher_rollback_duration_seconds", Help: "Time from a rollback request's execution start to its result, by result.",
@@ -302,6 +302,9 @@ type plan struct {
 	// earlier says what an earlier attempt (or request) did on this host,
 	// for the record: "" when this execution does it all.
 	earlier string
+	// doneBefore says another request rolled the host back and finished:
+	// nothing is left to do.
+	doneBefore bool
 	// view holds what resolving read from the target, so that switching
 	// does not ask again whether each release is a directory.
 	view     *readOnce
@@ -489,11 +492,24 @@ func (e *Executor) checkHosts(ctx context.Context, req events.RollbackRequest) e
 	default:
 		which = "deploy"
 	}
-	found, err := deploys.Find(ctx, e.JS, q)
+	var found deploys.Found
+	var err error
+	if req.DeploySeq > 0 {
+		// Named by its place in the stream: one read, whatever came after.
+		found, err = deploys.At(ctx, e.JS, req.Environment, req.Service, req.DeploySeq)
+		if err == nil && req.DeployID != "" && found.Deploy.ID != req.DeployID {
+			err = fmt.Errorf("%w: sequence %d holds deploy %s, not %s", deploys.ErrNotFound, req.DeploySeq, found.Deploy.ID, req.DeployID)
+		}
+	} else {
+		found, err = deploys.Find(ctx, e.JS, q)
+	}
 	switch {
-	case errors.Is(err, deploys.ErrNotFound), errors.Is(err, deploys.ErrTooFar):
-		return fmt.Errorf("%w: the request names hosts %v, but no %s of %s in %s on %s announced them; a request may name only the hosts of the deploy it rolls back (or list them in the policy's rollback.hosts); nothing touched",
-			errHostsNotAnnounced, req.Hosts, which, req.Service, req.Environment, bus.DeploysStream)
+	case errors.Is(err, deploys.ErrNotFound):
+		return fmt.Errorf("%w: the request names hosts %v, but no %s of %s in %s on %s announced them (%v); a request may name only the hosts of the deploy it rolls back (or list them in the policy's rollback.hosts); nothing touched",
+			errHostsNotAnnounced, req.Hosts, which, req.Service, req.Environment, bus.DeploysStream, err)
+	case errors.Is(err, deploys.ErrTooFar):
+		return fmt.Errorf("%w: the request names hosts %v, but its %s is not among the newest %d messages of %s in %s on %s, so they cannot be checked; name the deploy by its sequence (deploy_seq), or list the hosts in the policy's rollback.hosts; nothing touched",
+			errHostsNotAnnounced, req.Hosts, which, q.Limit, req.Service, req.Environment, bus.DeploysStream)
 	case err != nil:
 		return fmt.Errorf("looking up the deploy whose hosts the request names: %w", err)
 	}
@@ -515,7 +531,7 @@ func (e *Executor) checkHosts(ctx context.Context, req events.RollbackRequest) e
 // an automatic rollback of the same deploy.
 func rolledBackBefore(plans []*plan) bool {
 	for _, pl := range plans {
-		if !pl.noop || pl.mark || !pl.skipAfter || pl.earlier == "" {
+		if !pl.doneBefore {
 			return false
 		}
 	}
@@ -590,8 +606,7 @@ func (e *Executor) plan(ctx context.Context, req events.RollbackRequest, p *poli
 		// touched, rather than waiting through the retries.
 		for pl.attempts = 1; ; pl.attempts++ {
 			pl.err = e.planOne(ctx, req, p, pl)
-			if pl.err == nil || !Retryable(pl.err) || errors.Is(pl.err, syscall.ECONNREFUSED) ||
-				pl.attempts >= e.hostAttempts() || !e.backoff(ctx, pl.attempts) {
+			if pl.err == nil || !retryablePlan(pl.err) || pl.attempts >= e.hostAttempts() || !e.backoff(ctx, pl.attempts) {
 				return
 			}
 		}
@@ -681,7 +696,7 @@ func (e *Executor) planOne(ctx context.Context, req events.RollbackRequest, p *p
 		Service: req.Service, Environment: req.Environment, Version: req.Version,
 		PreviousVersion: req.ToVersion, Labels: req.Labels, Host: pl.host,
 	}
-	return e.resolve(req, p, pl)
+	return e.resolve(ctx, req, p, pl)
 }
 
 func (e *Executor) hostAttempts() int {
@@ -711,7 +726,7 @@ func (e *Executor) backoff(ctx context.Context, attempt int) bool {
 	}
 }
 
-func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *plan) error {
+func (e *Executor) resolve(ctx context.Context, req events.RollbackRequest, p *policy.Policy, pl *plan) error {
 	link, err := p.Rollback.RenderLink(pl.data)
 	if err != nil {
 		return err
@@ -735,7 +750,7 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 			return err
 		}
 		if filepath.Base(cur) != req.Version {
-			return e.resolveMoved(req, p, pl, t, link, dir, cur)
+			return e.resolveMoved(ctx, req, p, pl, t, link, dir, cur)
 		}
 	}
 	rel, err := Resolve(t, link, dir, req.ToVersion)
@@ -774,7 +789,7 @@ func (e *Executor) resolve(req events.RollbackRequest, p *policy.Policy, pl *pla
 //     previousVersion file): the switch was made and the rest was cut
 //     short; mark it and run after.
 //   - Anything else: refuse.
-func (e *Executor) resolveMoved(req events.RollbackRequest, p *policy.Policy, pl *plan, t *readOnce, link, dir, cur string) error {
+func (e *Executor) resolveMoved(ctx context.Context, req events.RollbackRequest, p *policy.Policy, pl *plan, t *readOnce, link, dir, cur string) error {
 	relDir := dir
 	if relDir == "" {
 		relDir = filepath.Dir(cur)
@@ -800,18 +815,52 @@ func (e *Executor) resolveMoved(req events.RollbackRequest, p *policy.Policy, pl
 		pl.afterMaybeRan = true
 		return nil
 	case marked:
-		pl.skipAfter = true
-		pl.earlier = "rolled back earlier"
+		by := "earlier"
 		if m.RequestID != "" {
-			pl.earlier += " by request " + m.RequestID
+			by = "by request " + m.RequestID
 		}
+		// Another request switched and marked it; whether it finished
+		// (its after command, its data step) decides what is left.
+		afterDone := len(p.Rollback.After) == 0
+		if !afterDone && m.RequestID != "" {
+			_, err := t.Lstat(afterRecord(from, m.RequestID))
+			switch {
+			case err == nil:
+				afterDone = true
+			case !errors.Is(err, fs.ErrNotExist):
+				return fmt.Errorf("whether the after command of request %s ran cannot be read: %w", m.RequestID, err)
+			}
+		}
+		finished, err := e.finished(ctx, m.RequestID)
+		if err != nil {
+			return err
+		}
+		pl.skipAfter = afterDone
+		if afterDone && finished {
+			pl.doneBefore = true
+			pl.earlier = "rolled back " + by
+			return nil
+		}
+		// Left half-done (its after command or data step failed, or it
+		// was cut short): this request finishes it.
+		pl.earlier = "switched and marked " + by + ", which did not finish"
 		return nil
 	}
 	want := Release{Link: link, Current: from, ReleasesDir: relDir}
-	if err := resolvePrevious(t, &want, req.ToVersion); err != nil || want.Source == SourceNewest || !samePath(t, want.Previous, cur) {
-		// "The newest release" is no evidence: a deploy after this one
-		// is the newest too.
+	if err := resolvePrevious(t, &want, req.ToVersion); err != nil || !samePath(t, want.Previous, cur) {
 		return refuse
+	}
+	if want.Source == SourceNewest {
+		// "The newest other release" is weak evidence: a deploy after
+		// this one is the newest too. A rollback goes back in time, so
+		// it counts only when the link's release is older than the one
+		// rolled back (Activate refreshes a release's time when it
+		// deploys it).
+		fc, errc := t.Stat(cur)
+		ff, errf := t.Stat(from)
+		if errc != nil || errf != nil || fc.ModTime().After(ff.ModTime()) {
+			return refuse
+		}
 	}
 	pl.mark = true
 	pl.earlier = "switched by an earlier attempt of this request, which did not finish"
@@ -819,7 +868,8 @@ func (e *Executor) resolveMoved(req events.RollbackRequest, p *policy.Policy, pl
 }
 
 // markerOf reads releaseDir's ROLLED_BACK marker; a marker that does not
-// parse counts as another request's.
+// parse counts as another request's (one that can be read is needed to
+// tell whose it is: a failed read is an error).
 func markerOf(t Target, releaseDir string) (Marker, bool, error) {
 	marked, err := RolledBack(t, releaseDir)
 	if err != nil || !marked {
@@ -827,10 +877,33 @@ func markerOf(t Target, releaseDir string) (Marker, bool, error) {
 	}
 	var m Marker
 	b, err := t.ReadFile(filepath.Join(releaseDir, MarkerFile))
-	if err == nil {
-		_ = json.Unmarshal(b, &m)
+	if err != nil {
+		return Marker{}, true, fmt.Errorf("reading the rolled back marker of %s: %w", releaseDir, err)
 	}
+	_ = json.Unmarshal(b, &m)
 	return m, true, nil
+}
+
+// finished reports whether request id ran to a completed end, as
+// RequestsBucket says. A request it does not know (no bucket here, a
+// marker written by a drill or long ago) counts as finished: there is no
+// record of anything left to do.
+func (e *Executor) finished(ctx context.Context, id string) (bool, error) {
+	if e.requests == nil || id == "" {
+		return true, nil
+	}
+	entry, err := e.requests.Get(ctx, requestKey(id))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("reading the progress of rollback request %s: %w", id, err)
+	}
+	var prog requestProgress
+	if err := json.Unmarshal(entry.Value(), &prog); err != nil {
+		return false, fmt.Errorf("progress of rollback request %s: %w", id, err)
+	}
+	return prog.has(stepDone) && prog.Result == ResultCompleted, nil
 }
 
 func hostResults(plans []*plan) []HostResult {
@@ -962,6 +1035,7 @@ func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p 
 type hostProgress struct {
 	switched, marked, afterDone bool
 	afterTried                  bool // the after command was started: it may have run
+	afterPID                    int  // its process group on the host, when its connection was cut
 	retried                     bool // an attempt was cut short
 }
 
@@ -1011,8 +1085,18 @@ func (e *Executor) converge(ctx context.Context, req events.RollbackRequest, p *
 	}
 	done := afterRecord(pl.release.Current, req.ID)
 	if st.afterTried || pl.afterMaybeRan {
-		// An after command cut short may have run to its end on the host
-		// (a command outlives a dropped connection): its record says.
+		// An after command cut short may still be running on the host (a
+		// command outlives a dropped connection): stop it, so that two
+		// never run at once, then its record says whether it got to its
+		// end.
+		if st.afterPID > 0 {
+			if k, ok := unwrapTarget(view).(groupKiller); ok {
+				if err := k.KillGroup(ctx, st.afterPID); err != nil {
+					return fmt.Errorf("link switched, but the after command cut short could not be stopped: %w", err)
+				}
+			}
+			st.afterPID = 0
+		}
 		view.forgetPath(done)
 		if _, err := view.Lstat(done); err == nil {
 			st.afterDone = true
@@ -1029,6 +1113,10 @@ func (e *Executor) converge(ctx context.Context, req events.RollbackRequest, p *
 	st.afterTried = true
 	out, err := runRecorded(ctx, view, argv, rollbackEnv(req, pl), done)
 	r.After = string(out)
+	var cut *CommandCutError
+	if errors.As(err, &cut) {
+		st.afterPID = cut.PID
+	}
 	if err != nil {
 		return fmt.Errorf("link switched, but the after command %q failed: %w", strings.Join(argv, " "), err)
 	}
@@ -1059,6 +1147,19 @@ func removeTemps(t Target, dir, prefix string) {
 			_ = t.Remove(filepath.Join(dir, fi.Name()))
 		}
 	}
+}
+
+// groupKiller stops a command left running by a dropped connection.
+type groupKiller interface {
+	KillGroup(ctx context.Context, pgid int) error
+}
+
+// unwrapTarget is the target under a readOnce view.
+func unwrapTarget(t Target) Target {
+	if ro, ok := t.(*readOnce); ok {
+		return ro.Target
+	}
+	return t
 }
 
 // recordingRunner runs a command and, when it succeeds, creates the file
@@ -1098,16 +1199,28 @@ func Retryable(err error) bool {
 		return false
 	}
 	var hk *HostKeyError
+	var tr transient
+	var un unreachable
 	switch {
 	case errors.As(err, &hk), errors.Is(err, ErrPoolClosed), errors.Is(err, context.Canceled):
 		return false
-	case errors.Is(err, ErrConnectionLost), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+	case errors.Is(err, ErrConnectionLost), errors.As(err, &tr), errors.As(err, &un), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.EPIPE):
 		return true
+	case errors.Is(err, context.DeadlineExceeded):
+		// A command killed at command_timeout (it satisfies net.Error):
+		// running it again would take as long.
+		return false
 	}
 	var ne net.Error
-	var tr transient
-	return errors.As(err, &ne) || errors.As(err, &tr)
+	return errors.As(err, &ne)
+}
+
+// retryablePlan is Retryable for a host being planned: a host that is down
+// fails the rollback at once, nothing touched.
+func retryablePlan(err error) bool {
+	var un unreachable
+	return Retryable(err) && !errors.As(err, &un) && !errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // rollbackEnv describes the rollback to after and data commands.

@@ -3,6 +3,7 @@ package rollback
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -159,5 +160,104 @@ func TestExecuteRepeatedManualRollbackIsANoop(t *testing.T) {
 	}
 	if got := rollbacks(t, reg, ResultSkipped); got != 2 {
 		t.Errorf("watcher_rollbacks_total{result=skipped} = %v, want 2", got)
+	}
+}
+
+// TestRequestFinishesWhatAFailedOneLeft (review of issue 10.3): a request
+// switched and marked the release, then its data step failed, so it ended
+// rollback.failed. Rolling back the same release again must not pass that
+// off as "nothing to do": the new request finds the earlier one unfinished
+// and runs what is left (the data step), without running the after
+// command that already ran to its end.
+func TestRequestFinishesWhatAFailedOneLeft(t *testing.T) {
+	n := testutil.StartNATS(t)
+	h := deployed(t)
+	dir := t.TempDir()
+	dataOK, runs := filepath.Join(dir, "data-may-pass"), filepath.Join(dir, "runs")
+	rules := loadRules(t, policyYAML("shop", "shop", h,
+		"after: "+yamlList("sh", "-c", `echo after >> "$0"`, runs),
+		"data: {command: "+yamlList("sh", "-c", `[ -e "$0" ] && echo data >> "$1"`, dataOK, runs)+", run_on: local, order: after_code, timeout: 10s}"))
+	startExecutor(t, n, rules, "a")
+
+	waitResult := func(id string) audit.Record {
+		t.Helper()
+		var res audit.Record
+		testutil.Eventually(t, 10*time.Second, "the result of "+id, func() bool {
+			for _, r := range auditOf(t, n) {
+				if r.RequestID == id && (r.Kind == audit.RollbackCompleted || r.Kind == audit.RollbackFailed) {
+					res = r
+					return true
+				}
+			}
+			return false
+		})
+		return res
+	}
+	publishRequest(t, n, "rb-first", "rb-first")
+	if r := waitResult("rb-first"); r.Kind != audit.RollbackFailed || !strings.Contains(r.Message, "data step failed") {
+		t.Fatalf("first request: %s %q, want failed in its data step", r.Kind, r.Message)
+	}
+	writeFile(t, dataOK, "")
+	publishRequest(t, n, "rb-second", "rb-second")
+	r := waitResult("rb-second")
+	if r.Kind != audit.RollbackCompleted || strings.Contains(r.Message, "nothing to do") {
+		t.Fatalf("second request: %s %q, want it to finish the rollback", r.Kind, r.Message)
+	}
+	if got := readFile(t, runs); got != "after\ndata\n" {
+		t.Errorf("ran %q, want the after command once (first request) and the data step once (second)", got)
+	}
+	if got := readlink(t, h.link); got != "releases/v1" {
+		t.Errorf("link -> %s", got)
+	}
+}
+
+// TestExecuteChecksHostsByDeploySequence: a request that names its deploy
+// by stream sequence (as validation runs, alerts and watcher rollback do)
+// is checked in one read, so a flood of messages on the deploy subject
+// after a bad deploy cannot stop its rollback; one that does not is
+// refused past the search limit rather than trusted.
+func TestExecuteChecksHostsByDeploySequence(t *testing.T) {
+	n := testutil.StartNATS(t)
+	root := t.TempDir()
+	perHost := host{link: filepath.Join(root, "{{ .Host }}", "current"), releases: filepath.Join(root, "{{ .Host }}", "releases")}
+	dir := filepath.Join(root, "web1")
+	h := host{root: dir, releases: filepath.Join(dir, "releases"), link: filepath.Join(dir, "current")}
+	mkdir(t, h.releases)
+	h.release(t, "v1", -time.Hour)
+	h.release(t, "v2", 0, PreviousVersionFile, "v1\n")
+	symlink(t, "releases/v2", h.link)
+	e, rec, _ := newExecutor(t, n, loadRules(t, policyYAML("shop", "shop", perHost)))
+	e.Dial = staticDial(nil)
+
+	req := request("rb-seq")
+	req.Hosts = []string{"web1:22"}
+	announce(t, n, req, req.Hosts...)
+	info, err := n.JS.Stream(t.Context(), "DEPLOYS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := info.GetLastMsgForSubject(t.Context(), "deploys.production.shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1100 {
+		if _, err := n.JS.Publish(t.Context(), "deploys.production.shop", []byte(fmt.Sprintf("junk %d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	unnamed := req
+	unnamed.ID = "rb-seq-unnamed"
+	if res := e.Execute(ctxFor(t), unnamed); res.Status != ResultFailed || !strings.Contains(res.Err.Error(), "not among the newest 1000 messages") {
+		t.Fatalf("without deploy_seq: %s %v, want refused past the search limit", res.Status, res.Err)
+	}
+	wrong := req
+	wrong.ID, wrong.DeploySeq = "rb-seq-wrong", msg.Sequence+5 // a junk message
+	if res := e.Execute(ctxFor(t), wrong); res.Status != ResultFailed || !errors.Is(res.Err, errHostsNotAnnounced) {
+		t.Fatalf("deploy_seq of a junk message: %s %v, want refused", res.Status, res.Err)
+	}
+	req.DeploySeq = msg.Sequence
+	if res := e.Execute(ctxFor(t), req); res.Status != ResultCompleted {
+		t.Fatalf("with deploy_seq: %s %v; audit %v", res.Status, res.Err, rec.kinds())
 	}
 }

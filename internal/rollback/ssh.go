@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -284,9 +285,12 @@ func dialSSH(ctx context.Context, ep sshEndpoint) (*sshConn, error) {
 	nc, err := d.DialContext(dctx, "tcp", ep.addr)
 	if err != nil {
 		if ctx.Err() == nil && dctx.Err() != nil {
-			return nil, fmt.Errorf("connecting to %s: no answer within connect_timeout %s", ep.addr, ep.connectTimeout)
+			return nil, unreachable{fmt.Errorf("connecting to %s: no answer within connect_timeout %s", ep.addr, ep.connectTimeout)}
 		}
-		return nil, fmt.Errorf("connecting to %s: %w", ep.addr, err)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("connecting to %s: %w", ep.addr, err)
+		}
+		return nil, unreachable{fmt.Errorf("connecting to %s: %w", ep.addr, err)}
 	}
 	// The handshake, the login and the SFTP start must finish within the
 	// connect timeout too: a host that accepts the connection and then
@@ -300,8 +304,10 @@ func dialSSH(ctx context.Context, ep sshEndpoint) (*sshConn, error) {
 		case ctx.Err() != nil:
 			return fmt.Errorf("%s %s: %w", what, ep.addr, ctx.Err())
 		case dctx.Err() != nil:
-			return fmt.Errorf("%s %s: not done within connect_timeout %s", what, ep.addr, ep.connectTimeout)
-		case strings.HasPrefix(what, "logging in"):
+			return unreachable{fmt.Errorf("%s %s: not done within connect_timeout %s", what, ep.addr, ep.connectTimeout)}
+		case strings.HasPrefix(what, "logging in") || !brokenConn(err):
+			// A refused login or a handshake that cannot agree (no
+			// common algorithm) would fail the same way again.
 			return fmt.Errorf("%s %s: %w", what, ep.addr, err)
 		}
 		// The connection broke during the handshake or the SFTP start:
@@ -346,11 +352,32 @@ func dialSSH(ctx context.Context, ep sshEndpoint) (*sshConn, error) {
 }
 
 // transient marks a dial failure that another attempt may not meet (the
-// connection broke or timed out before the login), without changing its
-// message. See Retryable.
+// connection broke before the login), without changing its message. See
+// Retryable.
 type transient struct{ error }
 
 func (e transient) Unwrap() error { return e.error }
+
+// unreachable marks a host that refused the connection or did not answer
+// within connect_timeout: down, or cut off. A rollback being planned fails
+// at once on it (nothing is touched yet, and waiting helps no one); one
+// under way tries it again, since its host may be half-done.
+type unreachable struct{ error }
+
+func (e unreachable) Unwrap() error { return e.error }
+
+// brokenConn reports whether err says the connection itself broke (closed,
+// reset, cut mid-packet), as opposed to the peer's considered answer.
+func brokenConn(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed) {
+		return true
+	}
+	// x/crypto/ssh reports a connection cut between a request and its
+	// answer as an unexpected packet with no packet.
+	msg := err.Error()
+	return strings.Contains(msg, "unexpected packet") || strings.Contains(msg, "connection reset")
+}
 
 // probeKey is a key no known_hosts holds, to learn which key types it has
 // for a host.
@@ -1044,12 +1071,38 @@ func (t *SSHTarget) run(ctx context.Context, argv []string, line string) ([]byte
 		// or may not have run to its end. Say so, so that the caller can
 		// look and try again.
 		t.drop(c)
-		err = fmt.Errorf("%w to %s: %w", ErrConnectionLost, ep.name, err)
+		err = &CommandCutError{PID: pid.pid(), Err: fmt.Errorf("%w to %s: %w", ErrConnectionLost, ep.name, err)}
 	}
 	if err != nil {
 		return out.Bytes(), fmt.Errorf("run %s on %s: %w", argv[0], ep.name, err)
 	}
 	return out.Bytes(), nil
+}
+
+// CommandCutError: the connection dropped while a command ran, so its end
+// is unknown; it may still be running on the host. PID is its shell's pid
+// there (its process group), 0 if it never said.
+type CommandCutError struct {
+	PID int
+	Err error
+}
+
+func (e *CommandCutError) Error() string { return e.Err.Error() }
+func (e *CommandCutError) Unwrap() error { return e.Err }
+
+// KillGroup kills process group pgid on the host (a command whose
+// connection was cut, before it is run again), from a session of its own.
+func (t *SSHTarget) KillGroup(ctx context.Context, pgid int) error {
+	if pgid <= 0 {
+		return nil
+	}
+	c, _, err := t.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer t.release()
+	killGroup(c, pgid, t.endpoint().connectTimeout)
+	return nil
 }
 
 // killGroup kills process group pgid on the host, from a session of its own.

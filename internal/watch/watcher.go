@@ -724,6 +724,7 @@ func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, re
 		Source:      events.SourceValidation,
 		RunID:       r.ID,
 		DeployID:    r.Deploy.ID,
+		DeploySeq:   r.seq,
 		Policy:      r.Policy.Name,
 		Time:        time.Now().UTC(),
 	}
