@@ -352,3 +352,22 @@ func endVerdict(r *Run) (verdict, reason string, blind []*checkState) {
 	}
 	return VerdictPassed, "window closed healthy: " + strings.Join(parts, ", "), nil
 }
+
+// skipped is what a run decided out of time could not measure.
+type skipped struct {
+	n    int       // measurements not taken
+	from time.Time // the first of them
+	why  string    // why they could not be taken
+}
+
+// closeVerdict decides a run whose window has closed, or that is out of
+// time with s.n measurements not taken: endVerdict, and a reason and
+// detail that say what was skipped.
+func closeVerdict(r *Run, s skipped) (verdict, reason string, blind []*checkState, detail map[string]any) {
+	verdict, reason, blind = endVerdict(r)
+	if s.n > 0 {
+		reason += fmt.Sprintf("; %d measurements from %s skipped: %s", s.n, s.from.UTC().Format(time.RFC3339Nano), s.why)
+		detail = map[string]any{"skipped_measurements": s.n}
+	}
+	return verdict, reason, blind, detail
+}

@@ -606,13 +606,8 @@ func (w *Watcher) step(r *Run) {
 	timeout := queryTimeout(w.QueryTimeout, interval)
 	budget, skip := catchUp(time.Now(), next, end, r.since, interval, timeout)
 	if ending || next.After(end) || skip > 0 {
-		verdict, reason, blind := endVerdict(r)
-		var detail map[string]any
-		if skip > 0 {
-			reason += fmt.Sprintf("; %d measurements from %s skipped: Prometheus answered too slowly to catch up within one query timeout (%s) of the window's end",
-				skip, next.UTC().Format(time.RFC3339Nano), timeout)
-			detail = map[string]any{"skipped_measurements": skip}
-		}
+		verdict, reason, blind, detail := closeVerdict(r, skipped{n: skip, from: next,
+			why: fmt.Sprintf("Prometheus answered too slowly to catch up within one query timeout (%s) of the window's end", timeout)})
 		if verdict == VerdictInconclusive {
 			w.inconclusive(ctx, r, reason, blind)
 		} else {
