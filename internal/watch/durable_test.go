@@ -2,13 +2,16 @@ package watch
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/testutil"
@@ -147,4 +150,101 @@ func streamTime(t *testing.T, r audit.Record, key string) time.Time {
 		t.Fatalf("%s record: detail.%s = %v: %v", r.Kind, key, r.Detail[key], err)
 	}
 	return ts
+}
+
+// resumeAfterWindow starts a run on replica a, kills a after a few
+// measurements, and starts it again (the same name: it takes its runs back
+// at once) only once the run's window has closed, with the Prometheus
+// answers of s. It returns the restarted replica's records and the run id.
+func resumeAfterWindow(t *testing.T, deployID, timing string, s script) (*harness, *recorder, string) {
+	t.Helper()
+	rules := "policies:\n" + policyYAML("late", shopMatch, timing, `
+- name: orders
+  query: sum(rate(orders_total{service="{{ .Service }}"}[1m]))
+  min: 50`)
+	h := newHarness(t, rules, always(0)) // never used: the replicas measure
+	h.stop()
+	lease := 600 * time.Millisecond
+	_, rec1, crash := h.replica("a", lease, always(100))
+	h.publish(deployEvent(deployID, "shop", "production", "v2"))
+	var id string
+	var end time.Time
+	testutil.Eventually(t, 10*time.Second, "3 measurements by replica a", func() bool {
+		if st := rec1.ofDeploy(deployID, audit.RunStarted); len(st) > 0 {
+			end = st[0].Detail["window_end"].(time.Time)
+		}
+		ms := rec1.ofDeploy(deployID, audit.Measurement)
+		if len(ms) > 0 {
+			id = ms[0].RunID
+		}
+		return len(ms) >= 3 && !end.IsZero()
+	})
+	crash()
+	time.Sleep(time.Until(end) + 200*time.Millisecond)
+	_, rec2, _ := h.replica("a", lease, s)
+	testutil.Eventually(t, 30*time.Second, "the resumed run decided", func() bool {
+		return len(rec2.ofDeploy(deployID, verdictKinds...)) > 0
+	})
+	return h, rec2, id
+}
+
+// TestResumedAfterWindowCatchesUp: a watcher killed mid-window and started
+// again after it catches up every measurement it missed, from a healthy
+// Prometheus, and the run passes on all of them. It had one query timeout
+// (10ms here) to catch up about 200 measurements: most were skipped, and the
+// run passed on the three taken before the crash.
+func TestResumedAfterWindowCatchesUp(t *testing.T) {
+	t.Parallel()
+	h, _, id := resumeAfterWindow(t, "d-late", "window: 2s\ninterval: 10ms", always(100))
+	var first, end time.Time
+	var evals []time.Time
+	var verdicts []audit.Record
+	for _, r := range streamRecords(t, h, id) {
+		switch r.Kind {
+		case audit.RunStarted:
+			first, end = streamTime(t, r, "first_measurement"), streamTime(t, r, "window_end")
+		case audit.RunPassed, audit.RunFailed, audit.RunInconclusive, audit.RunSuperseded:
+			verdicts = append(verdicts, r)
+		case audit.Measurement:
+			evals = append(evals, streamTime(t, r, "eval_time"))
+		}
+	}
+	if len(verdicts) != 1 || verdicts[0].Kind != audit.RunPassed {
+		t.Fatalf("verdicts %v, want one run.passed", verdicts)
+	}
+	if n, ok := verdicts[0].Detail["skipped_measurements"]; ok {
+		t.Errorf("run.passed with skipped_measurements %v: %s", n, verdicts[0].Message)
+	}
+	if want := int(end.Sub(first)/(10*time.Millisecond)) + 1; len(evals) != want {
+		t.Errorf("%d measurements in the audit stream, want %d (from %s to %s every 10ms): missed ones not caught up", len(evals), want, first, end)
+	}
+}
+
+// TestResumedAfterWindowSlowPrometheus: a run resumed after its window
+// whose Prometheus no longer answers cannot catch up: its budget ends,
+// what it could not measure is skipped, and it is inconclusive, not
+// passed on the measurements from before the crash. No measurement is an
+// error for a query cut by the catch-up deadline rather than the query
+// timeout.
+func TestResumedAfterWindowSlowPrometheus(t *testing.T) {
+	t.Parallel()
+	hang := func(ctx context.Context, _ string, _ int, _ time.Time) (model.Vector, error) {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	_, rec, _ := resumeAfterWindow(t, "d-hang", "window: 2s\ninterval: 200ms", hang)
+	v := rec.ofDeploy("d-hang", verdictKinds...)[0]
+	t.Logf("%s: %s (%v)", v.Kind, v.Message, v.Detail)
+	if v.Kind != audit.RunInconclusive {
+		t.Errorf("verdict %s, want run.inconclusive: measurements were skipped", v.Kind)
+	}
+	if n, _ := v.Detail["skipped_measurements"].(int); n < 1 {
+		t.Errorf("detail.skipped_measurements = %v, want at least 1", v.Detail["skipped_measurements"])
+	}
+	wantContains(t, v.Kind, v.Message, "skipped: the watcher was down", "on_inconclusive: keep")
+	for _, m := range rec.ofDeploy("d-hang", audit.Measurement) {
+		if reason := fmt.Sprint(m.Detail["reason"]); !strings.Contains(reason, "no answer within 200ms,") {
+			t.Errorf("measurement %q: want an error naming the full query timeout (200ms); a query cut by the catch-up deadline is skipped", reason)
+		}
+	}
 }

@@ -33,6 +33,7 @@ type Run struct {
 	Policy  *policy.Policy
 	Start   time.Time // when the window opened (the event's arrival)
 	since   time.Time // when this process took the run up: Start, or its resumption
+	dueThen time.Time // the next measurement's time when it was taken up (catchUpDeadline)
 	checks  []*checkState
 	data    policy.TemplateData
 	mu      sync.Mutex
@@ -73,6 +74,7 @@ type checkState struct {
 func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run, error) {
 	r := &Run{ID: id, Deploy: d, Policy: p, Start: start, since: start, verdict: VerdictPending, slot: -1}
 	r.next, _, _ = r.schedule()
+	r.dueThen = r.next
 	r.data = policy.TemplateData{
 		Service:         d.Service,
 		Environment:     d.Environment,
@@ -124,13 +126,17 @@ type Querier interface {
 // failure limit, and those that went past an inconclusive or error limit.
 //
 // The checks' queries run at once, all within budget (the query timeout,
-// or less when the run is out of time): one slow check must not leave the
-// others no time, nor make the step take a timeout per check.
-func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget time.Duration) (failed, blind []*checkState, err error) {
+// or less when the run is near its deadline): one slow check must not
+// leave the others no time, nor make the step take a timeout per check.
+// A query cut short by a budget below the timeout did not fail, the run ran
+// out of time: that check's measurement is not taken (neither recorded nor
+// counted), and cut says so.
+func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, timeout time.Duration) (failed, blind []*checkState, cut bool, err error) {
 	type answer struct {
 		vec    model.Vector
 		err    error
 		baseAt time.Time
+		cut    bool
 	}
 	answers := make([]answer, len(r.checks))
 	qctx, cancel := context.WithTimeout(ctx, budget)
@@ -148,17 +154,26 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget time
 			}
 			a.vec, a.err = w.querier.Query(qctx, cs.query, ts)
 			if errors.Is(a.err, context.DeadlineExceeded) && ctx.Err() == nil {
-				a.err = fmt.Errorf("no answer within %s, the query timeout (prometheus.timeout, at most the policy's interval)", budget.Round(time.Millisecond))
+				if budget < timeout {
+					a.cut = true
+				} else {
+					a.err = fmt.Errorf("no answer within %s, the query timeout (prometheus.timeout, at most the policy's interval)", timeout.Round(time.Millisecond))
+				}
 			}
 		})
 	}
 	wg.Wait()
 	cancel()
 	if ctx.Err() != nil {
-		return nil, nil, ctx.Err()
+		return nil, nil, false, ctx.Err()
 	}
 	for i, cs := range r.checks {
 		c := cs.check
+		if answers[i].cut {
+			w.logger.Debug("measurement skipped: the run's catch-up deadline cut its query", "run", r.ID, "check", c.Name, "eval_time", ts, "budget", budget)
+			cut = true
+			continue
+		}
 		vec, qerr, baseAt := answers[i].vec, answers[i].err, answers[i].baseAt
 		j := c.Judge(policy.SeriesOf(vec), cs.baseline, qerr)
 		r.mu.Lock()
@@ -190,7 +205,7 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget time
 			blind = append(blind, cs)
 		}
 	}
-	return failed, blind, err
+	return failed, blind, cut, err
 }
 
 // measurementDetail is what a measurement record carries: enough numbers to
@@ -351,4 +366,38 @@ func endVerdict(r *Run) (verdict, reason string, blind []*checkState) {
 		parts = append(parts, p)
 	}
 	return VerdictPassed, "window closed healthy: " + strings.Join(parts, ", "), nil
+}
+
+// skipped is what a run decided out of time could not measure.
+type skipped struct {
+	n    int       // measurements not taken
+	from time.Time // the first of them
+	why  string    // why they could not be taken
+}
+
+// closeVerdict decides a run whose window has closed, or that is out of
+// time with s.n measurements not taken: endVerdict, and a reason and
+// detail that say what was skipped.
+func closeVerdict(r *Run, s skipped) (verdict, reason string, blind []*checkState, detail map[string]any) {
+	verdict, reason, blind = endVerdict(r)
+	if s.n == 0 {
+		return verdict, reason, blind, nil
+	}
+	what := fmt.Sprintf("%d measurements from %s skipped: %s", s.n, s.from.UTC().Format(time.RFC3339Nano), s.why)
+	detail = map[string]any{"skipped_measurements": s.n}
+	if verdict != VerdictPassed {
+		return verdict, reason + "; " + what, blind, detail
+	}
+	// What was measured was healthy, but the rest of the window was not
+	// seen: a deploy that went bad while its watcher was down (or its
+	// Prometheus too slow) must not pass on the data from before. The
+	// run is inconclusive, and on_inconclusive applies.
+	r.mu.Lock()
+	for _, cs := range r.checks {
+		if !cs.check.DryRun {
+			blind = append(blind, cs)
+		}
+	}
+	r.mu.Unlock()
+	return VerdictInconclusive, "not passed: " + what + "; " + strings.Replace(reason, "window closed healthy: ", "what was measured is within the checks' limits: ", 1), blind, detail
 }

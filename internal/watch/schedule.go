@@ -138,27 +138,60 @@ func queryTimeout(configured, interval time.Duration) time.Duration {
 	return configured
 }
 
-// catchUp decides a run's step at now, for the measurement due at next:
-// how long its queries may take (budget), or, when the run is out of time,
-// how many measurements it skips (skip > 0) to be decided at once.
-//
-// A run is out of time one query timeout after its window's end, or after
-// it was taken up here (since) if that was later: a run resumed after a
-// crash still catches up what it missed, from Prometheus's history, as
-// long as Prometheus answers quickly. A measurement never runs past that
-// deadline, so the verdict comes no later than it. Measurements that
-// cannot be taken by then can no longer matter: the verdict is due.
-func catchUp(now, next, end, since time.Time, interval, timeout time.Duration) (budget time.Duration, skip int) {
-	deadline := end
-	if since.After(end) {
-		deadline = since
+// maxCatchUp bounds the time a resumed run has to catch up what it missed
+// while no watcher measured it: a healthy Prometheus answers a missed
+// measurement in milliseconds, so this only stops a slow one from holding
+// a late verdict for hours.
+const maxCatchUp = 10 * time.Minute
+
+// catchUpDeadline is when a run taken up at since, with the measurement
+// due at due as its next, is out of time: one query timeout after its
+// window's end, or, when it was taken up with measurements already due
+// (it was resumed after its watcher was down), one query timeout per
+// measurement it missed from since (at most maxCatchUp), if that is later.
+// missed is that count. A run resumed after its window so catches up
+// everything from a Prometheus that answers, where one timeout for all of
+// it skipped most of its window; a slow one cannot hold it forever.
+func catchUpDeadline(end, since, due time.Time, interval, timeout time.Duration) (deadline time.Time, missed int) {
+	deadline = end.Add(timeout)
+	last := since
+	if last.After(end) {
+		last = end
 	}
-	deadline = deadline.Add(timeout)
-	if !now.Before(deadline) {
+	if due.After(last) {
+		return deadline, 0
+	}
+	missed = int(last.Sub(due)/interval) + 1
+	budget := maxCatchUp
+	if time.Duration(missed) < maxCatchUp/timeout {
+		budget = time.Duration(missed) * timeout
+	}
+	if d := since.Add(budget); d.After(deadline) {
+		deadline = d
+	}
+	return deadline, missed
+}
+
+// minStepBudget is the least time worth giving a measurement's queries
+// (a quarter of the query timeout, at most 100ms): a query given a sliver
+// is only cut, and the measurement is skipped instead.
+func minStepBudget(timeout time.Duration) time.Duration {
+	return min(timeout/4, 100*time.Millisecond)
+}
+
+// catchUp decides a run's step at now, for the measurement due at next:
+// how long its queries may take (budget), or, when the run is out of time
+// (past deadline, from catchUpDeadline, or too close to it for a query),
+// how many measurements it skips (skip > 0) to be decided at once. A
+// measurement never runs past the deadline, so the verdict comes no later
+// than it.
+func catchUp(now, next, end, deadline time.Time, interval, timeout time.Duration) (budget time.Duration, skip int) {
+	left := deadline.Sub(now)
+	if left < minStepBudget(timeout) {
 		if !next.After(end) {
 			skip = int(end.Sub(next)/interval) + 1
 		}
 		return 0, skip
 	}
-	return min(timeout, deadline.Sub(now)), 0
+	return min(timeout, left), 0
 }

@@ -102,12 +102,14 @@ func restoreRun(st runState, rev uint64) (*Run, error) {
 		return nil, err
 	}
 	r.seq, r.owner, r.rev = st.Seq, st.Owner, rev
-	// Taken up now: a run resumed past its window has one query timeout
-	// from here to catch up (catchUp).
+	// Taken up now: a run resumed with measurements already due has a
+	// query timeout per missed measurement from here to catch up
+	// (catchUpDeadline).
 	r.since = time.Now()
 	if !st.Next.IsZero() {
 		r.next = st.Next
 	}
+	r.dueThen = r.next
 	r.verdict, r.reason, r.kind, r.detail, r.request, r.ended = st.Verdict, st.Reason, st.Kind, st.Detail, st.Request, st.Ended
 	if r.verdict == "" {
 		r.verdict = VerdictPending

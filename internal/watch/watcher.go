@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -601,27 +602,25 @@ func (w *Watcher) step(r *Run) {
 	}
 	_, interval, end := r.schedule()
 	r.mu.Lock()
-	next, ending := r.next, r.ending
+	next, ending, since, dueThen := r.next, r.ending, r.since, r.dueThen
 	r.mu.Unlock()
 	timeout := queryTimeout(w.QueryTimeout, interval)
-	budget, skip := catchUp(time.Now(), next, end, r.since, interval, timeout)
+	deadline, missed := catchUpDeadline(end, since, dueThen, interval, timeout)
+	// why says why measurements are skipped, should the run run out of
+	// time: a resumed run whose deadline its catch-up set had missed
+	// measurements while its watcher was down.
+	why := fmt.Sprintf("Prometheus answered too slowly to catch up within one query timeout (%s) of the window's end", timeout)
+	if deadline.After(end.Add(timeout)) {
+		why = fmt.Sprintf("the watcher was down until %s, and Prometheus answered too slowly to catch up the %d measurements it missed within %s (the query timeout, %s, per missed measurement, at most %s)",
+			since.UTC().Format(time.RFC3339Nano), missed, deadline.Sub(since).Round(time.Millisecond), timeout, maxCatchUp)
+	}
+	budget, skip := catchUp(time.Now(), next, end, deadline, interval, timeout)
 	if ending || next.After(end) || skip > 0 {
-		verdict, reason, blind := endVerdict(r)
-		var detail map[string]any
-		if skip > 0 {
-			reason += fmt.Sprintf("; %d measurements from %s skipped: Prometheus answered too slowly to catch up within one query timeout (%s) of the window's end",
-				skip, next.UTC().Format(time.RFC3339Nano), timeout)
-			detail = map[string]any{"skipped_measurements": skip}
-		}
-		if verdict == VerdictInconclusive {
-			w.inconclusive(ctx, r, reason, blind)
-		} else {
-			w.finish(ctx, r, verdict, audit.RunPassed, reason, detail)
-		}
+		w.close(ctx, r, skipped{n: skip, from: next, why: why})
 		r.cancel()
 		return
 	}
-	failed, blind, err := w.measure(ctx, r, next, budget)
+	failed, blind, cut, err := w.measure(ctx, r, next, budget, timeout)
 	if stopped() {
 		return
 	}
@@ -638,7 +637,10 @@ func (w *Watcher) step(r *Run) {
 	// judged by. Past an inconclusive limit, a policy that rolls back on
 	// doubt does so now; one that keeps goes on measuring, since a
 	// failure later in the window still fails the run.
-	decided := len(failed) > 0 || len(blind) > 0 && (r.Policy.OnInconclusive == policy.OnInconclusiveRollback || pastErrorLimit(blind))
+	// A query cut by the run's deadline (not by the query timeout) leaves
+	// this measurement, and the ones after it, untaken: the run is out of
+	// time and decided now.
+	decided := len(failed) > 0 || cut || len(blind) > 0 && (r.Policy.OnInconclusive == policy.OnInconclusiveRollback || pastErrorLimit(blind))
 	if !decided {
 		if err := w.save(ctx, r); errors.Is(err, errRunLost) {
 			w.lost(r)
@@ -653,8 +655,13 @@ func (w *Watcher) step(r *Run) {
 		w.fail(ctx, r, failed)
 		r.cancel()
 		return
+	case cut:
+		skipFrom := next.Add(-interval)
+		w.close(ctx, r, skipped{n: int(end.Sub(skipFrom)/interval) + 1, from: skipFrom, why: why})
+		r.cancel()
+		return
 	case decided:
-		w.inconclusive(ctx, r, blindReason(blind), blind)
+		w.inconclusive(ctx, r, blindReason(blind), blind, nil)
 		r.cancel()
 		return
 	}
@@ -670,24 +677,38 @@ func (w *Watcher) step(r *Run) {
 	w.sched.add(r, next)
 }
 
+// close decides r at its window's end, or out of time with s.n
+// measurements skipped.
+func (w *Watcher) close(ctx context.Context, r *Run, s skipped) {
+	verdict, reason, blind, detail := closeVerdict(r, s)
+	if verdict == VerdictInconclusive {
+		w.inconclusive(ctx, r, reason, blind, detail)
+		return
+	}
+	w.finish(ctx, r, verdict, audit.RunPassed, reason, detail)
+}
+
 // fail ends r as failed and requests the rollback, at once: not at the
 // window's end.
 func (w *Watcher) fail(ctx context.Context, r *Run, failed []*checkState) {
 	reason := events.ClampReason(failReason(failed))
-	w.requestRollback(ctx, r, VerdictFailed, audit.RunFailed, reason, "checks", checkDetails(failed))
+	w.requestRollback(ctx, r, VerdictFailed, audit.RunFailed, reason, "checks", checkDetails(failed), nil)
 }
 
 // inconclusive ends r as inconclusive; the policy's on_inconclusive says
 // whether that rolls back (keep, the default, does not: doubt alone is no
 // reason to undo a deploy unless the policy says so).
-func (w *Watcher) inconclusive(ctx context.Context, r *Run, reason string, blind []*checkState) {
+//
+// extra is more detail for the verdict record (skipped_measurements).
+func (w *Watcher) inconclusive(ctx context.Context, r *Run, reason string, blind []*checkState, extra map[string]any) {
 	if r.Policy.OnInconclusive != policy.OnInconclusiveRollback {
-		w.finish(ctx, r, VerdictInconclusive, audit.RunInconclusive, reason+"; on_inconclusive: keep, nothing rolled back",
-			map[string]any{"checks": checkDetails(blind), "on_inconclusive": policy.OnInconclusiveKeep})
+		detail := map[string]any{"checks": checkDetails(blind), "on_inconclusive": policy.OnInconclusiveKeep}
+		maps.Copy(detail, extra)
+		w.finish(ctx, r, VerdictInconclusive, audit.RunInconclusive, reason+"; on_inconclusive: keep, nothing rolled back", detail)
 		return
 	}
 	w.requestRollback(ctx, r, VerdictInconclusive, audit.RunInconclusive,
-		events.ClampReason(reason+"; on_inconclusive: rollback"), "checks", checkDetails(blind))
+		events.ClampReason(reason+"; on_inconclusive: rollback"), "checks", checkDetails(blind), extra)
 }
 
 func checkDetails(css []*checkState) []map[string]any {
@@ -711,7 +732,7 @@ func checkDetails(css []*checkState) []map[string]any {
 // requestRollback records the verdict and publishes the rollback request.
 // The request id derives from the run, so a retried publish is dropped by
 // the stream's duplicate window instead of rolling back twice.
-func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason, key string, checks []map[string]any) {
+func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason, key string, checks []map[string]any, extra map[string]any) {
 	req := events.RollbackRequest{
 		ID:          "rb-" + r.ID,
 		Service:     r.Deploy.Service,
@@ -728,8 +749,9 @@ func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, re
 		Policy:      r.Policy.Name,
 		Time:        time.Now().UTC(),
 	}
-	w.decide(ctx, r, verdict, kind, reason+"; rollback requested ("+req.ID+")",
-		map[string]any{key: checks, "request_id": req.ID}, &req)
+	detail := map[string]any{key: checks, "request_id": req.ID}
+	maps.Copy(detail, extra)
+	w.decide(ctx, r, verdict, kind, reason+"; rollback requested ("+req.ID+")", detail, &req)
 }
 
 // PublishRollback sends a rollback request to ROLLBACKS. The request id is
