@@ -346,6 +346,12 @@ func TestRedactURLs(t *testing.T) {
 		{"nats://u:p@ss@n1:4222", "nats://u:xxxxx@n1:4222"},
 		{"nats://u:p%zz@n1:4222", "nats://u:xxxxx@n1:4222"}, // does not parse, hidden all the same
 		{"", ""},
+		// An "@" after the host (in the path, query or fragment) is not
+		// the end of the user info.
+		{"http://u:pw@host/?m=a@b", "http://u:xxxxx@host/?m=a@b"},
+		{"http://prom:9090/?m=a@b", "http://prom:9090/?m=a@b"},
+		{"nats://tok@n1:4222/x@y", "nats://xxxxx@n1:4222/x@y"},
+		{"http://u:p@ss@host#f@g", "http://u:xxxxx@host#f@g"},
 	} {
 		if got := redactURLs(tc.in); got != tc.want {
 			t.Errorf("redactURLs(%q) = %q, want %q", tc.in, got, tc.want)

@@ -20,17 +20,34 @@ const redacted = "xxxxx"
 // "ab" in the output would hide nothing and wreck every line.
 const minSecret = 4
 
-// urlUserinfo finds the user info of one URL of a list: it ends at the
-// last "@" (as Go's URL parser, and so nats.go, split it: a password may
-// hold an unescaped "@") and starts after "scheme://", or at the start for
-// a NATS "host:port" without a scheme.
+// urlUserinfo finds the user info of one URL of a list, as Go's URL
+// parser (and so nats.go and the Prometheus client) reads it: it starts
+// after "scheme://", or at the start for a NATS "host:port" without a
+// scheme, and ends at the last "@" of the authority, which ends at the
+// first "/", "?" or "#" (a password may hold an unescaped "@"; an "@" in
+// a query such as ?m=a@b is no user info).
+//
+// A URL whose authority holds no "@" and that does not parse either gets
+// the last "@" of the whole URL: an unescaped "/", "?" or "#" in a
+// password (base64 has "/") is what cuts such an authority short, and
+// hiding too much is better than printing the password.
 func urlUserinfo(u string) (start, end int, ok bool) {
-	end = strings.LastIndex(u, "@")
-	if end < 0 {
+	if i := strings.Index(u, "://"); i >= 0 {
+		start = i + 3
+	}
+	authority := u[start:]
+	if i := strings.IndexAny(authority, "/?#"); i >= 0 {
+		authority = authority[:i]
+	}
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		return start, start + i, true
+	}
+	if _, err := url.Parse(u); err == nil && strings.Contains(u, "://") {
 		return 0, 0, false
 	}
-	if i := strings.Index(u, "://"); i >= 0 && i < end {
-		start = i + 3
+	end = strings.LastIndex(u, "@")
+	if end < start {
+		return 0, 0, false
 	}
 	return start, end, true
 }

@@ -268,6 +268,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
 			Page:   web.StreamPage{Watcher: w, JS: js},
 			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused,
+			ListenAddress: ln.Addr().String(), // on loopback, POSTs must name a loopback Host (DNS rebinding)
 			// Readiness ignores Prometheus: see "Prometheus unreachable" in README.md.
 			Degraded: promUp.Degraded,
 			Ready: func() error {

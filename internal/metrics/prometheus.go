@@ -12,6 +12,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/alecthomas/units"
@@ -53,6 +54,10 @@ type Client struct {
 	timeout   time.Duration
 	maxBytes  int64
 	maxSeries int
+	// useGET is set once Prometheus (or a proxy in front of it) answered
+	// a POST with 405 or 501: it takes only GET, and asking with POST
+	// first every time would double every query.
+	useGET atomic.Bool
 }
 
 // New builds a client. It does not contact Prometheus.
@@ -132,22 +137,21 @@ func (c *Client) Query(ctx context.Context, query string, ts time.Time) (model.V
 		"time":    {strconv.FormatFloat(float64(ts.UnixNano())/1e9, 'f', -1, 64)},
 		"timeout": {strconv.FormatFloat(max(timeout, time.Millisecond).Seconds(), 'f', 3, 64)},
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, strings.NewReader(form.Encode()))
+	resp, err := c.send(ctx, form)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
 	body := &limitedBody{r: resp.Body, left: c.maxBytes, limit: c.maxBytes}
 	vec, err := decodeAnswer(json.NewDecoder(body), c.maxSeries)
 	var le *LimitError
-	switch {
-	case errors.As(err, &le):
+	if errors.As(err, &le) {
+		// Reading on to reuse the connection would read what the limit
+		// is there to stop: close it.
+		resp.Body.Close()
 		return nil, err
+	}
+	closeBody(resp)
+	switch {
 	case resp.StatusCode/100 != 2 && (err == nil || !errors.As(err, new(*apiError))):
 		// Not an API answer: a proxy's or web.config's refusal.
 		return nil, fmt.Errorf("prometheus answered %s: %s", resp.Status, oneLine(body.head))
@@ -155,6 +159,47 @@ func (c *Client) Query(ctx context.Context, query string, ts time.Time) (model.V
 		return nil, err
 	}
 	return vec, nil
+}
+
+// send asks Prometheus with POST, which takes queries of any length, and
+// falls back to GET, as client_golang's API client does, when the answer
+// is 405 Method Not Allowed or 501 Not Implemented: a proxy in front of
+// Prometheus that lets only GET through.
+func (c *Client) send(ctx context.Context, form url.Values) (*http.Response, error) {
+	if !c.useGET.Load() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, strings.NewReader(form.Encode()))
+		if err != nil {
+			return nil, err
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		resp, err := c.http.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusMethodNotAllowed && resp.StatusCode != http.StatusNotImplemented {
+			return resp, nil
+		}
+		closeBody(resp)
+		c.useGET.Store(true)
+	}
+	u := c.endpoint + "?" + form.Encode()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.http.Do(req)
+}
+
+// drainBytes is how much of an answer's rest is read before closing it so
+// that the connection is reused (the newline after Prometheus's JSON, a
+// proxy's error page); past it, closing the connection is cheaper.
+const drainBytes = 64 << 10
+
+// closeBody reads at most drainBytes of what is left of resp's body and
+// closes it.
+func closeBody(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, drainBytes))
+	resp.Body.Close()
 }
 
 // apiError is Prometheus's own error answer: {"status":"error",...}.

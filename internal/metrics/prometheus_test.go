@@ -8,7 +8,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"math/big"
 	"net"
 	"net/http"
@@ -17,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -239,4 +243,109 @@ func writeCert(t *testing.T, dir string) (string, string, string) {
 	writeFile(t, cert, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})))
 	return cert, cert, keyFile
+}
+
+// fakeProm is a Prometheus stand-in for answers a real one cannot give on
+// demand (a proxy's 405, a body with bytes past the JSON). It counts the
+// TCP connections it accepted and the requests by method.
+type fakeProm struct {
+	*httptest.Server
+	mu       sync.Mutex
+	conns    int
+	byMethod map[string]int
+}
+
+func newFakeProm(t *testing.T, h http.HandlerFunc) *fakeProm {
+	f := &fakeProm{byMethod: map[string]int{}}
+	f.Server = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.byMethod[r.Method]++
+		f.mu.Unlock()
+		h(w, r)
+	}))
+	f.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			f.mu.Lock()
+			f.conns++
+			f.mu.Unlock()
+		}
+	}
+	f.Start()
+	t.Cleanup(f.Close)
+	return f
+}
+
+func (f *fakeProm) counts() (conns int, byMethod map[string]int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.conns, maps.Clone(f.byMethod)
+}
+
+const oneSeries = `{"status":"success","data":{"resultType":"vector","result":[{"metric":{"job":"shop"},"value":[1700000000,"1"]}]}}` + "\n"
+
+// TestQueryFallsBackToGET: Prometheus behind a proxy that allows only GET
+// answers a POST with 405 Method Not Allowed; client_golang's API client
+// then asks again with GET, and so must the watcher, once: later queries
+// go straight to GET.
+func TestQueryFallsBackToGET(t *testing.T) {
+	f := newFakeProm(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet {
+			http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		if q := r.URL.Query().Get("query"); q != `up{job="shop"}` || r.URL.Query().Get("time") == "" || r.URL.Query().Get("timeout") == "" {
+			http.Error(w, "missing parameters in "+r.URL.RawQuery, http.StatusBadRequest)
+			return
+		}
+		_, _ = io.WriteString(w, oneSeries)
+	})
+	c := mustNew(t, Options{URL: f.URL})
+	for i := range 3 {
+		vec, err := c.Query(t.Context(), `up{job="shop"}`, time.Now())
+		if err != nil || len(vec) != 1 || vec[0].Value != 1 {
+			t.Fatalf("query %d: %v, %v; want one series of value 1", i, vec, err)
+		}
+	}
+	if _, m := f.counts(); m[http.MethodPost] != 1 || m[http.MethodGet] != 3 {
+		t.Errorf("requests by method %v, want one POST (answered 405), then GET only", m)
+	}
+}
+
+// TestQueryReusesConnection: a body closed before its end costs the
+// connection, so every query would dial (and, with TLS, handshake) again.
+// The few bytes after the JSON (Prometheus ends its answer with a newline)
+// are read before closing.
+func TestQueryReusesConnection(t *testing.T) {
+	f := newFakeProm(t, func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, oneSeries+strings.Repeat(" ", 4096)+"\n")
+	})
+	c := mustNew(t, Options{URL: f.URL})
+	for i := range 5 {
+		if _, err := c.Query(t.Context(), "up", time.Now()); err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+	}
+	if n, _ := f.counts(); n != 1 {
+		t.Errorf("5 queries used %d connections, want 1", n)
+	}
+}
+
+// TestQueryOversizeNotDrained: an answer past max_response_bytes is not
+// read on to reuse the connection (that would read what the limit is
+// there to stop): the connection is closed.
+func TestQueryOversizeNotDrained(t *testing.T) {
+	f := newFakeProm(t, func(w http.ResponseWriter, _ *http.Request) {
+		// Small enough that draining it would fit in the drain bound.
+		_, _ = io.WriteString(w, `{"status":"success","data":{"resultType":"vector","result":[`+strings.Repeat(`{"metric":{},"value":[1,"1"]},`, 100)+`{"metric":{},"value":[1,"1"]}]}}`)
+	})
+	c := mustNew(t, Options{URL: f.URL, MaxResponseBytes: 1024})
+	for i := range 2 {
+		var le *LimitError
+		if _, err := c.Query(t.Context(), "up", time.Now()); !errors.As(err, &le) {
+			t.Fatalf("query %d: %v, want a LimitError", i, err)
+		}
+	}
+	if n, _ := f.counts(); n != 2 {
+		t.Errorf("2 oversize answers used %d connections, want 2 (the first closed, not drained)", n)
+	}
 }

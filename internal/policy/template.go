@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"regexp"
 	"slices"
 	"strings"
 	"text/template"
@@ -41,8 +42,11 @@ func parseTemplate(name, text string, funcs template.FuncMap) (*template.Templat
 // otherwise end the literal and make the check pass whatever the service
 // does. So, as html/template does for HTML, every action that prints must
 // sit inside a "..." or '...' string literal, and what it prints is escaped
-// for that literal: PromQL reads back exactly the value. Decisions inside
-// the template ({{if eq .Labels.team "x"}}) still see the raw values.
+// for that literal: PromQL reads back exactly the value. In the literal of
+// a regex matcher (team=~"...", !~) the value is also quoted for the
+// regex, so that a team `.*` selects the team named `.*`, not every team.
+// Decisions inside the template ({{if eq .Labels.team "x"}}) still see the
+// raw values.
 func newQueryTemplate(name, text string) (*template.Template, error) {
 	t, err := parseTemplate(name, text, queryFuncs)
 	if err != nil {
@@ -56,13 +60,19 @@ func newQueryTemplate(name, text string) (*template.Template, error) {
 
 // The escapers escapeQuery appends to the actions of a query.
 const (
-	escDouble = "_watcher_promql_double_quoted"
-	escSingle = "_watcher_promql_single_quoted"
+	escDouble      = "_watcher_promql_double_quoted"
+	escSingle      = "_watcher_promql_single_quoted"
+	escDoubleRegex = "_watcher_promql_double_quoted_regex"
+	escSingleRegex = "_watcher_promql_single_quoted_regex"
 )
 
 var queryFuncs = template.FuncMap{
 	escDouble: func(v any) string { return promqlEscape(fmt.Sprint(v), '"') },
 	escSingle: func(v any) string { return promqlEscape(fmt.Sprint(v), '\'') },
+	// The regex escaping comes first: PromQL unescapes the literal, then
+	// compiles what it reads as a regex, which QuoteMeta made match itself.
+	escDoubleRegex: func(v any) string { return promqlEscape(regexp.QuoteMeta(fmt.Sprint(v)), '"') },
+	escSingleRegex: func(v any) string { return promqlEscape(regexp.QuoteMeta(fmt.Sprint(v)), '\'') },
 }
 
 // promqlEscape escapes s for the inside of a PromQL string literal opened
@@ -114,20 +124,58 @@ const (
 	inComment // # to the end of the line
 )
 
-// after is where the lexer is after text, starting at q.
-func (q quoting) after(text []byte) quoting {
+// matchOp is what the code just before a string literal says about it.
+type matchOp int
+
+const (
+	opNone  matchOp = iota
+	opEq            // "=" or "!": "~" would make a regex matcher
+	opRegex         // "=~" or "!~", maybe followed by blanks: a literal now is a regex
+)
+
+// lexState is where PromQL's lexer is at a point of a query's text, and
+// whether a literal there is a regex matcher's.
+type lexState struct {
+	q     quoting
+	op    matchOp // in code
+	regex bool    // in a literal: it follows =~ or !~
+}
+
+// same reports whether what an action prints at a and at b is escaped the
+// same way, and stays so whatever text follows.
+func (a lexState) same(b lexState) bool {
+	return a.q == b.q && a.regex == b.regex && (a.op == opRegex) == (b.op == opRegex)
+}
+
+// after is where the lexer is after text, starting at st.
+func (st lexState) after(text []byte) lexState {
+	q := st.q
 	for _, c := range text { // every character that matters is ASCII
 		switch q {
 		case inCode:
 			switch c {
-			case '"':
+			case '"', '\'', '`':
 				q = inDouble
-			case '\'':
-				q = inSingle
-			case '`':
-				q = inRaw
+				if c == '\'' {
+					q = inSingle
+				} else if c == '`' {
+					q = inRaw
+				}
+				st.regex = st.op == opRegex
+				st.op = opNone
 			case '#':
-				q = inComment
+				q = inComment // the lexer skips it: st.op stays
+			case ' ', '\t', '\n', '\r':
+			case '=', '!':
+				st.op = opEq
+			case '~':
+				if st.op == opEq {
+					st.op = opRegex
+				} else {
+					st.op = opNone
+				}
+			default:
+				st.op = opNone
 			}
 		case inDouble, inSingle:
 			switch {
@@ -135,12 +183,14 @@ func (q quoting) after(text []byte) quoting {
 				q++ // the matching escape state
 			case q == inDouble && c == '"', q == inSingle && c == '\'':
 				q = inCode
+				st.regex = false
 			}
 		case inDoubleEscape, inSingleEscape:
 			q--
 		case inRaw:
 			if c == '`' {
 				q = inCode
+				st.regex = false
 			}
 		case inComment:
 			if c == '\n' || c == '\r' {
@@ -148,7 +198,8 @@ func (q quoting) after(text []byte) quoting {
 			}
 		}
 	}
-	return q
+	st.q = q
+	return st
 }
 
 // escapeQuery makes every action of t that prints escape its output for
@@ -169,8 +220,8 @@ func escapeQuery(t *template.Template) error {
 	fail := func(n parse.Node, msg string) error {
 		return fmt.Errorf("template: %s: %s", where(n), msg)
 	}
-	var walk func(n parse.Node, q, loop quoting) (quoting, error)
-	branches := func(n parse.Node, b *parse.BranchNode, q, loop quoting, what string) (quoting, error) {
+	var walk func(n parse.Node, q, loop lexState) (lexState, error)
+	branches := func(n parse.Node, b *parse.BranchNode, q, loop lexState, what string) (lexState, error) {
 		at := where(n)
 		q1, err := walk(b.List, q, loop)
 		if err != nil {
@@ -182,13 +233,17 @@ func escapeQuery(t *template.Template) error {
 				return q, err
 			}
 		}
-		if q1 != q2 {
+		switch {
+		case q1.q != q2.q:
 			return q, fmt.Errorf("template: %s: %s", at, "the branches of {{"+what+"}} end in different places of the query (one inside a string literal, one outside): "+
 				"open and close each literal in the same branch")
+		case !q1.same(q2):
+			return q, fmt.Errorf("template: %s: %s", at, "the branches of {{"+what+"}} end in different places of the query (one in or before a regex matcher's literal, =~ or !~, one not), "+
+				"so whether a value is quoted for a regex would depend on the data: write the whole matcher in each branch")
 		}
 		return q1, nil
 	}
-	walk = func(n parse.Node, q, loop quoting) (quoting, error) {
+	walk = func(n parse.Node, q, loop lexState) (lexState, error) {
 		switch n := n.(type) {
 		case *parse.ListNode:
 			if n == nil {
@@ -206,11 +261,18 @@ func escapeQuery(t *template.Template) error {
 			if len(n.Pipe.Decl) > 0 {
 				return q, nil // {{ $x := ... }} prints nothing
 			}
-			esc := escDouble
-			switch q {
+			var esc string
+			switch q.q {
 			case inDouble:
+				esc = escDouble
+				if q.regex {
+					esc = escDoubleRegex
+				}
 			case inSingle:
 				esc = escSingle
+				if q.regex {
+					esc = escSingleRegex
+				}
 			case inCode:
 				return q, fail(n, `prints outside a string literal: in a query, what a template prints must be inside "..." or '...', `+
 					`such as team="{{ .Labels.team }}", where it is escaped; elsewhere a deploy's value could rewrite the query`)
@@ -239,18 +301,18 @@ func escapeQuery(t *template.Template) error {
 					return q, err
 				}
 			}
-			if body != q || after != q {
+			if !body.same(q) || !after.same(q) {
 				return q, fmt.Errorf("template: %s: %s", at, "the body of {{range}} does not end where it starts (inside or outside a string literal), so its actions' places depend on the labels: "+
 					"open and close each literal inside the body, or around the whole range")
 			}
 		case *parse.BreakNode, *parse.ContinueNode:
-			if q != loop {
+			if !q.same(loop) {
 				return q, fail(n, "leaves the range at another place of the query (inside or outside a string literal) than where it started")
 			}
 		}
 		return q, nil
 	}
-	_, err := walk(t.Root, inCode, inCode)
+	_, err := walk(t.Root, lexState{}, lexState{})
 	return err
 }
 

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 )
 
@@ -290,5 +291,101 @@ func TestQueryActionsOutsideStrings(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("RenderQuery(%s) = %q, %v; want an error saying %q", tc.query, q, err, tc.want)
 		}
+	}
+}
+
+// TestQueryRegexValuesMatchThemselves: inside a regex matcher (=~, !~) a
+// string literal is a regular expression, so a team label `.*` put into
+// team=~"{{ .Labels.team }}" would select every team. A value printed
+// after =~ or !~ is quoted for the regex first: it matches itself and
+// nothing else, while the template's own regex around it stays a regex.
+func TestQueryRegexValuesMatchThemselves(t *testing.T) {
+	matcher := func(t *testing.T, q, name string) *labels.Matcher {
+		t.Helper()
+		expr, err := promql.ParseExpr(q)
+		if err != nil {
+			t.Fatalf("renders %s, which is not PromQL: %v", q, err)
+		}
+		var m *labels.Matcher
+		parser.Inspect(expr, func(n parser.Node, _ []parser.Node) error {
+			if vs, ok := n.(*parser.VectorSelector); ok {
+				for _, lm := range vs.LabelMatchers {
+					if lm.Name == name {
+						m = lm
+					}
+				}
+			}
+			return nil
+		})
+		if m == nil {
+			t.Fatalf("renders %s, with no matcher on %s", q, name)
+		}
+		return m
+	}
+	values := []string{".*", ".+", "payments|.*", "pay.ents", "(", `\d+`, `a\`, `x"} or vector(1) #`, "^$", "", "[a-z]*", "payments"}
+	for _, tmpl := range []string{
+		`up{team=~"{{ .Labels.team }}"}`,
+		`up{team =~ '{{ .Labels.team }}'}`,
+		"up{team=~\n\t\"{{ .Labels.team }}\"}",
+		`up{team=~"{{ if .Labels.team }}{{ .Labels.team }}{{ end }}"}`,
+		`up{team!~"{{ .Labels.team }}"}`,
+		`up{team!~ "{{ .Labels.team }}"}`,
+	} {
+		for _, v := range values {
+			d := deploy
+			d.Labels = map[string]string{"team": v}
+			q, err := (&Check{Name: "c", Query: tmpl}).RenderQuery(d)
+			if err != nil {
+				t.Errorf("%s with %q: %v", tmpl, v, err)
+				continue
+			}
+			m := matcher(t, q, "team")
+			// A negative matcher selects what the positive one does not.
+			pos := m.Type == labels.MatchRegexp
+			for _, other := range []string{"payments", "other", "", ".*", "pay.ents", "payXents"} {
+				if got := m.Matches(other); (got == pos) != (other == v) {
+					t.Errorf("%s with %q renders %s, whose matcher %s says %v to team %q", tmpl, v, q, m, got, other)
+				}
+			}
+		}
+	}
+
+	// The value sits inside the template's own regex: only it is quoted.
+	for _, tc := range []struct {
+		tmpl, service string
+		match, not    []string
+	}{
+		{`up{job=~"prefix-{{ .Service }}.*"}`, "a.b", []string{"prefix-a.b", "prefix-a.b-canary"}, []string{"prefix-aXb", "other", "prefix-"}},
+		{`up{job=~"({{ .Service }}|{{ .Environment }})-api"}`, "shop|.*", []string{"shop|.*-api", "production-api"}, []string{"shop-api", "x-api"}},
+		{`up{job="{{ .Service }}", team=~"{{ .Labels.team }}"}`, ".*", []string{}, []string{}},
+	} {
+		d := deploy
+		d.Service = tc.service
+		q, err := (&Check{Name: "c", Query: tc.tmpl}).RenderQuery(d)
+		if err != nil {
+			t.Errorf("%s: %v", tc.tmpl, err)
+			continue
+		}
+		m := matcher(t, q, "job")
+		for _, s := range tc.match {
+			if !m.Matches(s) {
+				t.Errorf("%s with service %q renders %s, which does not match %q", tc.tmpl, tc.service, q, s)
+			}
+		}
+		for _, s := range tc.not {
+			if m.Matches(s) {
+				t.Errorf("%s with service %q renders %s, which matches %q", tc.tmpl, tc.service, q, s)
+			}
+		}
+		// An equality matcher's value is not regex-quoted.
+		if m.Type == labels.MatchEqual && m.Value != tc.service {
+			t.Errorf("%s with service %q renders %s: job=%q, want the value as it is", tc.tmpl, tc.service, q, m.Value)
+		}
+	}
+
+	// Whether a value is in a regex must not depend on the data.
+	_, err := (&Check{Name: "c", Query: `up{team{{ if .Labels.x }}={{ else }}=~{{ end }}"{{ .Labels.team }}"}`}).RenderQuery(deploy)
+	if want := "branches of {{if}} end in different places"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("a matcher that is =~ or = by the data: %v, want an error saying %q", err, want)
 	}
 }
