@@ -62,6 +62,8 @@ func TestBadCommandLines(t *testing.T) {
 		{"run bad nats.listen", []string{"run", "--nats.listen=nope", "--storage.path=" + t.TempDir(),
 			"--web.listen-address=127.0.0.1:0"}, "--nats.listen"},
 		{"run bad log level", []string{"run", "--log.level=loud"}, "loud"},
+		{"run relative external url", []string{"run", "--web.external-url=watcher.example.com", "--storage.path=" + t.TempDir(),
+			"--web.listen-address=127.0.0.1:0"}, "--web.external-url"},
 		{"publish without service", []string{"publish", closed, "--environment=production", "--version=1.0"}, "--service"},
 		{"publish hostile service", []string{"publish", closed, "--service=shop;rm -rf /", "--environment=production",
 			"--version=1.0"}, `field "service"`},

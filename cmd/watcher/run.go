@@ -7,6 +7,7 @@ import (
 	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -92,6 +93,7 @@ func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env
 	cmd.Flag("web.listen-address", "Address for /metrics, health, reload and the API.").Default("127.0.0.1:9797").StringVar(&webAddr)
 	cmd.Flag("dry-run", "Evaluate and publish everything, execute no rollback (the audit says so).").BoolVar(&dryRun)
 	var rep runFlags
+	cmd.Flag("web.external-url", "The URL under which the watcher is reached (a proxy in front of it); its host is accepted on state-changing requests.").StringVar(&rep.externalURL)
 	cmd.Flag("web.config.file", "Exporter-toolkit web configuration (TLS, basic auth) for the HTTP endpoints, POST /api/v1/alerts included.").
 		Default("").StringVar(&rep.webConfig)
 	cmd.Flag("runs.replica", "Name of this watcher among the replicas sharing one NATS. Default: host name and a random suffix.").StringVar(&rep.name)
@@ -109,6 +111,8 @@ type runFlags struct {
 	name      string
 	lease     time.Duration
 	webConfig string // --web.config.file
+	// externalURL is --web.external-url.
+	externalURL string
 }
 
 func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, listen, storage, webAddr string, dryRun bool) error {
@@ -141,6 +145,11 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 			return usageErr("--nats.listen %q: %v", listen, err)
 		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 			return usageErr("--nats.listen %q: bad port", listen)
+		}
+	}
+	if rep.externalURL != "" {
+		if u, err := url.Parse(rep.externalURL); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return usageErr("--web.external-url %q: want an absolute http(s) URL such as https://watcher.example.com/", rep.externalURL)
 		}
 	}
 	if _, _, err := net.SplitHostPort(webAddr); err != nil {
@@ -267,8 +276,10 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 		Handler: (&web.Server{
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
 			Page:   web.StreamPage{Watcher: w, JS: js},
-			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused,
-			ListenAddress: ln.Addr().String(), // on loopback, POSTs must name a loopback Host (DNS rebinding)
+			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused, AlertsRefusedQuiet: alertReceiver.CountRefused,
+			// On loopback, POSTs must name a loopback Host or the external
+			// URL's (DNS rebinding).
+			ListenAddress: ln.Addr().String(), ExternalURL: rep.externalURL,
 			// Readiness ignores Prometheus: see "Prometheus unreachable" in README.md.
 			Degraded: promUp.Degraded,
 			Ready: func() error {

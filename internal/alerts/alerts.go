@@ -135,6 +135,14 @@ func (rc *Receiver) Refused(ctx context.Context, why string) {
 	}
 }
 
+// CountRefused counts a refused request to the webhook without recording
+// it: past the web server's per-address limit, a page firing requests at
+// the watcher must not flood the audit stream.
+func (rc *Receiver) CountRefused(context.Context, string) {
+	rc.init()
+	rc.counts.WithLabelValues("refused").Inc()
+}
+
 // handle gives one alert its outcome.
 func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	ref := events.AlertRef{Name: a.Labels["alertname"], Fingerprint: a.Fingerprint, StartsAt: a.StartsAt.UTC(),
