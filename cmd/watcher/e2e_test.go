@@ -80,11 +80,21 @@ func (s *syncBuffer) String() string {
 
 func startWatcher(t *testing.T, args ...string) *watcherProc {
 	t.Helper()
-	w := &watcherProc{web: testutil.FreeAddr(t), nats: testutil.FreeAddr(t), done: make(chan int, 1), stderr: &syncBuffer{}, reload: make(chan struct{}, 1)}
+	nats := testutil.FreeAddr(t)
+	w := startRun(t, testutil.FreeAddr(t), append([]string{"--nats.listen=" + nats, "--storage.path=" + t.TempDir(), "--log.level=debug"}, args...)...)
+	w.nats = nats
+	return w
+}
+
+// startRun starts `watcher run` in the test process with exactly args plus
+// --web.listen-address=web, stops it at the end of the test, and waits
+// until it is ready (or answers 401, behind --web.config.file's basic auth).
+func startRun(t *testing.T, web string, args ...string) *watcherProc {
+	t.Helper()
+	w := &watcherProc{web: web, done: make(chan int, 1), stderr: &syncBuffer{}, reload: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
-	all := append([]string{"run", "--nats.listen=" + w.nats, "--storage.path=" + t.TempDir(),
-		"--web.listen-address=" + w.web, "--log.level=debug"}, args...)
+	all := append([]string{"run", "--web.listen-address=" + web}, args...)
 	go func() { w.done <- run(ctx, all, io.Discard, w.stderr, w.reload) }()
 	t.Cleanup(func() {
 		cancel()
@@ -104,12 +114,11 @@ func startWatcher(t *testing.T, args ...string) *watcherProc {
 			t.Fatalf("watcher exited with %d:\n%s", code, w.stderr.String())
 		default:
 		}
-		resp, err := http.Get("http://" + w.web + "/-/ready")
+		resp, err := http.Get("http://" + web + "/-/ready")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
-		// 401: up, behind --web.config.file's basic auth.
 		return resp.StatusCode == 200 || resp.StatusCode == http.StatusUnauthorized
 	})
 	return w

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -97,39 +95,6 @@ func TestVersionFlag(t *testing.T) {
 	if code != 0 || !strings.Contains(queries(), "9.9.9-templated") {
 		t.Errorf("check --version=V: exit %d, queries %q; want 0 and the version in the query; stdout:\n%s\nstderr:\n%s", code, queries(), out, errOut)
 	}
-}
-
-// startRun starts `watcher run` with exactly args (plus --web.listen-address
-// when web is set) and waits until it is ready.
-func startRun(t *testing.T, web string, args ...string) *watcherProc {
-	t.Helper()
-	w := &watcherProc{web: web, done: make(chan int, 1), stderr: &syncBuffer{}, reload: make(chan struct{}, 1)}
-	ctx, cancel := context.WithCancel(context.Background())
-	w.cancel = cancel
-	all := append([]string{"run", "--web.listen-address=" + web}, args...)
-	go func() { w.done <- run(ctx, all, io.Discard, w.stderr, w.reload) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-w.done:
-		case <-time.After(20 * time.Second):
-			t.Errorf("watcher did not stop; its log:\n%s", w.stderr.String())
-		}
-		if t.Failed() {
-			t.Logf("watcher log:\n%s", w.stderr.String())
-		}
-	})
-	testutil.Eventually(t, 30*time.Second, "watcher ready", func() bool {
-		select {
-		case code := <-w.done:
-			w.done <- code
-			t.Fatalf("watcher exited with %d:\n%s", code, w.stderr.String())
-		default:
-		}
-		code, _ := httpGetStatus("http://" + web + "/-/ready")
-		return code == 200
-	})
-	return w
 }
 
 // TestStorageLocked: a second watcher on the same --storage.path is
