@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -80,7 +79,7 @@ func Find(ctx context.Context, js jetstream.StreamManager, q Query) (Found, erro
 		case derr == nil && (q.Match == nil || q.Match(d)):
 			f.Deploy, f.Time, f.Seq, found = d, msg.Time, msg.Sequence, true
 			return false, nil
-		case q.StopAtRolledBack && errors.As(derr, &notDeploy) && strings.Contains(notDeploy.Type, ".service.rolledback."):
+		case q.StopAtRolledBack && errors.As(derr, &notDeploy) && notDeploy.RolledBack():
 			return false, ErrRolledBack
 		}
 		f.Skipped++

@@ -8,6 +8,7 @@ package events
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -108,9 +109,22 @@ type NotDeployError struct {
 	Type string
 }
 
+// RolledBack reports whether the event is a service.rolledback, of any
+// version.
+func (e *NotDeployError) RolledBack() bool {
+	return strings.HasPrefix(e.Type, "dev.cdevents.service.rolledback.")
+}
+
 func (e *NotDeployError) Error() string {
 	return fmt.Sprintf("CDEvent type %q is not a deploy and starts no run", e.Type)
 }
+
+// HeaderAnnouncement marks the watcher's own announcements on DEPLOYS
+// (its service.rolledback after a rollback): the watcher passes over them
+// without a run.skipped record each time, since rollback.completed already
+// recorded the rollback. Another tool's service.rolledback, without it, is
+// recorded as usual.
+const HeaderAnnouncement = "Rollback-Watcher-Announcement"
 
 // Subject returns "<prefix>.<environment>.<service>".
 func Subject(prefix, environment, service string) string {

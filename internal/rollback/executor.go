@@ -1379,7 +1379,8 @@ func (e *Executor) publishRolledBack(ctx context.Context, req events.RollbackReq
 	msg := &nats.Msg{
 		Subject: events.Subject(events.DeploysPrefix, req.Environment, req.Service),
 		Data:    b,
-		Header:  nats.Header{"Content-Type": []string{events.ContentTypeCloudEvents}},
+		Header: nats.Header{"Content-Type": []string{events.ContentTypeCloudEvents},
+			events.HeaderAnnouncement: []string{"service.rolledback"}},
 	}
 	if _, err := e.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(rolledBackID(req.ID))); err != nil {
 		e.logger.Error("service.rolledback not published", "request", req.ID, "err", err)

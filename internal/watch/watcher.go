@@ -356,6 +356,11 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 	var notDeploy *events.NotDeployError
 	var reject *events.RejectError
 	switch {
+	case errors.As(err, &notDeploy) && hdr.Get(events.HeaderAnnouncement) != "" && notDeploy.RolledBack():
+		// Our own announcement of a rollback, already recorded as
+		// rollback.completed: counted, not recorded again.
+		w.logger.Debug("own service.rolledback announcement passed over", "subject", subject)
+		return "ignored", nil
 	case errors.As(err, &notDeploy):
 		env, svc := events.SubjectNames(subject)
 		return "ignored", w.Audit.Record(ctx, audit.Record{
