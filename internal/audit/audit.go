@@ -1,5 +1,5 @@
 // Package audit writes and reads the audit trail: one JSON record per
-// decision on audit.<environment>.<service> (contract section 6).
+// decision on audit.<environment>.<service> (README, "How it works").
 package audit
 
 import (

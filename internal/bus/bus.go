@@ -25,7 +25,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/events"
 )
 
-// Stream names (contract section 3).
+// Stream names (README, "How it works").
 const (
 	DeploysStream   = "DEPLOYS"
 	RollbacksStream = "ROLLBACKS"

@@ -185,7 +185,7 @@ func decodeCDEvent(outer string, raw json.RawMessage, ceType string) (Deploy, er
 	if err != nil {
 		return Deploy{}, err
 	}
-	// customData.version, when given, is the release (contract section 5):
+	// customData.version, when given, is the release (README, "Deploy event"):
 	// a purl often names the artifact by digest while the release directory
 	// has another name, so the two differing is normal, and the purl's
 	// version is then not read at all. Otherwise the purl's version is the

@@ -18,7 +18,7 @@ import (
 //   - Content-Type application/cloudevents+json, or a top-level
 //     "specversion": a structured-mode CloudEvent with the CDEvent in data;
 //   - a top-level "context": a bare CDEvent;
-//   - otherwise the native JSON of contract section 5.
+//   - otherwise the native JSON of README's "Deploy event".
 //
 // A CloudEvent's own id is not the deploy id: the CDEvent's context.id is.
 // A zero Time means the event gave none; the caller fills in arrival time.

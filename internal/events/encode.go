@@ -21,8 +21,8 @@ type nativeDeploy struct {
 	Labels          map[string]string `json:"labels,omitempty"`
 }
 
-// EncodeNative validates d and writes it as native JSON (contract section
-// 5), to be published on Subject(DeploysPrefix, d.Environment, d.Service).
+// EncodeNative validates d and writes it as native JSON (README, "Deploy
+// event"), to be published on Subject(DeploysPrefix, d.Environment, d.Service).
 func EncodeNative(d Deploy) ([]byte, error) {
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("deploy event: %w", err)

@@ -27,7 +27,7 @@ var (
 	// id is not a single NATS subject token.
 	IDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$`)
 	// NamePattern is what service and environment names must look like
-	// (contract section 5); ".." is refused on top, since names become path
+	// (README, "Deploy event"); ".." is refused on top, since names become path
 	// elements and subject tokens.
 	NamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 	// VersionPattern is what versions must look like: a version is a release
@@ -53,7 +53,7 @@ var nativeFields = fieldNames{
 	previousVersion: "previous_version", hosts: "hosts", labels: "labels",
 }
 
-// Validate checks d against the contract's rules (section 5): what
+// Validate checks d against the rules of README's "Deploy event": what
 // DecodeDeploy accepts passes, and `watcher publish` calls it before sending.
 // Time and Format are not checked.
 func (d Deploy) Validate() error {

@@ -1,4 +1,4 @@
-// Package web serves the watcher's HTTP endpoints (contract section 8).
+// Package web serves the watcher's HTTP endpoints (README, "HTTP").
 package web
 
 import (
