@@ -464,7 +464,9 @@ func loadPolicy(dir string, fl fleet, addrs []string, o options, identity, known
 	return set, nil
 }
 
-// recorder is the auditor: it keeps the records in memory.
+// recorder is the auditor: it keeps the records in memory. Not
+// audit.Memory, whose JSON round trip per record would be timed with the
+// rollback.
 type recorder struct {
 	mu   sync.Mutex
 	recs []audit.Record

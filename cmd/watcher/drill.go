@@ -7,7 +7,6 @@ import (
 	"io"
 	"path/filepath"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -258,23 +257,11 @@ func expectMarker(t rollback.Target, release string, want bool) error {
 }
 
 // memAudit keeps the drill's records: a rehearsal needs no audit stream.
-type memAudit struct {
-	mu   sync.Mutex
-	recs []audit.Record
-}
-
-func (m *memAudit) Record(_ context.Context, r audit.Record) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.recs = append(m.recs, r)
-	return nil
-}
+type memAudit struct{ audit.Memory }
 
 // dataError is the data step's failure as the executor recorded it.
 func (m *memAudit) dataError() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, r := range m.recs {
+	for _, r := range m.All() {
 		data, ok := r.Detail["data"].(map[string]any)
 		if !ok {
 			continue

@@ -1,14 +1,12 @@
 package alerts
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,26 +21,15 @@ import (
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
-type recorder struct {
-	mu   sync.Mutex
-	recs []audit.Record
-}
-
-func (r *recorder) Record(_ context.Context, rec audit.Record) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.recs = append(r.recs, rec)
-	return nil
-}
+type recorder struct{ audit.Memory }
 
 func (r *recorder) last(t *testing.T) audit.Record {
 	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.recs) == 0 {
+	recs := r.All()
+	if len(recs) == 0 {
 		t.Fatal("no audit record")
 	}
-	return r.recs[len(r.recs)-1]
+	return recs[len(recs)-1]
 }
 
 const rules = `policies:

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,35 +22,11 @@ import (
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
-// recorder is an Auditor that keeps what it is given. Each record goes
-// through JSON on the way in, as with audit.Publisher, so that assertions
-// see what the AUDIT stream would hold and a detail that cannot be encoded
-// fails as it would in production.
-type recorder struct {
-	mu   sync.Mutex
-	recs []audit.Record
-}
+// recorder is an Auditor that keeps what it is given (through JSON, as the
+// AUDIT stream would hold it).
+type recorder struct{ audit.Memory }
 
-func (r *recorder) Record(_ context.Context, rec audit.Record) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return fmt.Errorf("encoding audit record %s: %w", rec.Kind, err)
-	}
-	var got audit.Record
-	if err := json.Unmarshal(b, &got); err != nil {
-		return err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.recs = append(r.recs, got)
-	return nil
-}
-
-func (r *recorder) all() []audit.Record {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.recs)
-}
+func (r *recorder) all() []audit.Record { return r.All() }
 
 func (r *recorder) kinds() []string { return kinds(r.all()) }
 
