@@ -1,0 +1,155 @@
+package web
+
+import (
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/watch"
+)
+
+// The status page's checks: their measurements and thresholds.
+
+// Checks and their charts.
+
+type measurement struct {
+	at      time.Time
+	value   *float64
+	ratio   *float64
+	outcome string
+	reason  string
+	msg     string
+}
+
+// checksOf lists r's checks with their measurements from recs (loaded says
+// they were read), or with the latest measurement the watcher holds when
+// they were not.
+func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time, isActive bool) []checkView {
+	type check struct {
+		name, threshold, query string
+		dryRun                 bool
+		ms                     []measurement
+		counts                 map[string]any
+	}
+	var order []*check
+	byName := map[string]*check{}
+	get := func(name string) *check {
+		c := byName[name]
+		if c == nil {
+			c = &check{name: name}
+			byName[name] = c
+			order = append(order, c)
+		}
+		return c
+	}
+	for _, rec := range recs {
+		if rec.Kind != audit.Measurement || rec.RunID != r.ID {
+			continue
+		}
+		d := rec.Detail
+		c := get(str(d, "check"))
+		c.threshold, c.query = str(d, "threshold"), str(d, "query")
+		if b, _ := d["dry_run"].(bool); b {
+			c.dryRun = true
+		}
+		c.counts = obj(d, "counts")
+		m := measurement{at: recTime(d, "eval_time", rec.Time), outcome: str(d, "outcome"), reason: str(d, "reason"), msg: rec.Message}
+		if v, ok := num(d, "value"); ok {
+			m.value = &v
+		}
+		if v, ok := num(d, "ratio"); ok {
+			m.ratio = &v
+		}
+		c.ms = append(c.ms, m)
+	}
+	// The watcher's latest measurement of each check, for checks the
+	// records do not show (not read, or not yet in the stream).
+	for _, ms := range r.Measurements {
+		if ms == nil || byName[ms.Check] != nil {
+			continue
+		}
+		c := get(ms.Check)
+		c.threshold, c.dryRun = ms.Threshold, ms.DryRun
+		c.ms = append(c.ms, measurement{at: ms.Time, value: ms.Value, outcome: ms.Outcome, reason: ms.Reason})
+	}
+
+	start := r.Started
+	end := r.WindowEnd
+	if !isActive {
+		if r.Ended != nil {
+			end = *r.Ended
+		} else {
+			end = time.Time{}
+		}
+	}
+	var out []checkView
+	for _, c := range order {
+		cv := checkView{Name: c.name, Threshold: c.threshold, Query: c.query, DryRun: c.dryRun}
+		if n := len(c.ms); n > 0 {
+			last := c.ms[n-1]
+			cv.LastClass = outcomeClass(last.outcome)
+			if last.value != nil {
+				cv.Last = formatNum(*last.value) + " " + last.outcome
+			} else {
+				cv.Last = "no value, " + last.outcome
+			}
+			cv.LastReason = last.reason
+		}
+		if c.counts != nil {
+			var parts []string
+			for _, k := range []string{"pass", "fail", "inconclusive", "error"} {
+				if v, ok := num(c.counts, k); ok {
+					parts = append(parts, k+" "+strconv.Itoa(int(v)))
+				}
+			}
+			cv.Counts = strings.Join(parts, " · ")
+		}
+		abs, ratio := parseThreshold(c.threshold)
+		ms := c.ms
+		note := ""
+		if len(ms) > pageChartPoints {
+			note = "last " + strconv.Itoa(pageChartPoints) + " of " + strconv.Itoa(len(ms)) + " measurements"
+			ms = ms[len(ms)-pageChartPoints:]
+		}
+		nowMark := time.Time{}
+		if isActive {
+			nowMark = now
+		}
+		if len(ratio) > 0 {
+			cv.Charts = append(cv.Charts, buildChart("ratio to baseline", ms, func(m measurement) *float64 { return m.ratio }, ratio, start, end, nowMark, note))
+		}
+		if len(abs) > 0 || len(ratio) == 0 {
+			cv.Charts = append(cv.Charts, buildChart("value", ms, func(m measurement) *float64 { return m.value }, abs, start, end, nowMark, note))
+		}
+		out = append(out, cv)
+	}
+	return out
+}
+
+type threshold struct {
+	name  string // min, max, min_ratio, max_ratio
+	value float64
+}
+
+// parseThreshold reads a threshold text such as "min 50, max 200" or
+// "min_ratio 0.8" into absolute and ratio thresholds.
+func parseThreshold(s string) (abs, ratio []threshold) {
+	for _, part := range strings.Split(s, ",") {
+		f := strings.Fields(part)
+		if len(f) != 2 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "min", "max":
+			abs = append(abs, threshold{f[0], v})
+		case "min_ratio", "max_ratio":
+			ratio = append(ratio, threshold{f[0], v})
+		}
+	}
+	return abs, ratio
+}

@@ -1,0 +1,105 @@
+package web
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Reading the details of audit records, which came from JSON, for the
+// status page.
+
+// Reading record details, which came from JSON.
+
+func str(m map[string]any, k string) string {
+	if m == nil {
+		return ""
+	}
+	switch v := m[k].(type) {
+	case string:
+		return v
+	case nil:
+		return ""
+	case float64:
+		return strconv.FormatFloat(v, 'g', -1, 64)
+	case bool:
+		return strconv.FormatBool(v)
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// num is m[k] as a number; ok is false for null, missing, or not a number.
+func num(m map[string]any, k string) (float64, bool) {
+	if m == nil {
+		return 0, false
+	}
+	v, ok := m[k].(float64)
+	return v, ok
+}
+
+func obj(m map[string]any, k string) map[string]any {
+	if m == nil {
+		return nil
+	}
+	v, _ := m[k].(map[string]any)
+	return v
+}
+
+func list(m map[string]any, k string) []map[string]any {
+	if m == nil {
+		return nil
+	}
+	vs, _ := m[k].([]any)
+	var out []map[string]any
+	for _, v := range vs {
+		if o, ok := v.(map[string]any); ok {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func recTime(m map[string]any, k string, def time.Time) time.Time {
+	if t, err := time.Parse(time.RFC3339Nano, str(m, k)); err == nil {
+		return t
+	}
+	return def
+}
+
+// formatNum formats a measured value for people: up to four significant
+// digits, no exponent for everyday sizes.
+func formatNum(v float64) string {
+	a := v
+	if a < 0 {
+		a = -a
+	}
+	switch {
+	case a == 0:
+		return "0"
+	case a >= 1e6 || a < 1e-4:
+		return strconv.FormatFloat(v, 'g', 4, 64)
+	case a >= 1000:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	}
+	s := strconv.FormatFloat(v, 'g', 4, 64)
+	if strings.ContainsAny(s, "e") {
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	}
+	return s
+}
+
+func outcomeClass(o string) string {
+	switch o {
+	case "pass":
+		return "pass"
+	case "fail":
+		return "fail"
+	case "inconclusive":
+		return "inconclusive"
+	case "error":
+		return "error"
+	}
+	return "unknown"
+}

@@ -1,0 +1,166 @@
+package web
+
+import (
+	"net/url"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+)
+
+// The status page's rollbacks, grouped by request with their cause.
+
+type rollbackGroup struct {
+	rollbackView
+	at        time.Time
+	deployKey string
+}
+
+// rollbacksOf groups the rollback records by request, newest first, each
+// with its cause: the checks of the run that failed, the alert, or the
+// reason a person gave.
+func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
+	verdicts := map[string]audit.Record{} // run id -> run.failed / run.inconclusive
+	for _, r := range recs {
+		if r.Kind == audit.RunFailed || r.Kind == audit.RunInconclusive {
+			verdicts[r.RunID] = r
+		}
+	}
+	groups := map[string]*rollbackGroup{}
+	var order []*rollbackGroup
+	done := map[string]bool{}
+	for _, r := range recs {
+		switch r.Kind {
+		case audit.RollbackRequested, audit.RollbackHost, audit.RollbackCompleted, audit.RollbackFailed:
+		default:
+			continue
+		}
+		if r.RequestID == "" {
+			continue
+		}
+		g := groups[r.RequestID]
+		if g == nil {
+			g = &rollbackGroup{rollbackView: rollbackView{RequestID: r.RequestID, Status: "rolling back", StatusClass: "info"}, at: r.Time}
+			groups[r.RequestID] = g
+			order = append(order, g)
+		}
+		if g.RunID == "" {
+			g.RunID = r.RunID
+		}
+		if g.Service == "" {
+			g.Service, g.Environment, g.Version = r.Service, r.Environment, r.Version
+			if r.DeployID != "" {
+				g.deployKey = r.Environment + "\x00" + r.Service + "\x00" + r.DeployID
+			}
+		}
+		d := r.Detail
+		switch r.Kind {
+		case audit.RollbackRequested:
+			g.at = r.Time
+			g.Source = str(d, "source")
+			g.Reason = str(d, "reason")
+			if a := obj(d, "alert"); a != nil {
+				g.Alert = alertOf(a, now)
+			}
+			if b, ok := d["executed"].(bool); ok && !b && !done[r.RequestID] {
+				g.Status, g.StatusClass = "not executed", "muted"
+				if i := strings.Index(r.Message, "; not executed: "); i >= 0 {
+					g.Note = "not executed: " + r.Message[i+len("; not executed: "):]
+				}
+			}
+		case audit.RollbackHost:
+			g.Hosts = append(g.Hosts, hostOf(d))
+		case audit.RollbackCompleted:
+			done[r.RequestID] = true
+			g.Status, g.StatusClass = "rolled back", "ok"
+			if from, to := str(d, "from"), str(d, "to"); from != "" || to != "" {
+				g.FromTo = from + " → " + to
+			}
+			if len(g.Hosts) == 0 {
+				for _, h := range list(d, "hosts") {
+					g.Hosts = append(g.Hosts, hostOf(h))
+				}
+			}
+		case audit.RollbackFailed:
+			done[r.RequestID] = true
+			g.Status, g.StatusClass = "rollback failed", "bad"
+			g.Error = str(d, "error")
+			if len(g.Hosts) == 0 {
+				for _, h := range list(d, "hosts") {
+					g.Hosts = append(g.Hosts, hostOf(h))
+				}
+			}
+		}
+	}
+	out := make([]rollbackGroup, 0, len(order))
+	for _, g := range order {
+		if v, ok := verdicts[g.RunID]; ok {
+			for _, c := range list(v.Detail, "checks") {
+				g.Checks = append(g.Checks, causeCheck{Name: str(c, "check"), Reason: str(c, "reason")})
+			}
+			if g.Reason == "" {
+				g.Reason = v.Message
+			}
+		}
+		if g.Source == "" {
+			g.Source = "unknown"
+		}
+		g.Time, g.Ago = clock(g.at, now), relative(g.at, now)
+		out = append(out, *g)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].at.After(out[j].at) })
+	return out
+}
+
+func hostOf(d map[string]any) hostView {
+	h := hostView{Host: str(d, "host"), FromPath: str(d, "from"), ToPath: str(d, "to"), Error: str(d, "error")}
+	h.From, h.To = base(h.FromPath), base(h.ToPath)
+	h.Switched, _ = d["switched"].(bool)
+	if s, ok := num(d, "duration_seconds"); ok {
+		h.Duration = formatSeconds(s)
+	} else if ns, ok := num(d, "duration_ns"); ok {
+		h.Duration = formatSeconds(ns / 1e9)
+	}
+	return h
+}
+
+func base(p string) string {
+	if p == "" {
+		return ""
+	}
+	return path.Base(p)
+}
+
+func formatSeconds(s float64) string {
+	d := time.Duration(s * float64(time.Second))
+	switch {
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(10 * time.Microsecond).String()
+	}
+	return d.Round(time.Millisecond).String()
+}
+
+func alertOf(a map[string]any, now time.Time) *alertView {
+	v := &alertView{Name: str(a, "name"), Fingerprint: str(a, "fingerprint")}
+	if t := recTime(a, "starts_at", time.Time{}); !t.IsZero() {
+		v.StartsAt = clock(t, now) + " (" + relative(t, now) + ")"
+	}
+	if g := str(a, "generator_url"); g != "" {
+		if u, err := url.Parse(g); err == nil && (strings.EqualFold(u.Scheme, "http") || strings.EqualFold(u.Scheme, "https")) && u.Host != "" {
+			v.URL = g
+		} else {
+			v.Text = g
+		}
+	}
+	if ls := obj(a, "labels"); ls != nil {
+		for k := range ls {
+			v.Labels = append(v.Labels, labelView{Name: k, Value: str(ls, k)})
+		}
+		sort.Slice(v.Labels, func(i, j int) bool { return v.Labels[i].Name < v.Labels[j].Name })
+	}
+	return v
+}
