@@ -80,56 +80,63 @@ func addNATSURL(cmd *kingpin.CmdClause, f *configFlags, def string) {
 
 func addRun(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
 	cmd := app.Command("run", "Run the watcher: consume deploy events, validate them, execute rollbacks.")
-	var f configFlags
-	var listen, storage, webAddr string
-	var dryRun bool
+	var o runOptions
+	f := &o.config
 	cmd.Flag("config.file", "Configuration file (rule files, Prometheus and NATS connection, credentials).").StringVar(&f.file)
 	cmd.Flag("rules", "Policy files or globs; repeatable. Default: the config file's rule_files, else "+DefaultRules+".").StringsVar(&f.rules)
-	addNATSURL(cmd, &f, "")
-	cmd.Flag("nats.listen", "Address of the embedded NATS server, used when --nats.url is not set.").Default("127.0.0.1:4222").StringVar(&listen)
+	addNATSURL(cmd, f, "")
+	cmd.Flag("nats.listen", "Address of the embedded NATS server, used when --nats.url is not set.").Default("127.0.0.1:4222").StringVar(&o.listen)
 	cmd.Flag("nats.replicas", "Replication factor of the streams the watcher creates (NATS cluster).").Default("0").SetValue(intFlag{"nats.replicas", &f.replicas})
-	cmd.Flag("storage.path", "Directory for the embedded NATS server's JetStream data.").Default("data").StringVar(&storage)
+	cmd.Flag("storage.path", "Directory for the embedded NATS server's JetStream data.").Default("data").StringVar(&o.storage)
 	cmd.Flag("prometheus.url", "Prometheus to query; auth and TLS go in --config.file.").Default("http://127.0.0.1:9090").IsSetByUser(&f.promSet).StringVar(&f.promURL)
-	cmd.Flag("web.listen-address", "Address for /metrics, health, reload and the API.").Default("127.0.0.1:9797").StringVar(&webAddr)
-	cmd.Flag("dry-run", "Evaluate and publish everything, execute no rollback (the audit says so).").BoolVar(&dryRun)
-	var rep runFlags
-	cmd.Flag("web.external-url", "The URL under which the watcher is reached (a proxy in front of it); its host is accepted on state-changing requests.").StringVar(&rep.externalURL)
+	cmd.Flag("web.listen-address", "Address for /metrics, health, reload and the API.").Default("127.0.0.1:9797").StringVar(&o.webAddr)
+	cmd.Flag("dry-run", "Evaluate and publish everything, execute no rollback (the audit says so).").BoolVar(&o.dryRun)
+	cmd.Flag("web.external-url", "The URL under which the watcher is reached (a proxy in front of it); its host is accepted on state-changing requests.").StringVar(&o.externalURL)
 	cmd.Flag("web.config.file", "Exporter-toolkit web configuration (TLS, basic auth) for the HTTP endpoints, POST /api/v1/alerts included.").
-		Default("").StringVar(&rep.webConfig)
-	cmd.Flag("runs.replica", "Name of this watcher among the replicas sharing one NATS. Default: host name and a random suffix.").StringVar(&rep.name)
+		Default("").StringVar(&o.webConfig)
+	cmd.Flag("runs.replica", "Name of this watcher among the replicas sharing one NATS. Default: host name and a random suffix.").StringVar(&o.replica)
 	cmd.Flag("runs.lease", "How long a replica's runs and rollbacks stay its own after its last heartbeat; then another replica takes them over.").
-		Default(watch.DefaultLease.String()).DurationVar(&rep.lease)
-	cmds["run"] = func(ctx context.Context, e *env) error {
-		return runWatcher(ctx, e, &f, rep, listen, storage, webAddr, dryRun)
-	}
+		Default(watch.DefaultLease.String()).DurationVar(&o.lease)
+	// Not the method value o.Run: it would copy o before the flags are parsed.
+	cmds["run"] = func(ctx context.Context, e *env) error { return o.Run(ctx, e) }
 }
 
-// runFlags are the flags of watcher run beyond the configuration: how
-// this process shares runs with other replicas, and how its HTTP endpoints
-// are protected.
-type runFlags struct {
-	name      string
-	lease     time.Duration
-	webConfig string // --web.config.file
-	// externalURL is --web.external-url.
-	externalURL string
+// runOptions is what `watcher run` is told: its command line, and through
+// it the configuration file. Run starts the watcher with them; tests build
+// one and call Run.
+type runOptions struct {
+	config configFlags
+	// listen and storage are the embedded NATS server's address and
+	// JetStream directory (when config names no NATS URL); webAddr is the
+	// HTTP listen address.
+	listen, storage, webAddr string
+	dryRun                   bool
+	// replica names this process among the replicas sharing one NATS;
+	// lease is how long its runs stay its own after its last heartbeat.
+	replica string
+	lease   time.Duration
+	// webConfig is --web.config.file (TLS, basic auth); externalURL is
+	// --web.external-url.
+	webConfig, externalURL string
 }
 
-func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, listen, storage, webAddr string, dryRun bool) error {
+// Run runs the watcher until ctx ends.
+func (o runOptions) Run(ctx context.Context, e *env) error {
+	f := &o.config
 	logger := e.logger
-	if rep.webConfig != "" {
-		if err := toolkitweb.Validate(rep.webConfig); err != nil {
-			return fmt.Errorf("--web.config.file %s: %w", rep.webConfig, err)
+	if o.webConfig != "" {
+		if err := toolkitweb.Validate(o.webConfig); err != nil {
+			return fmt.Errorf("--web.config.file %s: %w", o.webConfig, err)
 		}
 	}
-	if rep.name == "" {
-		rep.name = watch.DefaultReplica()
+	if o.replica == "" {
+		o.replica = watch.DefaultReplica()
 	}
-	if err := watch.ValidReplica(rep.name); err != nil {
+	if err := watch.ValidReplica(o.replica); err != nil {
 		return usageErr("--runs.replica: %v", err)
 	}
-	if rep.lease < time.Second {
-		return usageErr("--runs.lease=%s: at least 1s (heartbeats go out every third of it)", rep.lease)
+	if o.lease < time.Second {
+		return usageErr("--runs.lease=%s: at least 1s (heartbeats go out every third of it)", o.lease)
 	}
 	cfg, err := e.load(f)
 	if err != nil {
@@ -141,19 +148,19 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 		return usageErr("--config.file %s: nats.server secures the embedded server, which does not run with --nats.url: secure %s itself, or drop --nats.url", f.file, cfg.NATS.URL)
 	}
 	if cfg.NATS.URL == "" {
-		if _, port, err := net.SplitHostPort(listen); err != nil {
-			return usageErr("--nats.listen %q: %v", listen, err)
+		if _, port, err := net.SplitHostPort(o.listen); err != nil {
+			return usageErr("--nats.listen %q: %v", o.listen, err)
 		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
-			return usageErr("--nats.listen %q: bad port", listen)
+			return usageErr("--nats.listen %q: bad port", o.listen)
 		}
 	}
-	if rep.externalURL != "" {
-		if u, err := url.Parse(rep.externalURL); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			return usageErr("--web.external-url %q: want an absolute http(s) URL such as https://watcher.example.com/", rep.externalURL)
+	if o.externalURL != "" {
+		if u, err := url.Parse(o.externalURL); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return usageErr("--web.external-url %q: want an absolute http(s) URL such as https://watcher.example.com/", o.externalURL)
 		}
 	}
-	if _, _, err := net.SplitHostPort(webAddr); err != nil {
-		return usageErr("--web.listen-address %q: %v", webAddr, err)
+	if _, _, err := net.SplitHostPort(o.webAddr); err != nil {
+		return usageErr("--web.listen-address %q: %v", o.webAddr, err)
 	}
 	set, err := policy.Load(cfg.RuleFiles...)
 	if err != nil {
@@ -185,12 +192,12 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	storageErr := func() error { return nil }
 	conn := cfg.NATS
 	if cfg.NATS.URL == "" {
-		unlock, err := lockStorage(storage)
+		unlock, err := lockStorage(o.storage)
 		if err != nil {
 			return err
 		}
 		defer unlock()
-		srv, err := bus.StartEmbeddedWith(listen, storage, cfg.NATS.Server, logger)
+		srv, err := bus.StartEmbeddedWith(o.listen, o.storage, cfg.NATS.Server, logger)
 		if err != nil {
 			return err
 		}
@@ -218,7 +225,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 				}
 			}
 		}()
-		logger.Info("embedded NATS server started", "url", srv.ClientURL(), "storage", storage, "security", srv.Security())
+		logger.Info("embedded NATS server started", "url", srv.ClientURL(), "storage", o.storage, "security", srv.Security())
 	}
 	nc, err := bus.Connect(conn, "watcher run", opts...)
 	if err != nil {
@@ -246,12 +253,12 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	defer sshPool.Close()
 	w = &watch.Watcher{JS: js, Policies: policies.Load, Querier: promUp, QueryTimeout: prom.Timeout(), Audit: aud, Logger: logger,
 		Warmer:  &rollback.Warmer{Pool: sshPool, Logger: logger},
-		Replica: rep.name, Lease: rep.lease, Replicas: cfg.NATS.Replicas}
+		Replica: o.replica, Lease: o.lease, Replicas: cfg.NATS.Replicas}
 	// A request whose executor died comes back to another replica after
 	// AckWait: a few leases, like its runs.
-	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: dryRun,
+	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: o.dryRun,
 		Dial: sshPool.Dial, Source: "rollback-watcher/" + host,
-		Replica: rep.name, Replicas: cfg.NATS.Replicas, AckWait: 3 * rep.lease}
+		Replica: o.replica, Replicas: cfg.NATS.Replicas, AckWait: 3 * o.lease}
 	w.Register(reg)
 	x.Register(reg)
 	alertReceiver := &alerts.Receiver{JS: js, Policies: policies.Load, Audit: aud, Logger: logger}
@@ -268,9 +275,9 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 		return err
 	}
 
-	ln, err := net.Listen("tcp", webAddr)
+	ln, err := net.Listen("tcp", o.webAddr)
 	if err != nil {
-		return fmt.Errorf("--web.listen-address %s: %w", webAddr, err)
+		return fmt.Errorf("--web.listen-address %s: %w", o.webAddr, err)
 	}
 	srv := &http.Server{
 		Handler: (&web.Server{
@@ -279,7 +286,7 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused, AlertsRefusedQuiet: alertReceiver.CountRefused,
 			// On loopback, POSTs must name a loopback Host or the external
 			// URL's (DNS rebinding).
-			ListenAddress: ln.Addr().String(), ExternalURL: rep.externalURL,
+			ListenAddress: ln.Addr().String(), ExternalURL: o.externalURL,
 			// Readiness ignores Prometheus: see "Prometheus unreachable" in README.md.
 			Degraded: promUp.Degraded,
 			Ready: func() error {
@@ -293,13 +300,13 @@ func runWatcher(ctx context.Context, e *env, f *configFlags, rep runFlags, liste
 	}
 	go func() {
 		noSystemd := false
-		flags := &toolkitweb.FlagConfig{WebConfigFile: &rep.webConfig, WebListenAddresses: &[]string{webAddr}, WebSystemdSocket: &noSystemd}
+		flags := &toolkitweb.FlagConfig{WebConfigFile: &o.webConfig, WebListenAddresses: &[]string{o.webAddr}, WebSystemdSocket: &noSystemd}
 		if err := toolkitweb.Serve(ln, srv, flags, logger.With("component", "web")); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("web server stopped", "err", err)
 		}
 	}()
 	logger.Info("watcher running", "web", ln.Addr().String(), "nats", redactURLs(cfg.NATS.URL), "prometheus", redactURLs(cfg.Prometheus.URL),
-		"policies", len(set.Policies), "dry_run", dryRun, "version", version.Version)
+		"policies", len(set.Policies), "dry_run", o.dryRun, "version", version.Version)
 
 	for {
 		select {
