@@ -154,7 +154,8 @@ func TestCloseVerdictSkipped(t *testing.T) {
 				t.Fatal(err)
 			}
 			r.checks[0].tally = tc.tally
-			verdict, reason, _, detail := closeVerdict(r, skipped{n: tc.skip, from: from, why: "the watcher was down"})
+			mv := closeMove(r.snapshot(0), p, skipped{n: tc.skip, from: from, why: "the watcher was down"})
+			verdict, reason, detail := mv.verdict, mv.reason, mv.detail
 			if verdict != tc.wantVerdict {
 				t.Errorf("verdict %s (%s), want %s", verdict, reason, tc.wantVerdict)
 			}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 	"sync"
 	"time"
 
@@ -49,7 +48,6 @@ type Run struct {
 	at     time.Time // when the next step is due
 	slot   int       // index in the queue
 	queued bool
-	ending bool // the next step closes the window
 
 	ctx context.Context // ends when the run is superseded or the watcher stops
 
@@ -105,15 +103,39 @@ func (r *Run) deployTime() time.Time {
 // start, on the interval's grid (alignUp: runs share their queries), then
 // every interval, until the window closes.
 func (r *Run) schedule() (first time.Time, interval time.Duration, end time.Time) {
-	interval = time.Duration(r.Policy.Interval)
-	end = r.Start.Add(time.Duration(r.Policy.Window))
-	first = alignUp(r.Start.Add(time.Duration(r.Policy.InitialDelay)), interval)
+	return window(r.Policy, r.Start)
+}
+
+// window is schedule for a run of p that started at start.
+func window(p *policy.Policy, start time.Time) (first time.Time, interval time.Duration, end time.Time) {
+	interval = time.Duration(p.Interval)
+	end = start.Add(time.Duration(p.Window))
+	first = alignUp(start.Add(time.Duration(p.InitialDelay)), interval)
 	if first.After(end) {
 		// A delay as long as the window still gets its one measurement,
 		// at the window's end.
-		first = r.Start.Add(time.Duration(r.Policy.InitialDelay))
+		first = start.Add(time.Duration(p.InitialDelay))
 	}
 	return first, interval, end
+}
+
+// snapshot is what nextMove needs to know of r; timeout is
+// prometheus.timeout.
+func (r *Run) snapshot(timeout time.Duration) runSnapshot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := runSnapshot{
+		Start: r.Start, Since: r.since, DueThen: r.dueThen, Next: r.next, QueryTimeout: timeout,
+		Verdict: r.verdict, SupersededBy: r.supersededBy,
+		Checks: make([]checkProgress, len(r.checks)),
+	}
+	for i, cs := range r.checks {
+		s.Checks[i].Tally = cs.tally
+		if cs.last != nil {
+			s.Checks[i].Last = cs.last.Reason
+		}
+	}
+	return s
 }
 
 // Querier runs an instant query; *metrics.Client is one.
@@ -121,9 +143,8 @@ type Querier interface {
 	Query(ctx context.Context, query string, ts time.Time) (model.Vector, error)
 }
 
-// measure takes one measurement of every check at ts and records each in
-// the audit. It returns the checks (dry-run ones aside) that went past their
-// failure limit, and those that went past an inconclusive or error limit.
+// measure takes one measurement of every check at ts, counts it in the
+// check's tally and records it in the audit; nextMove judges the tallies.
 //
 // The checks' queries run at once, all within budget (the query timeout,
 // or less when the run is near its deadline): one slow check must not
@@ -131,7 +152,7 @@ type Querier interface {
 // A query cut short by a budget below the timeout did not fail, the run ran
 // out of time: that check's measurement is not taken (neither recorded nor
 // counted), and cut says so.
-func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, timeout time.Duration) (failed, blind []*checkState, cut bool, err error) {
+func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, timeout time.Duration) (cut bool, err error) {
 	type answer struct {
 		vec    model.Vector
 		err    error
@@ -165,7 +186,7 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 	wg.Wait()
 	cancel()
 	if ctx.Err() != nil {
-		return nil, nil, false, ctx.Err()
+		return false, ctx.Err()
 	}
 	for i, cs := range r.checks {
 		c := cs.check
@@ -195,17 +216,8 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 		if rerr := w.recordID(ctx, r, msgID, audit.Measurement, c.Describe(j, tally), detail); rerr != nil && err == nil {
 			err = rerr
 		}
-		if c.DryRun {
-			continue
-		}
-		switch c.State(tally) {
-		case policy.CheckFailed:
-			failed = append(failed, cs)
-		case policy.CheckInconclusive:
-			blind = append(blind, cs)
-		}
 	}
-	return failed, blind, cut, err
+	return cut, err
 }
 
 // measurementDetail is what a measurement record carries: enough numbers to
@@ -290,114 +302,4 @@ func jsonFloats(vs []float64) []*float64 {
 		out[i] = jsonFloat(v)
 	}
 	return out
-}
-
-// failReason names the checks that decided a failed run, with their numbers.
-func failReason(failed []*checkState) string {
-	var parts []string
-	for _, cs := range failed {
-		s := fmt.Sprintf("check %s failed", cs.check.Name)
-		if cs.last != nil && cs.last.Reason != "" {
-			s += ": " + cs.last.Reason
-		}
-		s += fmt.Sprintf(" (failure %d of limit %d)", cs.tally.Fail, cs.check.FailureLimit)
-		parts = append(parts, s)
-	}
-	return strings.Join(parts, "; ")
-}
-
-// blindReason says why checks are inconclusive, with the counts that decided.
-func blindReason(blind []*checkState) string {
-	var parts []string
-	for _, cs := range blind {
-		c, t := cs.check, cs.tally
-		var why string
-		switch {
-		case c.ConsecutiveErrorLimit != nil && t.ConsecutiveErrors > *c.ConsecutiveErrorLimit:
-			why = fmt.Sprintf("%d query errors in a row, limit %d", t.ConsecutiveErrors, *c.ConsecutiveErrorLimit)
-		case c.InconclusiveLimit != nil && t.Inconclusive > *c.InconclusiveLimit:
-			why = fmt.Sprintf("inconclusive %d of limit %d", t.Inconclusive, *c.InconclusiveLimit)
-		default:
-			why = fmt.Sprintf("no usable measurement (inconclusive %d, error %d)", t.Inconclusive, t.Error)
-		}
-		if cs.last != nil && cs.last.Reason != "" {
-			why += "; last: " + cs.last.Reason
-		}
-		parts = append(parts, fmt.Sprintf("check %s is inconclusive: %s", c.Name, why))
-	}
-	return strings.Join(parts, "; ")
-}
-
-// pastErrorLimit reports whether one of the checks has had more query
-// errors in a row than its consecutive_error_limit tolerates.
-func pastErrorLimit(css []*checkState) bool {
-	for _, cs := range css {
-		if l := cs.check.ConsecutiveErrorLimit; l != nil && cs.tally.ConsecutiveErrors > *l {
-			return true
-		}
-	}
-	return false
-}
-
-// endVerdict decides a run whose window closed without a failure. A check
-// that never got a usable value, or went past an inconclusive or error
-// limit, makes the run inconclusive: no data is never silently healthy.
-// Dry-run checks are measured and recorded, and never decide.
-func endVerdict(r *Run) (verdict, reason string, blind []*checkState) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, cs := range r.checks {
-		if !cs.check.DryRun && cs.check.EndState(cs.tally) != policy.CheckOK {
-			blind = append(blind, cs)
-		}
-	}
-	if len(blind) > 0 {
-		return VerdictInconclusive, blindReason(blind), blind
-	}
-	var parts []string
-	for _, cs := range r.checks {
-		p := fmt.Sprintf("%s pass %d fail %d", cs.check.Name, cs.tally.Pass, cs.tally.Fail)
-		if n := cs.tally.Inconclusive + cs.tally.Error; n > 0 {
-			p += fmt.Sprintf(" inconclusive %d error %d", cs.tally.Inconclusive, cs.tally.Error)
-		}
-		if cs.check.DryRun {
-			p += " (dry-run)"
-		}
-		parts = append(parts, p)
-	}
-	return VerdictPassed, "window closed healthy: " + strings.Join(parts, ", "), nil
-}
-
-// skipped is what a run decided out of time could not measure.
-type skipped struct {
-	n    int       // measurements not taken
-	from time.Time // the first of them
-	why  string    // why they could not be taken
-}
-
-// closeVerdict decides a run whose window has closed, or that is out of
-// time with s.n measurements not taken: endVerdict, and a reason and
-// detail that say what was skipped.
-func closeVerdict(r *Run, s skipped) (verdict, reason string, blind []*checkState, detail map[string]any) {
-	verdict, reason, blind = endVerdict(r)
-	if s.n == 0 {
-		return verdict, reason, blind, nil
-	}
-	what := fmt.Sprintf("%d measurements from %s skipped: %s", s.n, s.from.UTC().Format(time.RFC3339Nano), s.why)
-	detail = map[string]any{"skipped_measurements": s.n}
-	if verdict != VerdictPassed {
-		return verdict, reason + "; " + what, blind, detail
-	}
-	// What was measured was healthy, but the rest of the window was not
-	// seen: a deploy that went bad while its watcher was down (or its
-	// Prometheus too slow) must not pass on the data from before. The
-	// run is inconclusive, and on_inconclusive applies.
-	r.mu.Lock()
-	for _, cs := range r.checks {
-		if !cs.check.DryRun {
-			blind = append(blind, cs)
-		}
-	}
-	r.mu.Unlock()
-	return VerdictInconclusive, "not passed: " + what + "; " + strings.Replace(reason, "window closed healthy: ", "what was measured is within the checks' limits: ", 1), blind, detail
 }

@@ -1,0 +1,202 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"time"
+
+	"github.com/rollback-watcher/watcher/internal/events"
+)
+
+// step takes r's next step on a scheduler worker: it asks nextMove what r
+// does now and carries it out. A measurement is followed by a second
+// question, whether the checks decided the run; if not, the run is stored
+// and goes back to the scheduler.
+//
+// Measurements happen at their scheduled times and are evaluated there: a
+// run resumed late (after a crash, by another replica) catches up on the
+// ones it missed, from Prometheus's history, instead of restarting its
+// window or skipping them.
+func (w *Watcher) step(r *Run) {
+	ctx := r.ctx
+	// stopped ends r's step when a newer deploy superseded it (decided
+	// here), or the watcher is stopping (left stored for whoever resumes
+	// it).
+	stopped := func() bool {
+		if ctx.Err() == nil {
+			return false
+		}
+		if w.ctx.Err() == nil {
+			w.superseded(w.ctx, r)
+		}
+		r.cancel()
+		return true
+	}
+	if stopped() {
+		return
+	}
+	mv := nextMove(r.snapshot(w.QueryTimeout), r.Policy, time.Now())
+	if mv.kind == moveMeasure {
+		cut, err := w.measure(ctx, r, mv.at, mv.budget, mv.timeout)
+		if stopped() {
+			return
+		}
+		if err != nil {
+			w.logger.Error("measurement not recorded", "run", r.ID, "err", err)
+		}
+		_, interval, _ := r.schedule()
+		r.mu.Lock()
+		r.next = mv.at.Add(interval)
+		r.mu.Unlock()
+		s := r.snapshot(w.QueryTimeout)
+		s.Measured, s.Cut = true, cut
+		mv = nextMove(s, r.Policy, time.Now())
+		if mv.kind == moveWait {
+			if err := w.save(ctx, r); errors.Is(err, errRunLost) {
+				w.lost(r)
+				r.cancel()
+				return
+			} else if err != nil {
+				w.logger.Warn("run state not saved; a restart would repeat this measurement", "run", r.ID, "err", err)
+			}
+		}
+	}
+	switch mv.kind {
+	case moveWait:
+		w.sched.add(r, mv.at)
+	case moveDecide:
+		w.settle(ctx, r, mv)
+		r.cancel()
+	default:
+		// moveDone: decided already, by whatever ended it first. (After a
+		// measurement nextMove waits or decides: measuring again goes
+		// through the scheduler.)
+		r.cancel()
+	}
+}
+
+// superseded ends a run stopped by a newer deploy, naming that deploy.
+func (w *Watcher) superseded(ctx context.Context, r *Run) {
+	s := r.snapshot(w.QueryTimeout)
+	if s.SupersededBy == nil {
+		return
+	}
+	w.settle(ctx, r, nextMove(s, r.Policy, time.Now()))
+}
+
+// settle carries out a decision of nextMove: it records the verdict, with
+// the details of the checks that decided it, and requests the rollback the
+// verdict asks for.
+func (w *Watcher) settle(ctx context.Context, r *Run, mv move) {
+	if mv.kind != moveDecide {
+		return
+	}
+	checks := make([]*checkState, len(mv.checks))
+	for i, c := range mv.checks {
+		checks[i] = r.checks[c]
+	}
+	if mv.rollback {
+		w.requestRollback(ctx, r, mv.verdict, mv.record, events.ClampReason(mv.reason), "checks", checkDetails(checks), mv.detail)
+		return
+	}
+	detail := mv.detail
+	if mv.verdict == VerdictInconclusive || mv.verdict == VerdictFailed {
+		detail = map[string]any{"checks": checkDetails(checks)}
+		maps.Copy(detail, mv.detail)
+	}
+	w.decide(ctx, r, mv.verdict, mv.record, mv.reason, detail, nil)
+}
+
+func checkDetails(css []*checkState) []map[string]any {
+	out := make([]map[string]any, 0, len(css))
+	for _, cs := range css {
+		m := map[string]any{
+			"check": cs.check.Name, "query": cs.query, "limits": cs.check.Limits(),
+			"counts": map[string]int{"pass": cs.tally.Pass, "fail": cs.tally.Fail, "inconclusive": cs.tally.Inconclusive,
+				"error": cs.tally.Error, "consecutive_errors": cs.tally.ConsecutiveErrors},
+			"failures": cs.tally.Fail, "failure_limit": cs.check.FailureLimit,
+		}
+		if cs.last != nil {
+			m["reason"] = cs.last.Reason
+			m["value"] = cs.last.Value
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// decide stores r's verdict (and the rollback it asks for, if any), then
+// concludes it. The verdict is stored first so that a process dying
+// half-way leaves a decided run, which whoever resumes it concludes
+// instead of judging again. It reports whether this call decided r.
+func (w *Watcher) decide(ctx context.Context, r *Run, verdict, kind, reason string, detail map[string]any, req *events.RollbackRequest) bool {
+	r.mu.Lock()
+	if r.verdict != VerdictPending {
+		r.mu.Unlock()
+		return false
+	}
+	if detail == nil {
+		detail = map[string]any{}
+	}
+	r.verdict, r.reason, r.kind, r.detail, r.request, r.ended = verdict, reason, kind, detail, req, time.Now().UTC()
+	r.mu.Unlock()
+	switch err := w.save(ctx, r); {
+	case errors.Is(err, errRunLost):
+		w.lost(r)
+		return false
+	case err != nil:
+		// Deciding matters more than storing the decision: a rollback
+		// must not wait for NATS to come back. A replica that resumes
+		// the stored run later decides it again, from the same
+		// measurements, and the message ids keep the records single.
+		w.logger.Warn("verdict not stored before concluding", "run", r.ID, "err", err)
+	}
+	w.conclude(ctx, r)
+	return true
+}
+
+// conclude records a decided run's verdict, publishes its rollback
+// request, and removes its stored state. Each step is idempotent (message
+// ids), so a resumed run concludes again without doubling anything.
+func (w *Watcher) conclude(ctx context.Context, r *Run) {
+	r.mu.Lock()
+	verdict, kind, reason, detail, req := r.verdict, r.kind, r.reason, r.detail, r.request
+	r.mu.Unlock()
+	if err := w.recordID(ctx, r, r.ID+".verdict", kind, reason, detail); err != nil {
+		w.logger.Error("verdict not recorded", "run", r.ID, "verdict", verdict, "err", err)
+	}
+	if req != nil {
+		if err := PublishRollback(ctx, w.JS, *req); err != nil {
+			w.logger.Error("rollback request not published", "run", r.ID, "err", err)
+		}
+	}
+	if err := w.claimDone(ctx, r); err != nil {
+		// Keep the stored state: a redelivered event must find the run.
+		w.logger.Warn("deploy id not marked decided; keeping the run's state", "run", r.ID, "err", err)
+	} else {
+		w.drop(ctx, r)
+	}
+	w.metrics.runs.WithLabelValues(verdict).Inc()
+	w.metrics.byPolicy.WithLabelValues(r.Policy.Name, verdict).Inc()
+	w.logger.Info("run ended", "run", r.ID, "service", r.Deploy.Service, "environment", r.Deploy.Environment,
+		"version", r.Deploy.Version, "verdict", verdict, "reason", reason)
+	w.mu.Lock()
+	w.removeActiveLocked(r)
+	w.recent = append(w.recent, r)
+	if len(w.recent) > w.Recent {
+		w.recent = w.recent[len(w.recent)-w.Recent:]
+	}
+	w.mu.Unlock()
+	w.cool(r, req != nil)
+}
+
+// lost forgets a run another replica took over: it is theirs to measure
+// and decide.
+func (w *Watcher) lost(r *Run) {
+	w.logger.Warn("run taken over by another replica; stopping here", "run", r.ID)
+	w.mu.Lock()
+	w.removeActiveLocked(r)
+	w.mu.Unlock()
+	w.cool(r, false)
+}
