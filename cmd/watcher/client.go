@@ -23,7 +23,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/rollback"
-	"github.com/rollback-watcher/watcher/internal/watch"
+	"github.com/rollback-watcher/watcher/internal/rollbackreq"
 )
 
 const defaultNATSURL = "nats://127.0.0.1:4222"
@@ -196,23 +196,21 @@ func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, 
 func addRollback(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
 	cmd := app.Command("rollback", "Request a manual rollback through the same path as a failed validation; prints the request id.")
 	f := addClientFlags(cmd)
-	var req events.RollbackRequest
-	cmd.Flag("service", "Service to roll back.").Required().StringVar(&req.Service)
-	cmd.Flag("environment", "Environment to roll back.").Required().StringVar(&req.Environment)
+	var service, environment, version, toVersion, reason string
+	cmd.Flag("service", "Service to roll back.").Required().StringVar(&service)
+	cmd.Flag("environment", "Environment to roll back.").Required().StringVar(&environment)
 	cmd.Flag("version", "Release to roll back from (default: the version of the newest deploy of the service recorded on DEPLOYS). A request for a release that was rolled back already changes nothing.").
-		StringVar(&req.Version)
-	cmd.Flag("to-version", "Release to roll back to (default: the deploy's previous version, else the previous release on each host).").StringVar(&req.ToVersion)
-	cmd.Flag("reason", "Why; recorded in the audit and the release's ROLLED_BACK marker.").Required().StringVar(&req.Reason)
+		StringVar(&version)
+	cmd.Flag("to-version", "Release to roll back to (default: the deploy's previous version, else the previous release on each host).").StringVar(&toVersion)
+	cmd.Flag("reason", "Why; recorded in the audit and the release's ROLLED_BACK marker.").Required().StringVar(&reason)
 	cmds["rollback"] = func(ctx context.Context, e *env) error {
-		req.ID = events.NewID()
-		req.Source = events.SourceManual
-		req.Time = time.Now().UTC()
-		subj := events.Subject(events.RollbacksPrefix, req.Environment, req.Service)
-		b, _ := json.Marshal(req)
-		// The executor will decode it with the same rules; fail here first.
-		if _, err := events.DecodeRollbackRequest(subj, b); err != nil {
+		req := rollbackreq.Manual(service, environment, version, toVersion, reason, time.Now())
+		// The executor decodes it by the same rules; refuse it here first,
+		// before reading DEPLOYS.
+		if err := rollbackreq.Validate(req); err != nil {
 			return usageErr("invalid rollback request: %v", err)
 		}
+		subj := rollbackreq.Subject(req)
 		ctx, js, closeNC, err := f.connect(ctx, e, "watcher rollback")
 		if err != nil {
 			return err
@@ -226,7 +224,7 @@ func addRollback(app *kingpin.Application, cmds map[string]func(context.Context,
 			}
 			return err
 		}
-		if err := watch.PublishRollback(pctx, js, req); err != nil {
+		if err := rollbackreq.Publish(pctx, js, req); err != nil {
 			if perr := permissionErr(ctx, "publishing on "+subj); perr != nil {
 				return perr
 			}
@@ -269,11 +267,7 @@ func pinDeploy(ctx context.Context, js jetstream.JetStream, req *events.Rollback
 	default:
 		return fmt.Errorf("reading the deploys of %s in %s: %w", req.Service, req.Environment, err)
 	}
-	d := found.Deploy
-	req.Version, req.DeployID, req.DeploySeq, req.Hosts, req.Labels = d.Version, d.ID, found.Seq, d.Hosts, d.Labels
-	if req.ToVersion == "" {
-		req.ToVersion = d.PreviousVersion
-	}
+	rollbackreq.Pin(req, found.Deploy, found.Seq)
 	return nil
 }
 

@@ -5,8 +5,6 @@ package alerts
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,7 +20,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/deploys"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
-	"github.com/rollback-watcher/watcher/internal/watch"
+	"github.com/rollback-watcher/watcher/internal/rollbackreq"
 )
 
 // MaxPayload bounds a webhook body: Alertmanager sends groups of alerts,
@@ -62,11 +60,16 @@ type BadRequest struct{ Err error }
 
 func (e *BadRequest) Error() string { return e.Err.Error() }
 
+// Auditor records each alert's outcome; *audit.Publisher is one.
+type Auditor interface {
+	Record(ctx context.Context, r audit.Record) error
+}
+
 // Receiver handles webhook messages.
 type Receiver struct {
 	JS       jetstream.JetStream
 	Policies func() *policy.Set
-	Audit    watch.Auditor
+	Audit    Auditor
 	Logger   *slog.Logger
 	Now      func() time.Time
 
@@ -216,23 +219,14 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 		return outcome("ignored: the last deploy (%s, version %s) was %s ago, longer than the policy's within %s",
 			d.ID, d.Version, since.Round(time.Second), p.Alerts.Within)
 	}
-	// One rollback per alert and deploy: Alertmanager repeats a firing
-	// group every repeat_interval, and each repeat must not roll back
-	// again (the id is the stream's message id, and the executor runs an
-	// id once).
-	sum := sha256.Sum256([]byte(a.Fingerprint + "\x00" + d.ID))
-	req := events.RollbackRequest{
-		ID: "alert-" + hex.EncodeToString(sum[:12]), Service: svc, Environment: env,
-		Version: d.Version, ToVersion: d.PreviousVersion, Hosts: d.Hosts, Labels: d.Labels,
-		Reason:   events.ClampReason(fmt.Sprintf("alert %s firing since %s", ref.Name, ref.StartsAt.Format(time.RFC3339))),
-		Source:   events.SourceAlert,
-		DeployID: d.ID, DeploySeq: found.Seq, Policy: p.Name, Time: now.UTC(), Alert: &ref,
-	}
+	// The request's id is the stream's message id, and the executor runs
+	// an id once: Alertmanager's repeats of a firing group roll back once.
+	req := rollbackreq.FromAlert(ref, d, found.Seq, p.Name, now)
 	rec.RequestID = req.ID
 	rec.Detail["request_id"] = req.ID
 	rec.MsgID = req.ID + ".alert." + a.StartsAt.UTC().Format(time.RFC3339Nano)
 	if err := outcome("rolls back deploy %s (version %s of %s in %s)%s: rollback requested (%s)", d.ID, d.Version, svc, env, passed, req.ID); err != nil {
 		return err // not requested without its record; Alertmanager sends again
 	}
-	return watch.PublishRollback(ctx, rc.JS, req)
+	return rollbackreq.Publish(ctx, rc.JS, req)
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/deploys"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/rollbackreq"
 )
 
 // Auditor records decisions; *audit.Publisher is one.
@@ -186,18 +187,12 @@ func (e *Executor) Start(ctx context.Context) error {
 func (e *Executor) Wait() { e.wg.Wait() }
 
 func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
-	req, err := events.DecodeRollbackRequest(msg.Subject(), msg.Data())
-	if err != nil {
-		var rej *events.RejectError
-		field := ""
-		if errors.As(err, &rej) {
-			field = rej.Field
-		}
-		env, svc := events.SubjectNames(msg.Subject())
+	req, rej := rollbackreq.Decode(msg.Subject(), msg.Data())
+	if rej != nil {
 		if aerr := e.Audit.Record(ctx, audit.Record{
-			Kind: audit.EventRejected, Service: svc, Environment: env,
-			Message: "rollback request rejected: " + err.Error(),
-			Detail:  map[string]any{"subject": msg.Subject(), "field": field},
+			Kind: audit.EventRejected, Service: rej.Service, Environment: rej.Environment,
+			Message: "rollback request rejected: " + rej.Err.Error(),
+			Detail:  map[string]any{"subject": rej.Subject, "field": rej.Field},
 		}); aerr != nil {
 			e.logger.Error("rejection not recorded; will retry", "err", aerr)
 			_ = msg.NakWithDelay(2 * time.Second)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/rollbackreq"
 )
 
 // step takes r's next step on a scheduler worker: it asks nextMove what r
@@ -167,7 +168,7 @@ func (w *Watcher) conclude(ctx context.Context, r *Run) {
 		w.logger.Error("verdict not recorded", "run", r.ID, "verdict", verdict, "err", err)
 	}
 	if req != nil {
-		if err := PublishRollback(ctx, w.JS, *req); err != nil {
+		if err := rollbackreq.Publish(ctx, w.JS, *req); err != nil {
 			w.logger.Error("rollback request not published", "run", r.ID, "err", err)
 		}
 	}

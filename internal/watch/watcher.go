@@ -24,6 +24,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/rollbackreq"
 )
 
 // Auditor records decisions; *audit.Publisher is one.
@@ -574,47 +575,10 @@ func (w *Watcher) start(ctx context.Context, r *Run) {
 // The request id derives from the run, so a retried publish is dropped by
 // the stream's duplicate window instead of rolling back twice.
 func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason, key string, checks []map[string]any, extra map[string]any) {
-	req := events.RollbackRequest{
-		ID:          "rb-" + r.ID,
-		Service:     r.Deploy.Service,
-		Environment: r.Deploy.Environment,
-		Version:     r.Deploy.Version,
-		ToVersion:   r.Deploy.PreviousVersion,
-		Hosts:       r.Deploy.Hosts,
-		Labels:      r.Deploy.Labels,
-		Reason:      reason,
-		Source:      events.SourceValidation,
-		RunID:       r.ID,
-		DeployID:    r.Deploy.ID,
-		DeploySeq:   r.seq,
-		Policy:      r.Policy.Name,
-		Time:        time.Now().UTC(),
-	}
+	req := rollbackreq.FromRun(r.ID, r.Deploy, r.seq, r.Policy.Name, reason, time.Now())
 	detail := map[string]any{key: checks, "request_id": req.ID}
 	maps.Copy(detail, extra)
 	w.decide(ctx, r, verdict, kind, reason+"; rollback requested ("+req.ID+")", detail, &req)
-}
-
-// PublishRollback sends a rollback request to ROLLBACKS. The request id is
-// the message id: JetStream drops a resend within its duplicate window.
-func PublishRollback(ctx context.Context, js jetstream.JetStream, req events.RollbackRequest) error {
-	b, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	subj := events.Subject(events.RollbacksPrefix, req.Environment, req.Service)
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		if _, lastErr = js.Publish(ctx, subj, b, jetstream.WithMsgID(req.ID)); lastErr == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt+1) * 200 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("publishing rollback request %s on %s: %w", req.ID, subj, lastErr)
 }
 
 func (w *Watcher) record(ctx context.Context, r *Run, kind, msg string, detail map[string]any) error {
