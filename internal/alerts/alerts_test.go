@@ -301,7 +301,7 @@ func TestAlertFindsNewestValidDeploy(t *testing.T) {
 		lastRequest.ToVersion != "v1" {
 		t.Fatalf("after invalid messages: record %q (deploy %q), request %+v; want the rollback of d-shop-v2", got.Message, got.DeployID, lastRequest)
 	}
-	if skipped, _ := got.Detail["skipped_messages"].(int); skipped != 5 || !strings.Contains(got.Message, "passing over 5 newer messages") {
+	if skipped, _ := got.Detail["skipped_messages"].(float64); skipped != 5 || !strings.Contains(got.Message, "passing over 5 newer messages") {
 		t.Errorf("record %q, detail %v: want it to say the 5 newer messages that are no deploy were passed over", got.Message, got.Detail)
 	}
 
