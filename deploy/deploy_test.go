@@ -26,6 +26,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 	"go.yaml.in/yaml/v3"
@@ -457,7 +458,7 @@ func checkExpr(t *testing.T, where, expr string, exported map[string]bool) []str
 		}
 		name := vs.Name
 		for _, m := range vs.LabelMatchers {
-			if m.Name == labels.MetricName {
+			if m.Name == model.MetricNameLabel {
 				name = m.Value
 			}
 		}
@@ -468,7 +469,7 @@ func checkExpr(t *testing.T, where, expr string, exported map[string]bool) []str
 		}
 		known := metricLabels[name]
 		for _, m := range vs.LabelMatchers {
-			if m.Name == labels.MetricName || m.Name == "job" || m.Name == "instance" {
+			if m.Name == model.MetricNameLabel || m.Name == "job" || m.Name == "instance" {
 				continue
 			}
 			values, ok := known[m.Name]

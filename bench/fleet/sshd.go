@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/rollback-watcher/watcher/internal/sshkit"
-	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 // sshdPath is Debian's sshd. It re-executes itself for every connection,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/common/version"
+	toolkitweb "github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/rollback-watcher/watcher/internal/alerts"
 	"github.com/rollback-watcher/watcher/internal/audit"

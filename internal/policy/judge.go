@@ -2,11 +2,12 @@ package policy
 
 import (
 	"fmt"
-	"github.com/prometheus/common/model"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/prometheus/common/model"
 )
 
 // Judge decides one measurement of the check. values are the series the

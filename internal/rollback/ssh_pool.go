@@ -66,7 +66,7 @@ func (p *SSHPool) Dial(ctx context.Context, host string, cfg policy.SSH) (Target
 		if perr := c.probe(ep.connectTimeout); perr != nil {
 			t.release()
 			t.drop(c)
-			if c, _, err = t.acquire(ctx); err != nil {
+			if _, _, err = t.acquire(ctx); err != nil {
 				return nil, fmt.Errorf("%w (the cached connection had dropped: %v)", err, perr)
 			}
 		}

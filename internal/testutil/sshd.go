@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/rollback-watcher/watcher/internal/sshkit"
-	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 // SSHDPath is where Debian's openssh-server installs sshd. sshd re-executes

@@ -221,11 +221,10 @@ func newPromHarness(t *testing.T, rules string, q Querier) *harness {
 
 // outcome is what a scenario's run left in the audit.
 type outcome struct {
-	deploy   time.Time // the deploy's time, which the trace counts from
-	verdict  audit.Record
-	meas     []audit.Record // the run's measurements, in order
-	breach   time.Time      // when the exporter first served a breaching value
-	requests int            // rollback requests on ROLLBACKS
+	deploy  time.Time // the deploy's time, which the trace counts from
+	verdict audit.Record
+	meas    []audit.Record // the run's measurements, in order
+	breach  time.Time      // when the exporter first served a breaching value
 	// n is how many measurements the run takes if it is not decided
 	// early: every scnInterval from its first, on the interval's grid, to
 	// the window's end (10 or 11, by where the start falls on the grid).
