@@ -39,8 +39,8 @@ import (
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
-	"github.com/rollback-watcher/watcher/internal/metrics"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/promclient"
 	"github.com/rollback-watcher/watcher/internal/watch"
 )
 
@@ -155,7 +155,7 @@ func concurrentRuns(dir, promURL string, runs, teams int, interval time.Duration
 	if err != nil {
 		return err
 	}
-	prom, err := metrics.New(metrics.Options{URL: promURL})
+	prom, err := promclient.New(promclient.Options{URL: promURL})
 	if err != nil {
 		return err
 	}

@@ -25,8 +25,8 @@ import (
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/config"
-	"github.com/rollback-watcher/watcher/internal/metrics"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/promclient"
 	"github.com/rollback-watcher/watcher/internal/rollback"
 	"github.com/rollback-watcher/watcher/internal/watch"
 	"github.com/rollback-watcher/watcher/internal/web"
@@ -182,7 +182,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 		}
 		return nil
 	}
-	prom, err := metrics.New(cfg.Prometheus)
+	prom, err := promclient.New(cfg.Prometheus)
 	if err != nil {
 		return err
 	}

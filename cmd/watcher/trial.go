@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/rollback-watcher/watcher/internal/config"
-	"github.com/rollback-watcher/watcher/internal/metrics"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/promclient"
 )
 
 type trialFlags struct {
@@ -22,7 +22,7 @@ type trialFlags struct {
 // production. It fails (exit 1) when a query fails, since a run would only
 // ever record errors for it.
 func trial(ctx context.Context, e *env, cfg *config.Config, set *policy.Set, tf trialFlags) error {
-	prom, err := metrics.New(cfg.Prometheus)
+	prom, err := promclient.New(cfg.Prometheus)
 	if err != nil {
 		return usageErr("%v", err)
 	}

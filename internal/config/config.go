@@ -16,14 +16,14 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/rollback-watcher/watcher/internal/bus"
-	"github.com/rollback-watcher/watcher/internal/metrics"
+	"github.com/rollback-watcher/watcher/internal/promclient"
 )
 
 // Config is the file's content. Every field is optional; flags override it.
 type Config struct {
-	RuleFiles  []string        `yaml:"rule_files"`
-	Prometheus metrics.Options `yaml:"prometheus"`
-	NATS       bus.Options     `yaml:"nats"`
+	RuleFiles  []string           `yaml:"rule_files"`
+	Prometheus promclient.Options `yaml:"prometheus"`
+	NATS       bus.Options        `yaml:"nats"`
 }
 
 // Load reads a config file strictly (unknown keys are errors) and resolves

@@ -97,18 +97,18 @@ var layers = []rule{
 	{pkg: "internal/events", layer: 0, role: "wire formats (decode/encode events, subjects)",
 		forbid: join(
 			walls("wire formats know no policies, runs, rollbacks or transports",
-				"internal/policy", "internal/metrics", "internal/bus", "internal/audit", "internal/deploys",
+				"internal/policy", "internal/promclient", "internal/bus", "internal/audit", "internal/deploys",
 				"internal/config", "internal/watch", "internal/rollback", "internal/alerts", "internal/web"),
 			walls("wire formats describe messages; they neither send nor receive them", noNetworkIO...),
 			testsOnly)},
 	{pkg: "internal/policy", layer: 0, role: "policies, templates and the verdict arithmetic",
 		forbid: join(
 			walls("verdict arithmetic does no I/O: it is given the measurements",
-				"internal/metrics", "internal/bus", "internal/audit", "internal/deploys", "internal/config",
+				"internal/promclient", "internal/bus", "internal/audit", "internal/deploys", "internal/config",
 				"internal/watch", "internal/rollback", "internal/alerts", "internal/web"),
 			walls("verdict arithmetic does no I/O: it is given the measurements", noNetworkIO...),
 			testsOnly)},
-	{pkg: "internal/metrics", layer: 0, role: "the Prometheus query client",
+	{pkg: "internal/promclient", layer: 0, role: "the Prometheus query client",
 		forbid: join(
 			walls("the query client knows nothing of runs, rollbacks or NATS",
 				"internal/bus", "internal/watch", "internal/rollback", "github.com/nats-io/..."),
@@ -121,21 +121,21 @@ var layers = []rule{
 	// Layer 1: plumbing over the leaves.
 	{pkg: "internal/bus", layer: 1, role: "NATS connection and streams",
 		forbid: join(
-			walls("the transport knows subjects, not policies or measurements", "internal/policy", "internal/metrics"),
+			walls("the transport knows subjects, not policies or measurements", "internal/policy", "internal/promclient"),
 			testsOnly)},
 	{pkg: "internal/rollbackreq", layer: 1, role: "the rollback request: build, validate, publish, decode",
 		forbid: join(
 			walls("the request is a message between deciding and executing; it belongs to neither and measures nothing",
-				"internal/policy", "internal/metrics", "internal/watch", "internal/rollback"),
+				"internal/policy", "internal/promclient", "internal/watch", "internal/rollback"),
 			testsOnly)},
 	{pkg: "internal/audit", layer: 1, role: "the audit trail",
 		forbid: join(
-			walls("the audit trail records decisions; it takes no measurements", "internal/metrics"),
+			walls("the audit trail records decisions; it takes no measurements", "internal/promclient"),
 			testsOnly)},
 
 	// Layer 2: reading the deploy history, the configuration file.
 	{pkg: "internal/deploys", layer: 2, role: "the deploy history on DEPLOYS",
-		forbid: join(walls("reading deploys measures nothing", "internal/metrics"), testsOnly)},
+		forbid: join(walls("reading deploys measures nothing", "internal/promclient"), testsOnly)},
 	{pkg: "internal/config", layer: 2, role: "the configuration file", forbid: testsOnly},
 	{pkg: "internal/testutil", layer: 2, role: "test helpers (imported from _test.go files only)"},
 
@@ -150,7 +150,7 @@ var layers = []rule{
 	{pkg: "internal/rollback", layer: 3, role: "executing: release layout, switch, SSH, data step",
 		forbid: join(
 			walls("executing never imports deciding: the two meet only on the ROLLBACKS stream", "internal/watch"),
-			walls("the executor carries out requests; it measures nothing", "internal/metrics"),
+			walls("the executor carries out requests; it measures nothing", "internal/promclient"),
 			testsOnly)},
 
 	// Layer 4: Alertmanager's webhook turns alerts into rollback requests.
@@ -166,7 +166,7 @@ var layers = []rule{
 	{pkg: "internal/web", layer: 5, role: "HTTP endpoints and the status page",
 		forbid: join(
 			walls("the web surface shows state; it never executes rollbacks or queries Prometheus",
-				"internal/rollback", "internal/metrics"),
+				"internal/rollback", "internal/promclient"),
 			walls("the web surface runs nothing on hosts", noRemoteExec...),
 			testsOnly)},
 

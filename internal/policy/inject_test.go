@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/rollback-watcher/watcher/internal/events"
-	"github.com/rollback-watcher/watcher/internal/metrics"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/promclient"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
@@ -25,7 +25,7 @@ func TestHostileLabelThroughPrometheus(t *testing.T) {
 	exp.Set("shop_healthy", map[string]string{"service": "shop", "team": hostile}, 0)
 	exp.Set("shop_healthy", map[string]string{"service": "shop", "team": "payments"}, 1)
 	prom := testutil.StartPrometheus(t, exp.URL)
-	client, err := metrics.New(metrics.Options{URL: prom.URL})
+	client, err := promclient.New(promclient.Options{URL: prom.URL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
-	promclient "github.com/rollback-watcher/watcher/internal/metrics"
+	promclient "github.com/rollback-watcher/watcher/internal/promclient"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 

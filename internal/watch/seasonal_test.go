@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
-	promclient "github.com/rollback-watcher/watcher/internal/metrics"
+	promclient "github.com/rollback-watcher/watcher/internal/promclient"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
-	prommetrics "github.com/rollback-watcher/watcher/internal/metrics"
+	prommetrics "github.com/rollback-watcher/watcher/internal/promclient"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 

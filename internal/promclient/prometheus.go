@@ -1,5 +1,5 @@
-// Package metrics queries Prometheus for the values a validation run judges.
-package metrics
+// Package promclient queries Prometheus for the values a validation run judges.
+package promclient
 
 import (
 	"context"

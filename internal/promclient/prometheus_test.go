@@ -1,4 +1,4 @@
-package metrics
+package promclient
 
 import (
 	"context"
