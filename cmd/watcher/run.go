@@ -257,7 +257,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	// A request whose executor died comes back to another replica after
 	// AckWait: a few leases, like its runs.
 	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: o.dryRun,
-		Dial: sshPool.Dial, Source: "rollback-watcher/" + host,
+		Dial: sshPool.Dial, AnnounceSource: "rollback-watcher/" + host,
 		Replica: o.replica, Replicas: cfg.NATS.Replicas, AckWait: 3 * o.lease}
 	w.Register(reg)
 	x.Register(reg)

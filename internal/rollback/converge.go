@@ -76,7 +76,7 @@ func (e *Executor) switchAll(ctx context.Context, req events.RollbackRequest, p 
 // marker, the after command), up to HostAttempts tries with backoff.
 func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p *policy.Policy, pl *plan) HostResult {
 	start := time.Now()
-	r := HostResult{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source, Earlier: pl.earlier}
+	r := HostResult{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.PreviousSource, Earlier: pl.earlier}
 	st := &hostProgress{}
 	var err error
 	for r.Attempts = 1; ; r.Attempts++ {

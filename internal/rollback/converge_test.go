@@ -286,7 +286,7 @@ func TestExecuteFinishesASwitchACrashCutShort(t *testing.T) {
 			runs := filepath.Join(t.TempDir(), "after-runs")
 			rules := loadRules(t, policyYAML("shop", "shop", h, "after: "+yamlList("sh", "-c", `echo ran >> "$0"`, runs)))
 			rec := &recorder{}
-			e := &Executor{Policies: rules, Audit: rec, Source: "test"}
+			e := &Executor{Policies: rules, Audit: rec, AnnounceSource: "test"}
 			req := request("rb-crashed")
 			req.ToVersion = tc.toVersion
 
@@ -424,7 +424,7 @@ func TestExecuteMarkerReadFailureIsNotAnotherRequests(t *testing.T) {
 	rules := loadRules(t, policyYAML("shop", "shop", h, `hosts: ["web1"]`, "after: "+yamlList("sh", "-c", `echo ran >> "$0"`, runs)))
 	rec := &recorder{}
 	flaky := &flakyMarker{Target: named{name: "web1"}}
-	e := &Executor{Policies: rules, Audit: rec, Source: "test", RetryBackoff: time.Millisecond,
+	e := &Executor{Policies: rules, Audit: rec, AnnounceSource: "test", RetryBackoff: time.Millisecond,
 		Dial: func(context.Context, string, policy.SSH) (Target, error) { return flaky, nil }}
 
 	res := e.Execute(ctxFor(t), req)

@@ -139,7 +139,7 @@ func TestExecuteRoundTrips(t *testing.T) {
 			c := &counting{Target: named{name: "web1"}}
 			rules := loadRules(t, policyYAML("shop", "shop", h, `hosts: ["web1"]`))
 			rec := &recorder{}
-			e := &Executor{Policies: rules, Audit: rec, Source: "test",
+			e := &Executor{Policies: rules, Audit: rec, AnnounceSource: "test",
 				Dial: func(context.Context, string, policy.SSH) (Target, error) { return c, nil }}
 
 			res := e.Execute(ctxFor(t), request("rb-cost"))

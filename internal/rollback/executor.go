@@ -39,9 +39,10 @@ type Executor struct {
 	Dial Dialer
 	// Local is the watcher's own filesystem (tests may wrap it).
 	Local Target
-	// Source is the CloudEvents source of the service.rolledback events.
-	Source   string
-	Consumer string
+	// AnnounceSource is the CloudEvents source of the service.rolledback
+	// events that announce its rollbacks.
+	AnnounceSource string
+	Consumer       string
 	// Workers bounds how many requests execute at once (different services;
 	// one service and environment never has two at once).
 	Workers int
@@ -102,8 +103,8 @@ func (e *Executor) setup() {
 	if e.Consumer == "" {
 		e.Consumer = "watcher-rollbacks"
 	}
-	if e.Source == "" {
-		e.Source = "rollback-watcher"
+	if e.AnnounceSource == "" {
+		e.AnnounceSource = "rollback-watcher"
 	}
 	if e.Workers <= 0 {
 		e.Workers = 16

@@ -134,7 +134,7 @@ func loadRules(t *testing.T, policies ...string) func() *policy.Set {
 func newExecutor(t *testing.T, n *testutil.NATS, rules func() *policy.Set) (*Executor, *recorder, *prometheus.Registry) {
 	t.Helper()
 	rec := &recorder{}
-	e := &Executor{JS: n.JS, Policies: rules, Audit: rec, Source: "rollback-watcher/test"}
+	e := &Executor{JS: n.JS, Policies: rules, Audit: rec, AnnounceSource: "rollback-watcher/test"}
 	reg := prometheus.NewRegistry()
 	e.Register(reg)
 	return e, rec, reg
@@ -1102,7 +1102,7 @@ func TestExecutorStart(t *testing.T) {
 	h := deployed(t)
 	rules := loadRules(t, policyYAML("shop", "shop", h))
 	e := &Executor{
-		JS: n.JS, Policies: rules, Audit: &audit.Publisher{JS: n.JS}, Source: "rollback-watcher/test",
+		JS: n.JS, Policies: rules, Audit: &audit.Publisher{JS: n.JS}, AnnounceSource: "rollback-watcher/test",
 		Workers: 1, // one at a time, so that the audit order is the publish order
 	}
 	reg := prometheus.NewRegistry()

@@ -100,8 +100,9 @@ type Release struct {
 	// no-op and nothing must be marked.
 	Previous    string
 	ReleasesDir string
-	// Source is one of the Source* constants.
-	Source string
+	// PreviousSource says where Previous came from: one of the Source*
+	// constants.
+	PreviousSource string
 }
 
 // Resolve reads link and decides which release a rollback switches it to.
@@ -151,7 +152,7 @@ func Resolve(t Target, link, releasesDir, wantVersion string) (Release, error) {
 	return rel, nil
 }
 
-// resolvePrevious fills in rel.Previous and rel.Source for a release
+// resolvePrevious fills in rel.Previous and rel.PreviousSource for a release
 // rel.Current in rel.ReleasesDir (see Resolve for the order of sources).
 func resolvePrevious(t Target, rel *Release, wantVersion string) error {
 	cur := rel.Current
@@ -160,7 +161,7 @@ func resolvePrevious(t Target, rel *Release, wantVersion string) error {
 			return err
 		}
 		rel.Previous = filepath.Join(rel.ReleasesDir, wantVersion)
-		rel.Source = SourceRequested
+		rel.PreviousSource = SourceRequested
 		if samePath(t, rel.Previous, cur) {
 			rel.Previous = cur
 			return nil
@@ -176,7 +177,7 @@ func resolvePrevious(t Target, rel *Release, wantVersion string) error {
 		if err != nil {
 			return err
 		}
-		rel.Previous, rel.Source = prev, SourcePreviousVersion
+		rel.Previous, rel.PreviousSource = prev, SourcePreviousVersion
 		if samePath(t, prev, cur) {
 			return newError(ErrNoPrevious, nil,
 				"%s names the current release %s", pvFile, cur)
@@ -190,7 +191,7 @@ func resolvePrevious(t Target, rel *Release, wantVersion string) error {
 	if err != nil {
 		return err
 	}
-	rel.Previous, rel.Source = prev, SourceNewest
+	rel.Previous, rel.PreviousSource = prev, SourceNewest
 	return checkPrevious(t, *rel, "newest in "+rel.ReleasesDir)
 }
 

@@ -556,8 +556,8 @@ func TestResolve(t *testing.T) {
 			if strings.HasPrefix(tc.want.prev, "/") {
 				wantPrev = h.root + tc.want.prev
 			}
-			if got.Previous != wantPrev || got.Source != tc.want.source {
-				t.Errorf("previous %s from %s, want %s from %s", got.Previous, got.Source, wantPrev, tc.want.source)
+			if got.Previous != wantPrev || got.PreviousSource != tc.want.source {
+				t.Errorf("previous %s from %s, want %s from %s", got.Previous, got.PreviousSource, wantPrev, tc.want.source)
 			}
 			if got.Link != link || got.LinkTarget != readlink(t, link) {
 				t.Errorf("link %s -> %s, want %s -> %s", got.Link, got.LinkTarget, link, readlink(t, link))
@@ -941,7 +941,7 @@ func TestDrill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rel.Current != b || rel.Previous != a || rel.Source != SourcePreviousVersion {
+	if rel.Current != b || rel.Previous != a || rel.PreviousSource != SourcePreviousVersion {
 		t.Fatalf("resolved %+v", rel)
 	}
 	from, err := Switch(Local{}, h.link, rel.Previous)

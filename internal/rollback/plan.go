@@ -179,7 +179,7 @@ func agree(plans []*plan) error {
 	detail := make([]string, len(plans))
 	for i, pl := range plans {
 		detail[i] = fmt.Sprintf("%s: %s -> %s (%s)", pl.target.Name(),
-			filepath.Base(pl.release.Current), filepath.Base(pl.release.Previous), pl.release.Source)
+			filepath.Base(pl.release.Current), filepath.Base(pl.release.Previous), pl.release.PreviousSource)
 	}
 	return fmt.Errorf("hosts disagree on the previous release, no host switched: %s; roll back to a version named in the request (watcher rollback --to-version), or fix the hosts' previousVersion files",
 		strings.Join(detail, "; "))
@@ -285,8 +285,8 @@ func (e *Executor) resolve(ctx context.Context, req events.RollbackRequest, p *p
 	if err != nil {
 		return err
 	}
-	if rel.Source == SourceRequested && req.Source == events.SourceValidation {
-		rel.Source = SourceEvent // the deploy event's previous_version
+	if rel.PreviousSource == SourceRequested && req.Source == events.SourceValidation {
+		rel.PreviousSource = SourceEvent // the deploy event's previous_version
 	}
 	pl.release = rel
 	// Resolve returns Previous == Current when the host is already on the
@@ -334,7 +334,7 @@ func (e *Executor) resolveMoved(ctx context.Context, req events.RollbackRequest,
 	if err != nil {
 		return err
 	}
-	pl.release = Release{Link: link, Current: from, Previous: cur, ReleasesDir: relDir, Source: "already rolled back"}
+	pl.release = Release{Link: link, Current: from, Previous: cur, ReleasesDir: relDir, PreviousSource: "already rolled back"}
 	pl.data.Version, pl.data.PreviousVersion = req.Version, filepath.Base(cur)
 	pl.noop = true
 	switch {
@@ -378,7 +378,7 @@ func (e *Executor) resolveMoved(ctx context.Context, req events.RollbackRequest,
 	if err := resolvePrevious(t, &want, req.ToVersion); err != nil || !samePath(t, want.Previous, cur) {
 		return refuse
 	}
-	if want.Source == SourceNewest {
+	if want.PreviousSource == SourceNewest {
 		// "The newest other release" is weak evidence: a deploy after
 		// this one is the newest too. A rollback goes back in time, so
 		// it counts only when the link's release is older than the one
@@ -441,7 +441,7 @@ func hostResults(plans []*plan) []HostResult {
 		if pl.target != nil {
 			name = pl.target.Name()
 		}
-		r := HostResult{Host: name, Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.Source}
+		r := HostResult{Host: name, Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.PreviousSource}
 		if pl.err != nil {
 			r.Error = pl.err.Error()
 		}

@@ -94,7 +94,7 @@ func (e *Executor) publishRolledBack(ctx context.Context, req events.RollbackReq
 	b, err := events.EncodeRolledBack(events.RolledBack{
 		ID: rolledBackID(req.ID), Service: req.Service, Environment: req.Environment,
 		Version: to, FromVersion: from, RequestID: req.ID, Reason: req.Reason, Time: time.Now().UTC(),
-	}, e.Source)
+	}, e.AnnounceSource)
 	if err != nil {
 		e.logger.Error("service.rolledback not encoded", "err", err)
 		return

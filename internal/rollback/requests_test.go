@@ -22,7 +22,7 @@ import (
 // out.
 func startExecutor(t *testing.T, n *testutil.NATS, rules func() *policy.Set, name string) context.CancelFunc {
 	t.Helper()
-	e := &Executor{JS: n.JS, Policies: rules, Audit: &audit.Publisher{JS: n.JS}, Source: "test", Replica: name, AckWait: time.Second}
+	e := &Executor{JS: n.JS, Policies: rules, Audit: &audit.Publisher{JS: n.JS}, AnnounceSource: "test", Replica: name, AckWait: time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := e.Start(ctx); err != nil {
 		t.Fatal(err)

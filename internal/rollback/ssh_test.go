@@ -181,7 +181,7 @@ func TestSSHTargetFiles(t *testing.T) {
 		t.Errorf("previousVersion %q", got)
 	}
 	rel, err := Resolve(tg, link, h.releases, "")
-	if err != nil || rel.Previous != h.rel("v2") || rel.Source != SourcePreviousVersion {
+	if err != nil || rel.Previous != h.rel("v2") || rel.PreviousSource != SourcePreviousVersion {
 		t.Fatalf("Resolve = %+v, %v", rel, err)
 	}
 	if _, err := Switch(tg, link, rel.Previous); err != nil {
