@@ -45,9 +45,8 @@ type Run struct {
 	warmed       []string           // hosts whose connections the run keeps open
 
 	// Scheduling (schedule.go), guarded by the scheduler's mutex.
-	at     time.Time // when the next step is due
-	slot   int       // index in the queue
-	queued bool
+	at   time.Time // when the next step is due
+	slot int       // index in the queue; -1 when not queued
 
 	ctx context.Context // ends when the run is superseded or the watcher stops
 

@@ -48,10 +48,9 @@ func (q *runQueue) Pop() any {
 func (s *scheduler) add(r *Run, at time.Time) {
 	s.mu.Lock()
 	r.at = at
-	if r.slot >= 0 && r.queued {
+	if r.slot >= 0 {
 		heap.Fix(&s.queue, r.slot)
 	} else {
-		r.queued = true
 		heap.Push(&s.queue, r)
 	}
 	first := s.queue[0] == r
@@ -69,11 +68,10 @@ func (s *scheduler) add(r *Run, at time.Time) {
 func (s *scheduler) remove(r *Run) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !r.queued {
+	if r.slot < 0 {
 		return false
 	}
 	heap.Remove(&s.queue, r.slot)
-	r.queued = false
 	return true
 }
 
@@ -106,7 +104,6 @@ func (s *scheduler) run(ctx context.Context, wg *sync.WaitGroup, step func(*Run)
 			}
 			if next != nil && wait <= 0 {
 				heap.Pop(&s.queue)
-				next.queued = false
 				s.mu.Unlock()
 				select {
 				case s.due <- next:
