@@ -85,10 +85,9 @@ func (e *Executor) Register(reg prometheus.Registerer) {
 	reg.MustRegister(e.results, e.duration, e.hostFailures)
 }
 
-// init fills in the defaults once. Execute is safe to call from several
-// goroutines (it takes a per-service lock), including on an executor that
-// Register and Start never set up; a plain "if e.results != nil" check let
-// two first calls write these fields at once (a data race under -race).
+// init fills in the defaults once, under a sync.Once: Execute may be called
+// from several goroutines at once on an executor that Register and Start
+// never set up, and the first calls must not race to fill the fields.
 func (e *Executor) init() { e.initOnce.Do(e.setup) }
 
 func (e *Executor) setup() {

@@ -292,8 +292,7 @@ func (e *Executor) resolve(ctx context.Context, req events.RollbackRequest, p *p
 	// Resolve returns Previous == Current when the host is already on the
 	// requested to_version (a retried request without a version). That is
 	// the same situation as the already-rolled-back case above: nothing to
-	// switch, mark or run after. Without this, a retry reported
-	// switched: true and ran the after command a second time.
+	// switch, mark or run after.
 	pl.noop = rel.Previous == rel.Current
 	pl.mark = !pl.noop
 	pl.skipAfter = pl.noop
