@@ -99,9 +99,10 @@ func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p 
 	rec := audit.Record{
 		Kind: audit.RollbackHost, MsgID: req.ID + ".host." + r.Host, RequestID: req.ID, RunID: req.RunID, DeployID: req.DeployID,
 		Service: req.Service, Environment: req.Environment, Version: req.Version, Policy: p.Name,
-		Detail: map[string]any{"host": r.Host, "link": r.Link, "from": r.From, "to": r.To, "source": r.Source,
-			"switched": r.Switched, "duration_seconds": r.Duration.Seconds(), "error": r.Error, "after_output": r.After,
-			"attempts": r.Attempts, "earlier": r.Earlier, "after_ran": r.AfterRan},
+	}
+	if err := rec.SetDetail(hostDetail(r)); err != nil {
+		e.logger.Error("rollback.host not recorded", "host", r.Host, "err", err)
+		return r
 	}
 	switch {
 	case err != nil:
@@ -127,6 +128,13 @@ func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p 
 		e.logger.Error("rollback.host not recorded", "host", r.Host, "err", aerr)
 	}
 	return r
+}
+
+// hostDetail is what a rollback.host record says of r.
+func hostDetail(r HostResult) audit.RollbackHostDetail {
+	return audit.RollbackHostDetail{Host: r.Host, Link: r.Link, From: r.From, To: r.To, Source: r.Source,
+		Switched: r.Switched, DurationSeconds: r.Duration.Seconds(), Error: r.Error, AfterOutput: r.After,
+		Attempts: r.Attempts, Earlier: r.Earlier, AfterRan: r.AfterRan}
 }
 
 // hostProgress is what one host's rollback got done in this execution.

@@ -218,13 +218,13 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 	// crash (tracker) single in the audit stream.
 	requested.MsgID = req.ID + ".requested"
 	requested.Message = fmt.Sprintf("rollback of %s in %s requested by %s: %s", req.Service, req.Environment, req.Source, req.Reason)
-	requested.Detail = map[string]any{
-		"source": req.Source, "reason": req.Reason, "to_version": req.ToVersion, "hosts": req.Hosts,
-		"requested_at": req.Time, "executed": true,
+	detail := audit.RollbackRequestedDetail{
+		Source: req.Source, Reason: req.Reason, ToVersion: req.ToVersion, Hosts: req.Hosts,
+		RequestedAt: req.Time, Executed: true,
+		// The alert that asked for it, as alert.received named it.
+		Alert: req.Alert,
 	}
 	if req.Alert != nil {
-		// The alert that asked for it, as alert.received named it.
-		requested.Detail["alert"] = req.Alert
 		requested.Message += fmt.Sprintf(" (alert %s, fingerprint %s)", req.Alert.Name, req.Alert.Fingerprint)
 	}
 	skip := ""
@@ -237,11 +237,14 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 	}
 	if skip != "" {
 		requested.Message += "; not executed: " + skip
-		requested.Detail["executed"] = false
-		requested.Detail["dry_run"] = e.DryRun
-		requested.Detail["mode"] = p.Rollback.Mode
+		mode := p.Rollback.Mode
+		detail.Executed, detail.DryRun, detail.Mode = false, &e.DryRun, &mode
 	}
-	if err := e.Audit.Record(ctx, requested); err != nil {
+	err := requested.SetDetail(detail)
+	if err == nil {
+		err = e.Audit.Record(ctx, requested)
+	}
+	if err != nil {
 		// Nothing was done: worth retrying once the audit is back, since
 		// nothing may execute without its record.
 		return Result{Status: ResultFailed, Err: err, Retry: true}

@@ -205,10 +205,7 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 		}
 		r.mu.Unlock()
 		w.metrics.measurements.WithLabelValues(string(j.Outcome)).Inc()
-		detail := measurementDetail(cs, j, tally, vec, ts)
-		if c.Baseline != nil {
-			detail["baseline_time"] = baseAt.UTC()
-		}
+		detail := measurementDetail(cs, j, tally, vec, ts, baseAt).Map()
 		// A record that cannot be written must not hide a failure: the
 		// verdict still counts it (fail safe, not fail open).
 		msgID := fmt.Sprintf("%s.m%d.%d", r.ID, i, ts.UnixMilli())
@@ -220,48 +217,38 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 }
 
 // measurementDetail is what a measurement record carries: enough numbers to
-// explain the verdict without re-running the query.
-func measurementDetail(cs *checkState, j policy.Judgement, t policy.Tally, vec model.Vector, ts time.Time) map[string]any {
+// explain the verdict without re-running the query. baseAt is when the
+// baseline was evaluated, for a check that has one.
+func measurementDetail(cs *checkState, j policy.Judgement, t policy.Tally, vec model.Vector, ts, baseAt time.Time) audit.MeasurementDetail {
 	c := cs.check
 	values := make([]float64, len(vec))
 	for i, s := range vec {
 		values[i] = float64(s.Value)
 	}
-	d := map[string]any{
-		"check":     c.Name,
-		"query":     cs.query,
-		"eval_time": ts.UTC(),
-		"value":     jsonFloat(j.Value),
-		"values":    jsonFloats(values),
-		"threshold": j.Threshold,
-		"outcome":   string(j.Outcome),
-		"reason":    j.Reason,
-		"limits":    c.Limits(),
-		"counts": map[string]int{"pass": t.Pass, "fail": t.Fail, "inconclusive": t.Inconclusive,
-			"error": t.Error, "consecutive_errors": t.ConsecutiveErrors},
-		"state":         string(c.State(t)),
-		"failure_limit": c.FailureLimit,
-	}
-	if c.DryRun {
-		d["dry_run"] = true
-	}
-	if c.Aggregate != "" {
-		d["aggregate"] = c.Aggregate
+	d := audit.MeasurementDetail{
+		Check: c.Name, Query: cs.query, EvalTime: ts.UTC(),
+		Value: jsonFloat(j.Value), Values: jsonFloats(values),
+		Threshold:  j.Threshold,
+		Thresholds: audit.Thresholds{Min: c.Min, Max: c.Max, MinRatio: c.MinRatio, MaxRatio: c.MaxRatio},
+		Outcome:    string(j.Outcome), Reason: j.Reason,
+		Limits: audit.Limits{FailureLimit: c.FailureLimit, InconclusiveLimit: c.InconclusiveLimit, ConsecutiveErrorLimit: c.ConsecutiveErrorLimit},
+		Counts: audit.Counts{Pass: t.Pass, Fail: t.Fail, Inconclusive: t.Inconclusive, Error: t.Error, ConsecutiveErrors: t.ConsecutiveErrors},
+		State:  string(c.State(t)), FailureLimit: c.FailureLimit,
+		DryRun: c.DryRun, Aggregate: c.Aggregate,
 	}
 	if c.Baseline != nil {
-		d["baseline"] = jsonFloat(j.Baseline)
-		d["ratio"] = jsonFloat(j.Ratio)
+		d.Baseline, d.Ratio = audit.Some(jsonFloat(j.Baseline)), audit.Some(jsonFloat(j.Ratio))
+		d.BaselineTime = baseAt.UTC()
 	}
 	if c.Each {
-		series := make([]map[string]any, len(j.Series))
+		d.Series = make([]audit.SeriesDetail, len(j.Series))
 		for i, sj := range j.Series {
-			series[i] = map[string]any{"labels": sj.Labels, "value": jsonFloat(sj.Value), "outcome": string(sj.Outcome), "reason": sj.Reason}
+			s := audit.SeriesDetail{Labels: sj.Labels, Value: jsonFloat(sj.Value), Outcome: string(sj.Outcome), Reason: sj.Reason}
 			if c.Baseline != nil {
-				series[i]["baseline"] = jsonFloat(sj.Baseline)
-				series[i]["ratio"] = jsonFloat(sj.Ratio)
+				s.Baseline, s.Ratio = audit.Some(jsonFloat(sj.Baseline)), audit.Some(jsonFloat(sj.Ratio))
 			}
+			d.Series[i] = s
 		}
-		d["series"] = series
 	}
 	return d
 }
