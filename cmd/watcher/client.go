@@ -350,11 +350,12 @@ func runTable(w io.Writer, runID string, recs []audit.Record) error {
 			others = append(others, r)
 			continue
 		}
-		d := r.Detail
-		c, _ := d["counts"].(map[string]any)
-		counts := fmt.Sprintf("pass %v fail %v inconclusive %v error %v", num(c["pass"]), num(c["fail"]), num(c["inconclusive"]), num(c["error"]))
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), d["check"],
-			num(d["value"]), num(d["baseline"]), num(d["ratio"]), dash(fmt.Sprint(d["threshold"])), d["outcome"], counts)
+		// A detail that does not decode whole still shows what did.
+		d, _ := r.Measurement()
+		c := d.Counts
+		counts := fmt.Sprintf("pass %d fail %d inconclusive %d error %d", c.Pass, c.Fail, c.Inconclusive, c.Error)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), d.Check,
+			num(d.Value), num(d.Baseline.Value), num(d.Ratio.Value), dash(d.Threshold), d.Outcome, counts)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -367,16 +368,12 @@ func runTable(w io.Writer, runID string, recs []audit.Record) error {
 	return tw.Flush()
 }
 
-// num prints a number from decoded JSON compactly, "-" when absent.
-func num(v any) string {
-	switch x := v.(type) {
-	case nil:
+// num prints a measured number compactly, "-" when there is none.
+func num(v *float64) string {
+	if v == nil {
 		return "-"
-	case float64:
-		return strconv.FormatFloat(x, 'g', 6, 64)
-	default:
-		return fmt.Sprint(x)
 	}
+	return strconv.FormatFloat(*v, 'g', 6, 64)
 }
 
 func dash(s string) string {

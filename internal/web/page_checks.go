@@ -1,6 +1,7 @@
 package web
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -28,9 +29,10 @@ type measurement struct {
 func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time, isActive bool) []checkView {
 	type check struct {
 		name, threshold, query string
+		thresholds             *audit.Thresholds
 		dryRun                 bool
 		ms                     []measurement
-		counts                 map[string]any
+		counts                 *audit.Counts
 	}
 	var order []*check
 	byName := map[string]*check{}
@@ -47,21 +49,23 @@ func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time
 		if rec.Kind != audit.Measurement || rec.RunID != r.ID {
 			continue
 		}
-		d := rec.Detail
-		c := get(str(d, "check"))
-		c.threshold, c.query = str(d, "threshold"), str(d, "query")
-		if b, _ := d["dry_run"].(bool); b {
+		// A detail that does not decode whole still shows what did.
+		d, _ := rec.Measurement()
+		c := get(d.Check)
+		c.threshold, c.query = d.Threshold, d.Query
+		c.thresholds = nil
+		if d.Thresholds != (audit.Thresholds{}) {
+			c.thresholds = &d.Thresholds
+		}
+		if d.DryRun {
 			c.dryRun = true
 		}
-		c.counts = obj(d, "counts")
-		m := measurement{at: recTime(d, "eval_time", rec.Time), outcome: str(d, "outcome"), reason: str(d, "reason"), msg: rec.Message}
-		if v, ok := num(d, "value"); ok {
-			m.value = &v
+		c.counts = &d.Counts
+		at := d.EvalTime
+		if at.IsZero() {
+			at = rec.Time
 		}
-		if v, ok := num(d, "ratio"); ok {
-			m.ratio = &v
-		}
-		c.ms = append(c.ms, m)
+		c.ms = append(c.ms, measurement{at: at, value: d.Value, ratio: d.Ratio.Value, outcome: d.Outcome, reason: d.Reason, msg: rec.Message})
 	}
 	// The watcher's latest measurement of each check, for checks the
 	// records do not show (not read, or not yet in the stream).
@@ -96,16 +100,10 @@ func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time
 			}
 			cv.LastReason = last.reason
 		}
-		if c.counts != nil {
-			var parts []string
-			for _, k := range []string{"pass", "fail", "inconclusive", "error"} {
-				if v, ok := num(c.counts, k); ok {
-					parts = append(parts, k+" "+strconv.Itoa(int(v)))
-				}
-			}
-			cv.Counts = strings.Join(parts, " · ")
+		if n := c.counts; n != nil {
+			cv.Counts = fmt.Sprintf("pass %d · fail %d · inconclusive %d · error %d", n.Pass, n.Fail, n.Inconclusive, n.Error)
 		}
-		abs, ratio := parseThreshold(c.threshold)
+		abs, ratio := thresholdsOf(c.thresholds, c.threshold)
 		ms := c.ms
 		note := ""
 		if len(ms) > pageChartPoints {
@@ -130,6 +128,25 @@ func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time
 type threshold struct {
 	name  string // min, max, min_ratio, max_ratio
 	value float64
+}
+
+// thresholdsOf is a check's absolute and ratio thresholds: the numbers of
+// its measurements, or, for the records of a watcher that did not write
+// them, read from the threshold text.
+func thresholdsOf(n *audit.Thresholds, text string) (abs, ratio []threshold) {
+	if n == nil {
+		return parseThreshold(text)
+	}
+	for _, t := range []struct {
+		name string
+		v    *float64
+		into *[]threshold
+	}{{"min", n.Min, &abs}, {"max", n.Max, &abs}, {"min_ratio", n.MinRatio, &ratio}, {"max_ratio", n.MaxRatio, &ratio}} {
+		if t.v != nil {
+			*t.into = append(*t.into, threshold{t.name, *t.v})
+		}
+	}
+	return abs, ratio
 }
 
 // parseThreshold reads a threshold text such as "min 50, max 200" or

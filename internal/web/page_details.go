@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // Reading the details of audit records, which came from JSON, for the
@@ -39,14 +38,6 @@ func num(m map[string]any, k string) (float64, bool) {
 	return v, ok
 }
 
-func obj(m map[string]any, k string) map[string]any {
-	if m == nil {
-		return nil
-	}
-	v, _ := m[k].(map[string]any)
-	return v
-}
-
 func list(m map[string]any, k string) []map[string]any {
 	if m == nil {
 		return nil
@@ -59,13 +50,6 @@ func list(m map[string]any, k string) []map[string]any {
 		}
 	}
 	return out
-}
-
-func recTime(m map[string]any, k string, def time.Time) time.Time {
-	if t, err := time.Parse(time.RFC3339Nano, str(m, k)); err == nil {
-		return t
-	}
-	return def
 }
 
 // formatNum formats a measured value for people: up to four significant

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/events"
 )
 
 // The status page's rollbacks, grouped by request with their cause.
@@ -58,20 +59,19 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 		d := r.Detail
 		switch r.Kind {
 		case audit.RollbackRequested:
+			req, _ := r.RollbackRequested()
 			g.at = r.Time
-			g.Source = str(d, "source")
-			g.Reason = str(d, "reason")
-			if a := obj(d, "alert"); a != nil {
-				g.Alert = alertOf(a, now)
+			g.Source, g.Reason = req.Source, req.Reason
+			if req.Alert != nil {
+				g.Alert = alertOf(*req.Alert, now)
 			}
-			if b, ok := d["executed"].(bool); ok && !b && !done[r.RequestID] {
+			if !req.Executed && !done[r.RequestID] {
 				g.Status, g.StatusClass = "not executed", "muted"
-				if i := strings.Index(r.Message, "; not executed: "); i >= 0 {
-					g.Note = "not executed: " + r.Message[i+len("; not executed: "):]
-				}
+				g.Note = "not executed: " + req.NotExecuted(r.Policy)
 			}
 		case audit.RollbackHost:
-			g.Hosts = append(g.Hosts, hostOf(d))
+			h, _ := r.RollbackHost()
+			g.Hosts = append(g.Hosts, hostOf(h))
 		case audit.RollbackCompleted:
 			done[r.RequestID] = true
 			g.Status, g.StatusClass = "rolled back", "ok"
@@ -80,7 +80,7 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 			}
 			if len(g.Hosts) == 0 {
 				for _, h := range list(d, "hosts") {
-					g.Hosts = append(g.Hosts, hostOf(h))
+					g.Hosts = append(g.Hosts, hostResultOf(h))
 				}
 			}
 		case audit.RollbackFailed:
@@ -89,7 +89,7 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 			g.Error = str(d, "error")
 			if len(g.Hosts) == 0 {
 				for _, h := range list(d, "hosts") {
-					g.Hosts = append(g.Hosts, hostOf(h))
+					g.Hosts = append(g.Hosts, hostResultOf(h))
 				}
 			}
 		}
@@ -114,13 +114,20 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 	return out
 }
 
-func hostOf(d map[string]any) hostView {
+func hostOf(d audit.RollbackHostDetail) hostView {
+	h := hostView{Host: d.Host, FromPath: d.From, ToPath: d.To, Error: d.Error, Switched: d.Switched}
+	h.From, h.To = base(h.FromPath), base(h.ToPath)
+	h.Duration = formatSeconds(d.DurationSeconds)
+	return h
+}
+
+// hostResultOf reads a host of a rollback.completed or rollback.failed
+// record's hosts, whose duration is in nanoseconds.
+func hostResultOf(d map[string]any) hostView {
 	h := hostView{Host: str(d, "host"), FromPath: str(d, "from"), ToPath: str(d, "to"), Error: str(d, "error")}
 	h.From, h.To = base(h.FromPath), base(h.ToPath)
 	h.Switched, _ = d["switched"].(bool)
-	if s, ok := num(d, "duration_seconds"); ok {
-		h.Duration = formatSeconds(s)
-	} else if ns, ok := num(d, "duration_ns"); ok {
+	if ns, ok := num(d, "duration_ns"); ok {
 		h.Duration = formatSeconds(ns / 1e9)
 	}
 	return h
@@ -144,23 +151,21 @@ func formatSeconds(s float64) string {
 	return d.Round(time.Millisecond).String()
 }
 
-func alertOf(a map[string]any, now time.Time) *alertView {
-	v := &alertView{Name: str(a, "name"), Fingerprint: str(a, "fingerprint")}
-	if t := recTime(a, "starts_at", time.Time{}); !t.IsZero() {
+func alertOf(a events.AlertRef, now time.Time) *alertView {
+	v := &alertView{Name: a.Name, Fingerprint: a.Fingerprint}
+	if t := a.StartsAt; !t.IsZero() {
 		v.StartsAt = clock(t, now) + " (" + relative(t, now) + ")"
 	}
-	if g := str(a, "generator_url"); g != "" {
+	if g := a.GeneratorURL; g != "" {
 		if u, err := url.Parse(g); err == nil && (strings.EqualFold(u.Scheme, "http") || strings.EqualFold(u.Scheme, "https")) && u.Host != "" {
 			v.URL = g
 		} else {
 			v.Text = g
 		}
 	}
-	if ls := obj(a, "labels"); ls != nil {
-		for k := range ls {
-			v.Labels = append(v.Labels, labelView{Name: k, Value: str(ls, k)})
-		}
-		sort.Slice(v.Labels, func(i, j int) bool { return v.Labels[i].Name < v.Labels[j].Name })
+	for k, val := range a.Labels {
+		v.Labels = append(v.Labels, labelView{Name: k, Value: val})
 	}
+	sort.Slice(v.Labels, func(i, j int) bool { return v.Labels[i].Name < v.Labels[j].Name })
 	return v
 }

@@ -454,3 +454,36 @@ func TestStreamPageTail(t *testing.T) {
 		t.Errorf("run B = %d records (%v)", len(recs), err)
 	}
 }
+
+// The page takes a check's thresholds from the numbers its measurements
+// carry; only the records of a watcher that did not write them are read
+// from the text.
+func TestThresholdsOf(t *testing.T) {
+	abs, ratio := thresholdsOf(&audit.Thresholds{Min: fp(50), MaxRatio: fp(1.5)}, "not the numbers")
+	if len(abs) != 1 || abs[0] != (threshold{"min", 50}) || len(ratio) != 1 || ratio[0] != (threshold{"max_ratio", 1.5}) {
+		t.Errorf("from numbers: abs %v ratio %v, want min 50 and max_ratio 1.5", abs, ratio)
+	}
+	abs, ratio = thresholdsOf(nil, "min 50, max 200")
+	if len(abs) != 2 || abs[1] != (threshold{"max", 200}) || len(ratio) != 0 {
+		t.Errorf("from text: abs %v ratio %v, want min 50, max 200", abs, ratio)
+	}
+}
+
+// A request that was not executed says why from its detail, whatever its
+// message says.
+func TestRollbackNotExecutedNote(t *testing.T) {
+	for _, tc := range []struct {
+		detail map[string]any
+		want   string
+	}{
+		{map[string]any{"source": "manual", "reason": "r", "executed": false, "dry_run": true, "mode": "execute"}, "not executed: --dry-run"},
+		{map[string]any{"source": "manual", "reason": "r", "executed": false, "dry_run": false, "mode": "publish"}, "not executed: policy orders has mode: publish"},
+	} {
+		r := audit.Record{Time: t0, Kind: audit.RollbackRequested, RequestID: "rb-1", Service: "shop", Environment: "production",
+			Policy: "orders", Message: "rollback of shop in production requested by manual: r", Detail: tc.detail}
+		gs := rollbacksOf([]audit.Record{r}, t0)
+		if len(gs) != 1 || gs[0].Status != "not executed" || gs[0].Note != tc.want {
+			t.Errorf("groups %+v, want one not executed with note %q", gs, tc.want)
+		}
+	}
+}
