@@ -262,14 +262,12 @@ type memAudit struct{ audit.Memory }
 // dataError is the data step's failure as the executor recorded it.
 func (m *memAudit) dataError() error {
 	for _, r := range m.All() {
-		data, ok := r.Detail["data"].(map[string]any)
-		if !ok {
+		d, _ := r.RollbackResult()
+		if d.Data.IsZero() {
 			continue
 		}
-		for host, v := range data {
-			if entry, ok := v.(map[string]any); ok && entry["error"] != nil {
-				return fmt.Errorf("data step on %s: %v", host, entry["error"])
-			}
+		if host, run, failed := d.Data.Failed(); failed {
+			return fmt.Errorf("data step on %s: %v", host, run.Error)
 		}
 		return nil
 	}

@@ -262,3 +262,92 @@ func (r Record) Measurement() (MeasurementDetail, bool) {
 	var d MeasurementDetail
 	return d, r.decode(Measurement, &d)
 }
+
+// RollbackResultDetail is the detail of a rollback.completed or
+// rollback.failed record. Error is a failure's; From, To and Noop are a
+// completion's (Noop: an earlier request had rolled the release back).
+type RollbackResultDetail struct {
+	Error string        `json:"error,omitempty"`
+	Hosts []HostOutcome `json:"hosts"`
+	From  string        `json:"from,omitempty"`
+	To    string        `json:"to,omitempty"`
+	Noop  bool          `json:"noop,omitempty"`
+	Data  DataStep      `json:"data,omitzero"`
+}
+
+// HostOutcome is one host of a rollback's result. Its duration is in
+// nanoseconds, where a rollback.host record's is in seconds.
+type HostOutcome struct {
+	Host        string        `json:"host"`
+	Link        string        `json:"link"`
+	From        string        `json:"from"`
+	To          string        `json:"to"`
+	Source      string        `json:"source,omitempty"`
+	Switched    bool          `json:"switched"`
+	Duration    time.Duration `json:"duration_ns"`
+	AfterOutput string        `json:"after_output,omitempty"`
+	Error       string        `json:"error,omitempty"`
+	Attempts    int           `json:"attempts,omitempty"`
+	Earlier     string        `json:"earlier,omitempty"`
+	AfterRan    string        `json:"after_ran,omitempty"`
+	// LinkNow is the release the link named when the rollback failed.
+	LinkNow string `json:"link_now,omitempty"`
+}
+
+// DataStep is what the data step did: a run per target (a host, or
+// "local"), or, when an earlier attempt of the request ran it, Skipped.
+type DataStep struct {
+	Runs    map[string]DataRun
+	Skipped string
+}
+
+// DataRun is the data step on one target.
+type DataRun struct {
+	Command         []string `json:"command"`
+	Output          string   `json:"output"`
+	DurationSeconds float64  `json:"duration_seconds"`
+	Error           string   `json:"error,omitempty"`
+}
+
+// IsZero lets omitzero leave out a data step that did not run.
+func (d DataStep) IsZero() bool { return d.Runs == nil && d.Skipped == "" }
+
+// MarshalJSON writes {"skipped": "..."} or the runs by target.
+func (d DataStep) MarshalJSON() ([]byte, error) {
+	if d.Skipped != "" {
+		return json.Marshal(map[string]string{"skipped": d.Skipped})
+	}
+	return json.Marshal(d.Runs)
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (d *DataStep) UnmarshalJSON(b []byte) error {
+	var skipped struct {
+		Skipped string `json:"skipped"`
+	}
+	if err := json.Unmarshal(b, &skipped); err == nil && skipped.Skipped != "" {
+		*d = DataStep{Skipped: skipped.Skipped}
+		return nil
+	}
+	return json.Unmarshal(b, &d.Runs)
+}
+
+// Failed is the first data run that failed, by target name.
+func (d DataStep) Failed() (string, DataRun, bool) {
+	for name, run := range d.Runs {
+		if run.Error != "" {
+			return name, run, true
+		}
+	}
+	return "", DataRun{}, false
+}
+
+// RollbackResult is r's detail when r is a rollback.completed or
+// rollback.failed record.
+func (r Record) RollbackResult() (RollbackResultDetail, bool) {
+	var d RollbackResultDetail
+	if r.Kind == RollbackFailed {
+		return d, r.decode(RollbackFailed, &d)
+	}
+	return d, r.decode(RollbackCompleted, &d)
+}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
 )
@@ -29,7 +30,7 @@ func lastLine(b []byte) string {
 const maxDataOutput = 16 << 10
 
 // runData runs the policy's data step where run_on says.
-func (e *Executor) runData(ctx context.Context, req events.RollbackRequest, p *policy.Policy, plans []*plan) (map[string]any, error) {
+func (e *Executor) runData(ctx context.Context, req events.RollbackRequest, p *policy.Policy, plans []*plan) (audit.DataStep, error) {
 	ds := p.Rollback.Data
 	var targets []*plan
 	switch ds.RunOn {
@@ -44,7 +45,7 @@ func (e *Executor) runData(ctx context.Context, req events.RollbackRequest, p *p
 		local.data.Host = "local"
 		targets = []*plan{&local}
 	}
-	out := map[string]any{}
+	out := audit.DataStep{Runs: map[string]audit.DataRun{}}
 	for _, pl := range targets {
 		argv, err := ds.RenderCommand(pl.data)
 		if err != nil {
@@ -57,10 +58,12 @@ func (e *Executor) runData(ctx context.Context, req events.RollbackRequest, p *p
 		if len(b) > maxDataOutput {
 			b = append(b[:maxDataOutput:maxDataOutput], "\n[output truncated]"...)
 		}
-		entry := map[string]any{"command": argv, "output": string(b), "duration_seconds": time.Since(start).Seconds()}
-		out[pl.target.Name()] = entry
+		entry := audit.DataRun{Command: argv, Output: string(b), DurationSeconds: time.Since(start).Seconds()}
 		if err != nil {
-			entry["error"] = err.Error()
+			entry.Error = err.Error()
+		}
+		out.Runs[pl.target.Name()] = entry
+		if err != nil {
 			// The command's own last words usually say why (psql's
 			// "ERROR: table ... does not exist"): put them in the message.
 			return out, fmt.Errorf("%s: %q: %w: %s", pl.target.Name(), strings.Join(argv, " "), err, lastLine(b))

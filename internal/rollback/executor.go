@@ -266,20 +266,20 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 	}
 	plans, err := e.plan(ctx, req, p)
 	if err != nil {
-		return e.failedOn(ctx, base, p, plans, hostResults(plans), err, nil)
+		return e.failedOn(ctx, base, p, plans, hostResults(plans), err, audit.DataStep{})
 	}
 	if rolledBackBefore(plans) {
 		return e.nothingToDo(ctx, req, p, base, plans)
 	}
 	data := p.Rollback.Data
-	var dataOut map[string]any
+	var dataOut audit.DataStep
 	if data != nil && data.Order == "before_code" {
 		if tr.has(stepDataBefore) {
-			dataOut = map[string]any{"skipped": "ran in an earlier attempt of this request"}
+			dataOut = audit.DataStep{Skipped: "ran in an earlier attempt of this request"}
 		} else {
 			dataOut, err = e.runData(ctx, req, p, plans)
 			if err != nil {
-				return e.failedOn(ctx, base, p, plans, hostResults(plans), fmt.Errorf("data step failed before the code switch, no host switched: %w", err), map[string]any{"data": dataOut})
+				return e.failedOn(ctx, base, p, plans, hostResults(plans), fmt.Errorf("data step failed before the code switch, no host switched: %w", err), dataOut)
 			}
 			e.mark(ctx, tr, req, stepDataBefore)
 		}
@@ -296,17 +296,17 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 	}
 	if data != nil && data.Order != "before_code" && len(bad) == 0 {
 		if tr.has(stepDataAfter) {
-			dataOut = map[string]any{"skipped": "ran in an earlier attempt of this request"}
+			dataOut = audit.DataStep{Skipped: "ran in an earlier attempt of this request"}
 		} else {
 			dataOut, err = e.runData(ctx, req, p, plans)
 			if err != nil {
-				return e.failedOn(ctx, base, p, plans, results, fmt.Errorf("code rolled back on every host, but the data step failed: %w", err), map[string]any{"data": dataOut})
+				return e.failedOn(ctx, base, p, plans, results, fmt.Errorf("code rolled back on every host, but the data step failed: %w", err), dataOut)
 			}
 			e.mark(ctx, tr, req, stepDataAfter)
 		}
 	}
 	if len(bad) > 0 {
-		return e.failedOn(ctx, base, p, plans, results, fmt.Errorf("%d of %d hosts failed: %s", len(bad), len(results), strings.Join(bad, "; ")), map[string]any{"data": dataOut})
+		return e.failedOn(ctx, base, p, plans, results, fmt.Errorf("%d of %d hosts failed: %s", len(bad), len(results), strings.Join(bad, "; ")), dataOut)
 	}
 
 	to := filepath.Base(plans[0].release.Previous)
@@ -315,11 +315,11 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 	done.Kind = audit.RollbackCompleted
 	done.MsgID = req.ID + ".result"
 	done.Message = fmt.Sprintf("%s in %s rolled back from %s to %s on %d host(s)", req.Service, req.Environment, from, to, len(results))
-	done.Detail = map[string]any{"hosts": results, "from": from, "to": to}
-	if dataOut != nil {
-		done.Detail["data"] = dataOut
+	err = done.SetDetail(audit.RollbackResultDetail{Hosts: hostOutcomes(results), From: from, To: to, Data: dataOut})
+	if err == nil {
+		err = e.Audit.Record(ctx, done)
 	}
-	if err := e.Audit.Record(ctx, done); err != nil {
+	if err != nil {
 		e.logger.Error("rollback.completed not recorded", "request", req.ID, "err", err)
 	}
 	e.publishRolledBack(ctx, req, from, to)
@@ -351,8 +351,11 @@ func (e *Executor) nothingToDo(ctx context.Context, req events.RollbackRequest, 
 	done.MsgID = req.ID + ".result"
 	done.Message = fmt.Sprintf("nothing to do: %s in %s was rolled back from %s to %s already (%s); no host changed",
 		req.Service, req.Environment, from, to, plans[0].earlier)
-	done.Detail = map[string]any{"hosts": results, "from": from, "to": to, "noop": true}
-	if err := e.Audit.Record(ctx, done); err != nil {
+	err := done.SetDetail(audit.RollbackResultDetail{Hosts: hostOutcomes(results), From: from, To: to, Noop: true})
+	if err == nil {
+		err = e.Audit.Record(ctx, done)
+	}
+	if err != nil {
 		e.logger.Error("rollback.completed not recorded", "request", req.ID, "err", err)
 	}
 	e.logger.Info("rollback request found its release rolled back already", "request", req.ID, "service", req.Service, "environment", req.Environment, "from", from)

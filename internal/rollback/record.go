@@ -20,29 +20,27 @@ import (
 // announcement.
 
 func (e *Executor) failed(ctx context.Context, base audit.Record, hosts []HostResult, err error) Result {
-	return e.failedWith(ctx, base, hosts, err, nil)
+	return e.failedWith(ctx, base, hosts, err, audit.DataStep{})
 }
 
 // failedOn records a failure after the targets were planned, saying where
 // each link stands now.
-func (e *Executor) failedOn(ctx context.Context, base audit.Record, p *policy.Policy, plans []*plan, hosts []HostResult, err error, extra map[string]any) Result {
+func (e *Executor) failedOn(ctx context.Context, base audit.Record, p *policy.Policy, plans []*plan, hosts []HostResult, err error, data audit.DataStep) Result {
 	standing(plans, hosts, parallelism(p))
-	return e.failedWith(ctx, base, hosts, err, extra)
+	return e.failedWith(ctx, base, hosts, err, data)
 }
 
-func (e *Executor) failedWith(ctx context.Context, base audit.Record, hosts []HostResult, err error, extra map[string]any) Result {
+func (e *Executor) failedWith(ctx context.Context, base audit.Record, hosts []HostResult, err error, data audit.DataStep) Result {
 	rec := base
 	rec.Kind = audit.RollbackFailed
 	rec.MsgID = base.RequestID + ".result"
 	rec.Message = fmt.Sprintf("rollback of %s in %s failed: %v", base.Service, base.Environment, err)
 	rec.Message += whereLinksStand(hosts)
-	rec.Detail = map[string]any{"error": err.Error(), "hosts": hosts}
-	for k, v := range extra {
-		if v != nil && !isNilMap(v) {
-			rec.Detail[k] = v
-		}
+	aerr := rec.SetDetail(audit.RollbackResultDetail{Error: err.Error(), Hosts: hostOutcomes(hosts), Data: data})
+	if aerr == nil {
+		aerr = e.Audit.Record(ctx, rec)
 	}
-	if aerr := e.Audit.Record(ctx, rec); aerr != nil {
+	if aerr != nil {
 		e.logger.Error("rollback.failed not recorded", "request", base.RequestID, "err", aerr)
 	}
 	e.logger.Error("rollback failed", "request", base.RequestID, "service", base.Service, "environment", base.Environment, "err", err)
@@ -80,9 +78,18 @@ func whereLinksStand(hosts []HostResult) string {
 	return "; links now: " + strings.Join(parts, "; ")
 }
 
-func isNilMap(v any) bool {
-	m, ok := v.(map[string]any)
-	return ok && m == nil
+// hostOutcomes is hosts as a rollback's result record lists them.
+func hostOutcomes(hosts []HostResult) []audit.HostOutcome {
+	if hosts == nil {
+		return nil
+	}
+	out := make([]audit.HostOutcome, len(hosts))
+	for i, h := range hosts {
+		out[i] = audit.HostOutcome{Host: h.Host, Link: h.Link, From: h.From, To: h.To, Source: h.Source, Switched: h.Switched,
+			Duration: h.Duration, AfterOutput: h.After, Error: h.Error, Attempts: h.Attempts, Earlier: h.Earlier,
+			AfterRan: h.AfterRan, LinkNow: h.LinkNow}
+	}
+	return out
 }
 
 // publishRolledBack announces the rollback as a CDEvents service.rolledback

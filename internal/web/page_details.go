@@ -29,15 +29,6 @@ func str(m map[string]any, k string) string {
 	}
 }
 
-// num is m[k] as a number; ok is false for null, missing, or not a number.
-func num(m map[string]any, k string) (float64, bool) {
-	if m == nil {
-		return 0, false
-	}
-	v, ok := m[k].(float64)
-	return v, ok
-}
-
 func list(m map[string]any, k string) []map[string]any {
 	if m == nil {
 		return nil

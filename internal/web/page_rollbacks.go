@@ -56,7 +56,6 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 				g.deployKey = r.Environment + "\x00" + r.Service + "\x00" + r.DeployID
 			}
 		}
-		d := r.Detail
 		switch r.Kind {
 		case audit.RollbackRequested:
 			req, _ := r.RollbackRequested()
@@ -72,23 +71,20 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 		case audit.RollbackHost:
 			h, _ := r.RollbackHost()
 			g.Hosts = append(g.Hosts, hostOf(h))
-		case audit.RollbackCompleted:
+		case audit.RollbackCompleted, audit.RollbackFailed:
+			res, _ := r.RollbackResult()
 			done[r.RequestID] = true
-			g.Status, g.StatusClass = "rolled back", "ok"
-			if from, to := str(d, "from"), str(d, "to"); from != "" || to != "" {
-				g.FromTo = from + " → " + to
-			}
-			if len(g.Hosts) == 0 {
-				for _, h := range list(d, "hosts") {
-					g.Hosts = append(g.Hosts, hostResultOf(h))
+			if r.Kind == audit.RollbackCompleted {
+				g.Status, g.StatusClass = "rolled back", "ok"
+				if res.From != "" || res.To != "" {
+					g.FromTo = res.From + " → " + res.To
 				}
+			} else {
+				g.Status, g.StatusClass = "rollback failed", "bad"
+				g.Error = res.Error
 			}
-		case audit.RollbackFailed:
-			done[r.RequestID] = true
-			g.Status, g.StatusClass = "rollback failed", "bad"
-			g.Error = str(d, "error")
 			if len(g.Hosts) == 0 {
-				for _, h := range list(d, "hosts") {
+				for _, h := range res.Hosts {
 					g.Hosts = append(g.Hosts, hostResultOf(h))
 				}
 			}
@@ -122,14 +118,11 @@ func hostOf(d audit.RollbackHostDetail) hostView {
 }
 
 // hostResultOf reads a host of a rollback.completed or rollback.failed
-// record's hosts, whose duration is in nanoseconds.
-func hostResultOf(d map[string]any) hostView {
-	h := hostView{Host: str(d, "host"), FromPath: str(d, "from"), ToPath: str(d, "to"), Error: str(d, "error")}
+// record.
+func hostResultOf(d audit.HostOutcome) hostView {
+	h := hostView{Host: d.Host, FromPath: d.From, ToPath: d.To, Error: d.Error, Switched: d.Switched}
 	h.From, h.To = base(h.FromPath), base(h.ToPath)
-	h.Switched, _ = d["switched"].(bool)
-	if ns, ok := num(d, "duration_ns"); ok {
-		h.Duration = formatSeconds(ns / 1e9)
-	}
+	h.Duration = formatSeconds(d.Duration.Seconds())
 	return h
 }
 
