@@ -76,7 +76,7 @@ func (e *Executor) switchAll(ctx context.Context, req events.RollbackRequest, p 
 // marker, the after command), up to HostAttempts tries with backoff.
 func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p *policy.Policy, pl *plan) HostResult {
 	start := time.Now()
-	r := HostResult{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.PreviousSource, Earlier: pl.earlier}
+	r := HostResult{HostOutcome: audit.HostOutcome{Host: pl.target.Name(), Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.PreviousSource, Earlier: pl.earlier}}
 	st := &hostProgress{}
 	var err error
 	for r.Attempts = 1; ; r.Attempts++ {
@@ -133,7 +133,7 @@ func (e *Executor) switchOne(ctx context.Context, req events.RollbackRequest, p 
 // hostDetail is what a rollback.host record says of r.
 func hostDetail(r HostResult) audit.RollbackHostDetail {
 	return audit.RollbackHostDetail{Host: r.Host, Link: r.Link, From: r.From, To: r.To, Source: r.Source,
-		Switched: r.Switched, DurationSeconds: r.Duration.Seconds(), Error: r.Error, AfterOutput: r.After,
+		Switched: r.Switched, DurationSeconds: r.Duration.Seconds(), Error: r.Error, AfterOutput: r.AfterOutput,
 		Attempts: r.Attempts, Earlier: r.Earlier, AfterRan: r.AfterRan}
 }
 
@@ -218,7 +218,7 @@ func (e *Executor) converge(ctx context.Context, req events.RollbackRequest, p *
 	}
 	st.afterTried = true
 	out, err := runRecorded(ctx, view, argv, rollbackEnv(req, pl), done)
-	r.After = string(out)
+	r.AfterOutput = string(out)
 	var cut *CommandCutError
 	if errors.As(err, &cut) {
 		st.afterPID = cut.PID

@@ -27,9 +27,9 @@ func viaJSON(t *testing.T, v any) map[string]any {
 // below: hosts as []HostResult, the data step as a map), and read back.
 func TestRollbackResultDetailWire(t *testing.T) {
 	hosts := []HostResult{
-		{Host: "web1", Link: "/srv/shop/current", From: "/r/v2", To: "/r/v1", Source: "previousVersion", Switched: true,
-			Duration: 1500 * time.Microsecond, After: "ok", Attempts: 2, Earlier: "switched", AfterRan: "yes"},
-		{Host: "web2", Link: "/srv/shop/current", From: "/r/v2", Error: "no previous release", LinkNow: "v2", standing: "on v2"},
+		{HostOutcome: audit.HostOutcome{Host: "web1", Link: "/srv/shop/current", From: "/r/v2", To: "/r/v1", Source: "previousVersion", Switched: true,
+			Duration: 1500 * time.Microsecond, AfterOutput: "ok", Attempts: 2, Earlier: "switched", AfterRan: "yes"}},
+		{HostOutcome: audit.HostOutcome{Host: "web2", Link: "/srv/shop/current", From: "/r/v2", Error: "no previous release", LinkNow: "v2"}, standing: "on v2"},
 	}
 	runs := map[string]any{"local": map[string]any{"command": []string{"migrate", "down"}, "output": "boom", "duration_seconds": 0.25, "error": "exit status 4"}}
 	data := audit.DataStep{Runs: map[string]audit.DataRun{"local": {Command: []string{"migrate", "down"}, Output: "boom", DurationSeconds: 0.25, Error: "exit status 4"}}}

@@ -128,29 +128,11 @@ func (e *Executor) setup() {
 	}
 }
 
-// HostResult is how one target's rollback went.
+// HostResult is how one target's rollback went: what its result record
+// lists (audit.HostOutcome, the one definition of those fields), and where
+// its link stands for a failure's message.
 type HostResult struct {
-	Host     string        `json:"host"`
-	Link     string        `json:"link"`
-	From     string        `json:"from"`
-	To       string        `json:"to"`
-	Source   string        `json:"source,omitempty"`
-	Switched bool          `json:"switched"`
-	Duration time.Duration `json:"duration_ns"`
-	After    string        `json:"after_output,omitempty"`
-	Error    string        `json:"error,omitempty"`
-	// Attempts is how many tries the host took (more than one when its
-	// connection dropped); Earlier says what an earlier attempt or request
-	// had done there already; AfterRan is "yes" when this execution ran the
-	// after command, "earlier" when an earlier attempt had.
-	Attempts int    `json:"attempts,omitempty"`
-	Earlier  string `json:"earlier,omitempty"`
-	AfterRan string `json:"after_ran,omitempty"`
-	// LinkNow is the release the link names when the rollback failed,
-	// read back from the host ("" when it could not be read; the failure
-	// message says why).
-	LinkNow string `json:"link_now,omitempty"`
-
+	audit.HostOutcome
 	standing string // where the link stands, for the rollback.failed message
 }
 

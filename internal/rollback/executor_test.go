@@ -291,8 +291,8 @@ func TestExecute(t *testing.T) {
 				"WATCHER_REASON=" + req.Reason,
 				"RENDERED=shop/production@local: v2 -> " + tc.to,
 			} {
-				if !slices.Contains(strings.Split(hr.After, "\n"), kv) {
-					t.Errorf("after command did not see %s; its output:\n%s", kv, hr.After)
+				if !slices.Contains(strings.Split(hr.AfterOutput, "\n"), kv) {
+					t.Errorf("after command did not see %s; its output:\n%s", kv, hr.AfterOutput)
 				}
 			}
 
@@ -751,7 +751,7 @@ func TestExecuteAfterFails(t *testing.T) {
 		t.Error("data step ran although a host failed")
 	}
 	hr := res.Hosts[0]
-	if !hr.Switched || !strings.Contains(hr.After, "php-fpm reload failed") {
+	if !hr.Switched || !strings.Contains(hr.AfterOutput, "php-fpm reload failed") {
 		t.Errorf("host result %+v", hr)
 	}
 	recs := rec.all()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/deploys"
 	"github.com/rollback-watcher/watcher/internal/events"
@@ -440,7 +441,7 @@ func hostResults(plans []*plan) []HostResult {
 		if pl.target != nil {
 			name = pl.target.Name()
 		}
-		r := HostResult{Host: name, Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.PreviousSource}
+		r := HostResult{HostOutcome: audit.HostOutcome{Host: name, Link: pl.link, From: pl.release.Current, To: pl.release.Previous, Source: pl.release.PreviousSource}}
 		if pl.err != nil {
 			r.Error = pl.err.Error()
 		}

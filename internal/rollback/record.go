@@ -85,9 +85,7 @@ func hostOutcomes(hosts []HostResult) []audit.HostOutcome {
 	}
 	out := make([]audit.HostOutcome, len(hosts))
 	for i, h := range hosts {
-		out[i] = audit.HostOutcome{Host: h.Host, Link: h.Link, From: h.From, To: h.To, Source: h.Source, Switched: h.Switched,
-			Duration: h.Duration, AfterOutput: h.After, Error: h.Error, Attempts: h.Attempts, Earlier: h.Earlier,
-			AfterRan: h.AfterRan, LinkNow: h.LinkNow}
+		out[i] = h.HostOutcome
 	}
 	return out
 }
