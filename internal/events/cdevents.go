@@ -294,6 +294,11 @@ func parseTime(field, v string) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, reject(field, v, "is not an RFC 3339 time")
 	}
+	// Kept in UTC, a time must still be one RFC 3339 can write: year 0 at
+	// +01:00 is year -1 in UTC, which would be stored and never read back.
+	if y := t.UTC().Year(); y < 1 || y > 9999 {
+		return time.Time{}, reject(field, v, "is outside the years 0001-9999 (in UTC)")
+	}
 	return t.UTC(), nil
 }
 

@@ -360,6 +360,10 @@ func TestDecodeDeployRejects(t *testing.T) {
 		{name: "bad time", data: edit(t, nativeBase, set("time", "yesterday")), field: "time"},
 		{name: "empty time", data: edit(t, nativeBase, set("time", "")), field: "time"},
 		{name: "number time", data: edit(t, nativeBase, set("time", 1764093600)), field: "time"},
+		// Found by FuzzDecodeNative: kept in UTC these are years 0 and
+		// 10000, which RFC 3339 cannot write back.
+		{name: "time before year 1 in UTC", data: edit(t, nativeBase, set("time", "0000-01-01T00:00:00+01:00")), field: "time"},
+		{name: "time after year 9999 in UTC", data: edit(t, nativeBase, set("time", "9999-12-31T23:00:00-02:00")), field: "time"},
 		{name: "subject disagrees on service", subject: "deploys.production.admin", data: []byte(nativeBase), field: "subject"},
 		{name: "subject disagrees on environment", subject: "deploys.staging.shop", data: []byte(nativeBase), field: "subject"},
 		{name: "subject of another stream", subject: "rollbacks.production.shop", data: []byte(nativeBase), field: "subject"},
