@@ -16,16 +16,26 @@ import (
 // SetDetail puts v, one of the detail types, in r.Detail as the stream
 // will hold it (through JSON: numbers become float64, times strings).
 func (r *Record) SetDetail(v any) error {
-	b, err := json.Marshal(v)
+	d, err := Wire(v)
 	if err != nil {
-		return fmt.Errorf("encoding the detail of audit record %s: %w", r.Kind, err)
-	}
-	var d map[string]any
-	if err := json.Unmarshal(b, &d); err != nil {
 		return fmt.Errorf("encoding the detail of audit record %s: %w", r.Kind, err)
 	}
 	r.Detail = d
 	return nil
+}
+
+// Wire is v as a JSON object, as the stream holds a detail (numbers
+// float64, times strings): what a reader of the stream gets back.
+func Wire(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	var d map[string]any
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // decode reads r's detail into v when r is of kind.

@@ -2,7 +2,6 @@ package audit
 
 import (
 	"context"
-	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
@@ -13,12 +12,8 @@ import (
 // wire is what v looks like in the stream.
 func wire(t *testing.T, v any) map[string]any {
 	t.Helper()
-	b, err := json.Marshal(v)
+	m, err := Wire(v)
 	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
 	return m

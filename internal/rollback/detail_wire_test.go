@@ -1,7 +1,6 @@
 package rollback
 
 import (
-	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
@@ -11,12 +10,8 @@ import (
 
 func viaJSON(t *testing.T, v any) map[string]any {
 	t.Helper()
-	b, err := json.Marshal(v)
+	m, err := audit.Wire(v)
 	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
 	return m

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/common/model"
 
+	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/policy"
 )
 
@@ -81,12 +82,8 @@ func TestMeasurementDetailWire(t *testing.T) {
 
 func viaJSON(t *testing.T, v any) map[string]any {
 	t.Helper()
-	b, err := json.Marshal(v)
+	m, err := audit.Wire(v)
 	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}
 	return m
