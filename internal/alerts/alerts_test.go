@@ -54,7 +54,10 @@ func webhook(status string, labels map[string]string, fingerprint string, starts
 	return string(b)
 }
 
-func TestReceiver(t *testing.T) {
+// newReceiver is a Receiver on an embedded NATS with the test rules, its
+// audit in a recorder and its clock stopped at now.
+func newReceiver(t *testing.T) (*testutil.NATS, *Receiver, *recorder, time.Time) {
+	t.Helper()
 	n := testutil.StartNATS(t)
 	file := filepath.Join(t.TempDir(), "rules.yml")
 	if err := os.WriteFile(file, []byte(rules), 0o600); err != nil {
@@ -67,6 +70,11 @@ func TestReceiver(t *testing.T) {
 	rec := &recorder{}
 	now := time.Now()
 	rc := &Receiver{JS: n.JS, Policies: func() *policy.Set { return set }, Audit: rec, Now: func() time.Time { return now }}
+	return n, rc, rec, now
+}
+
+func TestReceiver(t *testing.T) {
+	n, rc, rec, now := newReceiver(t)
 	ctx := t.Context()
 	deploy := func(svc, version, prev string) {
 		t.Helper()
@@ -228,18 +236,7 @@ func TestRefused(t *testing.T) {
 // The newest message that is a valid deploy decides; what was passed over
 // is said in the record.
 func TestAlertFindsNewestValidDeploy(t *testing.T) {
-	n := testutil.StartNATS(t)
-	file := filepath.Join(t.TempDir(), "rules.yml")
-	if err := os.WriteFile(file, []byte(rules), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	set, err := policy.Load(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := &recorder{}
-	now := time.Now()
-	rc := &Receiver{JS: n.JS, Policies: func() *policy.Set { return set }, Audit: rec, Now: func() time.Time { return now }}
+	n, rc, rec, now := newReceiver(t)
 	ctx := t.Context()
 	publish := func(subject string, data []byte) {
 		t.Helper()
