@@ -232,6 +232,69 @@ func TestQueryAnswers(t *testing.T) {
 	}
 }
 
+// TestQueryRangeAnswers covers range answers: a matrix is decoded series by
+// series under the same limits as a vector; anything else is refused.
+func TestQueryRangeAnswers(t *testing.T) {
+	matrix := func(n int) string {
+		var b strings.Builder
+		b.WriteString(`{"status":"success","data":{"resultType":"matrix","result":[`)
+		for i := range n {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `{"metric":{"i":"%d"},"values":[[1700000000,"1"],[1700000015,"%d"]]}`, i, i)
+		}
+		b.WriteString(`]}}`)
+		return b.String()
+	}
+	three := matrix(3)
+	tests := []struct {
+		name    string
+		body    string
+		opts    Options
+		want    int // series
+		wantErr string
+	}{
+		{name: "matrix", body: three, want: 3},
+		{name: "empty matrix", body: `{"status":"success","data":{"resultType":"matrix","result":[]}}`, want: 0},
+		{name: "one series past the limit", body: three, opts: Options{MaxSeries: 2}, wantErr: "more than 2 series"},
+		{name: "one byte past the limit", body: three, opts: Options{MaxResponseBytes: units.Base2Bytes(len(three) - 1)}, wantErr: "prometheus.max_response_bytes"},
+		{name: "vector", body: `{"status":"success","data":{"resultType":"vector","result":[]}}`, wantErr: "range query returned a vector, want a matrix"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if err := r.ParseForm(); err != nil || r.URL.Path != "/api/v1/query_range" || r.Form.Get("query") != "up" ||
+					r.Form.Get("start") != "1700000000" || r.Form.Get("end") != "1700000015" || r.Form.Get("step") != "15" {
+					t.Errorf("request %s %v (%v), want /api/v1/query_range query=up start=1700000000 end=1700000015 step=15", r.URL.Path, r.Form, err)
+				}
+				io.WriteString(w, tt.body)
+			}))
+			defer srv.Close()
+			tt.opts.URL = srv.URL
+			mat, err := mustNew(t, tt.opts).QueryRange(context.Background(), "up", time.Unix(1700000000, 0), time.Unix(1700000015, 0), 15*time.Second)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(mat) != tt.want || mat == nil {
+				t.Fatalf("%d series (%#v), want %d", len(mat), mat, tt.want)
+			}
+			if tt.want > 0 && (len(mat[2].Values) != 2 || mat[2].Values[1].Value != 2) {
+				t.Errorf("series 2 = %v, want two samples ending in 2", mat[2].Values)
+			}
+		})
+	}
+	if _, err := mustNew(t, Options{URL: "http://127.0.0.1:1"}).QueryRange(context.Background(), "up", time.Unix(2, 0), time.Unix(1, 0), time.Second); err == nil {
+		t.Error("a range ending before it starts was sent")
+	}
+}
+
 func TestNewRejectsNegativeLimits(t *testing.T) {
 	for _, o := range []Options{{URL: "http://localhost:9090", MaxSeries: -1}, {URL: "http://localhost:9090", MaxResponseBytes: -1}} {
 		if _, err := New(o); err == nil {

@@ -47,10 +47,11 @@ var DefaultMaxSeries = 10000
 // the decoder has to hold it.
 var DefaultMaxResponseBytes = 8 * units.MiB
 
-// Client runs instant queries.
+// Client runs instant and range queries.
 type Client struct {
 	http      *http.Client
-	endpoint  string
+	endpoint  string // /api/v1/query
+	rangeURL  string // /api/v1/query_range
 	timeout   time.Duration
 	maxBytes  int64
 	maxSeries int
@@ -79,10 +80,14 @@ func New(o Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prometheus http_client: %w", err)
 	}
-	u.Path = path.Join(u.Path, "/api/v1/query")
+	base := u.Path
+	u.Path = path.Join(base, "/api/v1/query")
+	endpoint := u.String()
+	u.Path = path.Join(base, "/api/v1/query_range")
 	c := &Client{
 		http:      &http.Client{Transport: rt},
-		endpoint:  u.String(),
+		endpoint:  endpoint,
+		rangeURL:  u.String(),
 		timeout:   time.Duration(o.Timeout),
 		maxBytes:  int64(o.MaxResponseBytes),
 		maxSeries: o.MaxSeries,
@@ -125,6 +130,47 @@ func (e *LimitError) Error() string {
 // off past MaxSeries series or MaxResponseBytes bytes: what a query can
 // cost the process is bounded by the limits, not by what the query matched.
 func (c *Client) Query(ctx context.Context, query string, ts time.Time) (model.Vector, error) {
+	a, err := c.ask(ctx, c.endpoint, url.Values{"query": {query}, "time": {unixSeconds(ts)}}, resultVector)
+	return a.vector, err
+}
+
+// QueryRange evaluates a range query from start to end every step: the
+// samples a comparison judges. Each series is a model.SampleStream; the
+// limits bound it as they bound an instant query (the byte limit also
+// bounds the number of samples, about 25 bytes each on the wire).
+func (c *Client) QueryRange(ctx context.Context, query string, start, end time.Time, step time.Duration) (model.Matrix, error) {
+	if step <= 0 || end.Before(start) {
+		return nil, fmt.Errorf("range query from %s to %s every %s: want start <= end and a positive step", start.Format(time.RFC3339), end.Format(time.RFC3339), step)
+	}
+	form := url.Values{
+		"query": {query},
+		"start": {unixSeconds(start)},
+		"end":   {unixSeconds(end)},
+		"step":  {strconv.FormatFloat(step.Seconds(), 'f', -1, 64)},
+	}
+	a, err := c.ask(ctx, c.rangeURL, form, resultMatrix)
+	return a.matrix, err
+}
+
+func unixSeconds(t time.Time) string {
+	return strconv.FormatFloat(float64(t.UnixNano())/1e9, 'f', -1, 64)
+}
+
+// Result types a caller accepts.
+const (
+	resultVector = "vector" // an instant vector, or a scalar as a one-sample vector
+	resultMatrix = "matrix"
+)
+
+// answer is a decoded result: a vector or a matrix, as asked.
+type answer struct {
+	vector model.Vector
+	matrix model.Matrix
+}
+
+// ask sends form to endpoint within the client's timeout and decodes the
+// answer, which must be of type want.
+func (c *Client) ask(ctx context.Context, endpoint string, form url.Values, want string) (answer, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	// Prometheus stops evaluating when the client has stopped waiting.
@@ -132,42 +178,38 @@ func (c *Client) Query(ctx context.Context, query string, ts time.Time) (model.V
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = min(timeout, time.Until(dl))
 	}
-	form := url.Values{
-		"query":   {query},
-		"time":    {strconv.FormatFloat(float64(ts.UnixNano())/1e9, 'f', -1, 64)},
-		"timeout": {strconv.FormatFloat(max(timeout, time.Millisecond).Seconds(), 'f', 3, 64)},
-	}
-	resp, err := c.send(ctx, form)
+	form.Set("timeout", strconv.FormatFloat(max(timeout, time.Millisecond).Seconds(), 'f', 3, 64))
+	resp, err := c.send(ctx, endpoint, form)
 	if err != nil {
-		return nil, err
+		return answer{}, err
 	}
 	body := &limitedBody{r: resp.Body, left: c.maxBytes, limit: c.maxBytes}
-	vec, err := decodeAnswer(json.NewDecoder(body), c.maxSeries)
+	a, err := decodeAnswer(json.NewDecoder(body), c.maxSeries, want)
 	var le *LimitError
 	if errors.As(err, &le) {
 		// Reading on to reuse the connection would read what the limit
 		// is there to stop: close it.
 		resp.Body.Close()
-		return nil, err
+		return answer{}, err
 	}
 	closeBody(resp)
 	switch {
 	case resp.StatusCode/100 != 2 && (err == nil || !errors.As(err, new(*apiError))):
 		// Not an API answer: a proxy's or web.config's refusal.
-		return nil, fmt.Errorf("prometheus answered %s: %s", resp.Status, oneLine(body.head))
+		return answer{}, fmt.Errorf("prometheus answered %s: %s", resp.Status, oneLine(body.head))
 	case err != nil:
-		return nil, err
+		return answer{}, err
 	}
-	return vec, nil
+	return a, nil
 }
 
 // send asks Prometheus with POST, which takes queries of any length, and
 // falls back to GET, as client_golang's API client does, when the answer
 // is 405 Method Not Allowed or 501 Not Implemented: a proxy in front of
 // Prometheus that lets only GET through.
-func (c *Client) send(ctx context.Context, form url.Values) (*http.Response, error) {
+func (c *Client) send(ctx context.Context, endpoint string, form url.Values) (*http.Response, error) {
 	if !c.useGET.Load() {
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, strings.NewReader(form.Encode()))
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
 		if err != nil {
 			return nil, err
 		}
@@ -182,7 +224,7 @@ func (c *Client) send(ctx context.Context, form url.Values) (*http.Response, err
 		closeBody(resp)
 		c.useGET.Store(true)
 	}
-	u := c.endpoint + "?" + form.Encode()
+	u := endpoint + "?" + form.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err
@@ -207,21 +249,22 @@ type apiError struct{ typ, msg string }
 
 func (e *apiError) Error() string { return e.typ + ": " + e.msg }
 
-// decodeAnswer reads a /api/v1/query answer token by token, so that the
-// series are decoded one at a time and the count is checked as they come.
-func decodeAnswer(dec *json.Decoder, maxSeries int) (model.Vector, error) {
+// decodeAnswer reads a /api/v1/query or query_range answer token by token,
+// so that the series are decoded one at a time and the count is checked as
+// they come.
+func decodeAnswer(dec *json.Decoder, maxSeries int, want string) (answer, error) {
 	if err := expectDelim(dec, '{'); err != nil {
-		return nil, err
+		return answer{}, err
 	}
 	var (
 		status, errType, errMsg string
-		vec                     model.Vector
+		a                       answer
 		haveData                bool
 	)
 	for dec.More() {
 		key, err := objectKey(dec)
 		if err != nil {
-			return nil, err
+			return answer{}, err
 		}
 		switch key {
 		case "status":
@@ -231,87 +274,96 @@ func decodeAnswer(dec *json.Decoder, maxSeries int) (model.Vector, error) {
 		case "error":
 			err = dec.Decode(&errMsg)
 		case "data":
-			vec, err = decodeData(dec, maxSeries)
+			a, err = decodeData(dec, maxSeries, want)
 			haveData = true
 		default: // warnings, infos, and whatever a later version adds
 			err = skipValue(dec)
 		}
 		if err != nil {
-			return nil, err
+			return answer{}, err
 		}
 	}
 	if _, err := dec.Token(); err != nil { // '}'
-		return nil, err
+		return answer{}, err
 	}
 	if status == "error" {
-		return nil, &apiError{typ: errType, msg: errMsg}
+		return answer{}, &apiError{typ: errType, msg: errMsg}
 	}
 	if status != "success" || !haveData {
-		return nil, fmt.Errorf("decoding answer: status %q without data, want a Prometheus query API answer", status)
+		return answer{}, fmt.Errorf("decoding answer: status %q without data, want a Prometheus query API answer", status)
 	}
-	if vec == nil {
-		vec = model.Vector{}
+	if a.vector == nil && want == resultVector {
+		a.vector = model.Vector{}
 	}
-	return vec, nil
+	if a.matrix == nil && want == resultMatrix {
+		a.matrix = model.Matrix{}
+	}
+	return a, nil
 }
 
 // decodeData decodes the data object: {"resultType": ..., "result": ...}.
 // Prometheus writes resultType first; the result is decoded by it.
-func decodeData(dec *json.Decoder, maxSeries int) (model.Vector, error) {
+func decodeData(dec *json.Decoder, maxSeries int, want string) (answer, error) {
 	if err := expectDelim(dec, '{'); err != nil {
-		return nil, err
+		return answer{}, err
 	}
 	var (
 		typ string
-		vec model.Vector
+		a   answer
 	)
 	for dec.More() {
 		key, err := objectKey(dec)
 		if err != nil {
-			return nil, err
+			return answer{}, err
 		}
 		switch {
 		case key == "resultType":
 			err = dec.Decode(&typ)
-		case key == "result" && typ == "vector":
-			vec, err = decodeVector(dec, maxSeries)
-		case key == "result" && typ == "scalar":
-			var s model.Scalar
-			if err = dec.Decode(&s); err == nil {
-				vec = model.Vector{{Metric: model.Metric{}, Value: s.Value, Timestamp: s.Timestamp}}
-			}
 		case key == "result" && typ == "":
 			err = errors.New("decoding answer: result before resultType; is this a Prometheus query API?")
-		case key == "result":
+		case key == "result" && want == resultVector && typ == "vector":
+			a.vector, err = decodeSeries[model.Sample](dec, maxSeries)
+		case key == "result" && want == resultVector && typ == "scalar":
+			var s model.Scalar
+			if err = dec.Decode(&s); err == nil {
+				a.vector = model.Vector{{Metric: model.Metric{}, Value: s.Value, Timestamp: s.Timestamp}}
+			}
+		case key == "result" && want == resultMatrix && typ == "matrix":
+			a.matrix, err = decodeSeries[model.SampleStream](dec, maxSeries)
+		case key == "result" && want == resultVector:
 			err = fmt.Errorf("query returned a %s, want an instant vector or scalar", typ)
+		case key == "result":
+			err = fmt.Errorf("range query returned a %s, want a matrix", typ)
 		default:
 			err = skipValue(dec)
 		}
 		if err != nil {
-			return nil, err
+			return answer{}, err
 		}
 	}
 	_, err := dec.Token() // '}'
-	return vec, err
+	return a, err
 }
 
-func decodeVector(dec *json.Decoder, maxSeries int) (model.Vector, error) {
+// decodeSeries decodes a result array one series at a time (a vector's
+// samples or a matrix's sample streams), failing past maxSeries.
+func decodeSeries[E model.Sample | model.SampleStream](dec *json.Decoder, maxSeries int) ([]*E, error) {
 	if err := expectDelim(dec, '['); err != nil {
 		return nil, err
 	}
-	vec := model.Vector{}
+	out := []*E{}
 	for dec.More() {
-		if len(vec) == maxSeries {
+		if len(out) == maxSeries {
 			return nil, &LimitError{Series: true, Limit: int64(maxSeries)}
 		}
-		s := &model.Sample{}
+		s := new(E)
 		if err := dec.Decode(s); err != nil {
-			return nil, fmt.Errorf("decoding series %d: %w", len(vec), err)
+			return nil, fmt.Errorf("decoding series %d: %w", len(out), err)
 		}
-		vec = append(vec, s)
+		out = append(out, s)
 	}
 	_, err := dec.Token() // ']'
-	return vec, err
+	return out, err
 }
 
 func expectDelim(dec *json.Decoder, want json.Delim) error {

@@ -87,6 +87,29 @@ func TestQueryRealPrometheus(t *testing.T) {
 	if err != nil || len(vec) != 1 || vec[0].Value != 73 {
 		t.Errorf("query at %s = %v, %v; want 73", before, vec, err)
 	}
+
+	// A range query gives the samples over a span, one every step, as they
+	// were then: comparisons rely on it. The new value was seen before
+	// the last step began.
+	const step = 50 * time.Millisecond
+	time.Sleep(2 * step)
+	end := time.Now()
+	mat, err := c.QueryRange(ctx, `shop_orders_per_minute{service="shop"}`, now, end, step)
+	if err != nil || len(mat) != 1 {
+		t.Fatalf("range query = %v, %v; want one series", mat, err)
+	}
+	ss := mat[0].Values
+	if len(ss) < 2 || ss[0].Value != 73 || ss[len(ss)-1].Value != 5 {
+		t.Errorf("range query samples %v, want 73 first and 5 last", ss)
+	}
+	for i := 1; i < len(ss); i++ {
+		if d := ss[i].Timestamp.Sub(ss[i-1].Timestamp); d != step {
+			t.Errorf("samples %d and %d are %s apart, want the step (%s)", i-1, i, d, step)
+		}
+	}
+	if _, err := c.QueryRange(ctx, `sum(`, now, end, time.Second); err == nil || !strings.Contains(err.Error(), "parse error") {
+		t.Errorf("bad range query: err = %v, want a parse error", err)
+	}
 }
 
 func values(vec model.Vector) []float64 {
