@@ -108,6 +108,13 @@ func (c *counting) Query(ctx context.Context, q string, ts time.Time) (model.Vec
 	return c.q.Query(ctx, q, ts)
 }
 
+func (c *counting) QueryRange(ctx context.Context, q string, start, end time.Time, step time.Duration) (model.Matrix, error) {
+	c.mu.Lock()
+	c.byTS[end.UnixMilli()]++
+	c.mu.Unlock()
+	return c.q.QueryRange(ctx, q, start, end, step)
+}
+
 // lagging records measurements' lag: recorded minus evaluation time.
 type lagging struct {
 	a    watch.Auditor
@@ -362,6 +369,9 @@ func ingest(dir string, n int) error {
 type noQueries struct{}
 
 func (noQueries) Query(context.Context, string, time.Time) (model.Vector, error) { return nil, nil }
+func (noQueries) QueryRange(context.Context, string, time.Time, time.Time, time.Duration) (model.Matrix, error) {
+	return nil, nil
+}
 
 // ---- parts ----
 

@@ -61,6 +61,20 @@ func (p *promProbe) Query(ctx context.Context, query string, ts time.Time) (mode
 	return v, nil
 }
 
+// QueryRange runs a comparison's range query, as Query.
+func (p *promProbe) QueryRange(ctx context.Context, query string, start, end time.Time, step time.Duration) (model.Matrix, error) {
+	m, err := p.q.QueryRange(ctx, query, start, end, step)
+	if err != nil {
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+		return nil, p.scrub(err)
+	}
+	p.set(nil)
+	return m, nil
+}
+
 // Run probes at once, then on its schedule and after a failed query, until
 // ctx ends.
 func (p *promProbe) Run(ctx context.Context) {

@@ -35,6 +35,7 @@ type script func(ctx context.Context, query string, n int, ts time.Time) (model.
 type queryCall struct {
 	Query string
 	TS    time.Time
+	Start time.Time // a range query's; zero for an instant one
 }
 
 // fakeQuerier is the Prometheus side: a scripted Querier that remembers
@@ -57,6 +58,40 @@ func (f *fakeQuerier) Query(ctx context.Context, query string, ts time.Time) (mo
 		return nil, err
 	}
 	return s(ctx, query, n, ts)
+}
+
+// QueryRange evaluates the script at every step from start to end, as
+// Prometheus evaluates a range query, and counts as one call (at end, with
+// Start set).
+func (f *fakeQuerier) QueryRange(ctx context.Context, query string, start, end time.Time, step time.Duration) (model.Matrix, error) {
+	f.mu.Lock()
+	n := f.counts[query]
+	f.counts[query]++
+	f.calls = append(f.calls, queryCall{Query: query, TS: end, Start: start})
+	s := f.script
+	f.mu.Unlock()
+	byLabels := map[string]*model.SampleStream{}
+	var m model.Matrix
+	for ts := start; !ts.After(end); ts = ts.Add(step) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		v, err := s(ctx, query, n, ts)
+		if err != nil {
+			return nil, err
+		}
+		for _, smp := range v {
+			k := smp.Metric.String()
+			ss := byLabels[k]
+			if ss == nil {
+				ss = &model.SampleStream{Metric: smp.Metric}
+				byLabels[k] = ss
+				m = append(m, ss)
+			}
+			ss.Values = append(ss.Values, model.SamplePair{Timestamp: model.TimeFromUnixNano(ts.UnixNano()), Value: smp.Value})
+		}
+	}
+	return m, nil
 }
 
 // callsFor returns the calls whose query contains substr, in order.

@@ -137,9 +137,10 @@ func (r *Run) snapshot(timeout time.Duration) runSnapshot {
 	return s
 }
 
-// Querier runs an instant query; *metrics.Client is one.
+// Querier runs instant and range queries; *promclient.Client is one.
 type Querier interface {
 	Query(ctx context.Context, query string, ts time.Time) (model.Vector, error)
+	QueryRange(ctx context.Context, query string, start, end time.Time, step time.Duration) (model.Matrix, error)
 }
 
 // measure takes one measurement of every check at ts, counts it in the

@@ -10,11 +10,14 @@ import (
 )
 
 // sharedQuerier makes runs that ask the same query at the same evaluation
-// time share one request to Prometheus. Measurements are scheduled on a
+// time (or over the same range) share one request to Prometheus. Measurements are scheduled on a
 // grid (alignUp), so that with 10,000 runs of a few policies the watcher
 // sends one request per distinct resolved query per interval, not one per
-// run. The answer is kept for a while after it arrives, for the runs whose
-// timers fired late. Callers must not modify the vector they get.
+// run. Comparisons fetch their samples a look at a time, the span since the
+// previous look (compare.go), so their range queries fall on the same grid
+// and are shared the same way. The answer is kept for a while after it
+// arrives, for the runs whose timers fired late. Callers must not modify
+// the vector or matrix they get.
 type sharedQuerier struct {
 	q       Querier
 	base    context.Context // the watcher's; nil before Start
@@ -25,14 +28,18 @@ type sharedQuerier struct {
 	inserts int
 }
 
+// queryKey names a request. Times are Unix milliseconds, the precision
+// Prometheus evaluates at; an instant query has start = end and no step.
 type queryKey struct {
-	query string
-	ts    int64 // Unix milliseconds: the precision Prometheus evaluates at
+	query      string
+	start, end int64
+	step       time.Duration
 }
 
 type sharedCall struct {
 	done     chan struct{}
 	vec      model.Vector
+	mat      model.Matrix
 	err      error
 	at       time.Time // when the answer came
 	deadline time.Time // the first asker's, which bounds the request; zero: none
@@ -59,7 +66,30 @@ func newSharedQuerier(q Querier) *sharedQuerier {
 }
 
 func (s *sharedQuerier) Query(ctx context.Context, query string, ts time.Time) (model.Vector, error) {
-	k := queryKey{query, ts.UnixMilli()}
+	c, err := s.share(ctx, queryKey{query: query, start: ts.UnixMilli(), end: ts.UnixMilli()}, func(ctx context.Context, c *sharedCall) {
+		c.vec, c.err = s.q.Query(ctx, query, ts)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.vec, c.err
+}
+
+func (s *sharedQuerier) QueryRange(ctx context.Context, query string, start, end time.Time, step time.Duration) (model.Matrix, error) {
+	k := queryKey{query: query, start: start.UnixMilli(), end: end.UnixMilli(), step: step}
+	c, err := s.share(ctx, k, func(ctx context.Context, c *sharedCall) {
+		c.mat, c.err = s.q.QueryRange(ctx, query, start, end, step)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.mat, c.err
+}
+
+// share waits for the call k, starting it with fetch when no other asker
+// has. The error is ctx's when the asker stopped waiting; the call's own
+// error is in the call.
+func (s *sharedQuerier) share(ctx context.Context, k queryKey, fetch func(context.Context, *sharedCall)) (*sharedCall, error) {
 	for {
 		s.mu.Lock()
 		c, ok := s.calls[k]
@@ -81,7 +111,7 @@ func (s *sharedQuerier) Query(ctx context.Context, query string, ts time.Time) (
 			if base == nil {
 				base = context.WithoutCancel(ctx)
 			}
-			go s.ask(base, k, c, query, ts)
+			go s.ask(base, k, c, fetch)
 		}
 		s.mu.Unlock()
 		select {
@@ -89,27 +119,28 @@ func (s *sharedQuerier) Query(ctx context.Context, query string, ts time.Time) (
 			if c.cutShort(ctx) {
 				continue // a failed call is not kept: this makes a new one
 			}
-			return c.vec, c.err
+			return c, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 	}
 }
 
-func (s *sharedQuerier) ask(ctx context.Context, k queryKey, c *sharedCall, query string, ts time.Time) {
+func (s *sharedQuerier) ask(ctx context.Context, k queryKey, c *sharedCall, fetch func(context.Context, *sharedCall)) {
 	if !c.deadline.IsZero() {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, c.deadline)
 		defer cancel()
 	}
 	start := time.Now()
-	vec, err := s.q.Query(ctx, query, ts)
+	var res sharedCall
+	fetch(ctx, &res)
 	if s.observe != nil {
-		s.observe(time.Since(start), err)
+		s.observe(time.Since(start), res.err)
 	}
 	s.mu.Lock()
-	c.vec, c.err, c.at = vec, err, time.Now()
-	if err != nil || len(vec) == 0 {
+	c.vec, c.mat, c.err, c.at = res.vec, res.mat, res.err, time.Now()
+	if res.err != nil || (len(res.vec) == 0 && len(res.mat) == 0) {
 		// Not kept: a later asker tries again (a pre-deploy baseline is
 		// asked again until it has data).
 		delete(s.calls, k)

@@ -31,6 +31,18 @@ func (c *countingQuerier) Query(ctx context.Context, _ string, _ time.Time) (mod
 	return vec(1), nil
 }
 
+func (c *countingQuerier) QueryRange(ctx context.Context, q string, start, end time.Time, step time.Duration) (model.Matrix, error) {
+	v, err := c.Query(ctx, q, end)
+	if err != nil {
+		return nil, err
+	}
+	var m model.Matrix
+	for _, s := range v {
+		m = append(m, &model.SampleStream{Metric: s.Metric, Values: []model.SamplePair{{Timestamp: model.TimeFromUnixNano(start.UnixNano()), Value: s.Value}}})
+	}
+	return m, nil
+}
+
 func TestSharedQuerier(t *testing.T) {
 	cq := &countingQuerier{pause: 50 * time.Millisecond}
 	s := newSharedQuerier(cq)
@@ -106,5 +118,36 @@ func TestAlignUp(t *testing.T) {
 		if got := alignUp(tc.in, tc.d); !got.Equal(tc.want) {
 			t.Errorf("alignUp(%s, %s) = %s, want %s", tc.in, tc.d, got, tc.want)
 		}
+	}
+}
+
+// TestSharedRangeQueries: range queries over the same span and step share
+// one request; another span or step is another request, and an instant
+// query at the span's end is not mistaken for the range.
+func TestSharedRangeQueries(t *testing.T) {
+	cq := &countingQuerier{pause: 20 * time.Millisecond}
+	s := newSharedQuerier(cq)
+	end := time.Unix(1_800_000_000, 0)
+	start := end.Add(-30 * time.Second)
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() {
+			m, err := s.QueryRange(t.Context(), "q", start, end, 15*time.Second)
+			if err != nil || len(m) != 1 {
+				t.Errorf("range answer %v, %v", m, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := cq.n.Load(); n != 1 {
+		t.Errorf("%d requests for one range, want 1", n)
+	}
+	_, _ = s.QueryRange(t.Context(), "q", start, end, 5*time.Second)
+	_, _ = s.QueryRange(t.Context(), "q", start.Add(-time.Second), end, 15*time.Second)
+	if v, err := s.Query(t.Context(), "q", end); err != nil || len(v) != 1 {
+		t.Errorf("instant answer %v, %v", v, err)
+	}
+	if n := cq.n.Load(); n != 4 {
+		t.Errorf("%d requests, want 4 (one range, another step, another start, an instant query)", n)
 	}
 }
