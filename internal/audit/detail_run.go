@@ -2,6 +2,8 @@ package audit
 
 import (
 	"time"
+
+	"github.com/rollback-watcher/watcher/internal/events"
 )
 
 // Details of the records a validation run and its intake write. The
@@ -244,4 +246,32 @@ func (d PolicyKeptDetail) Map() map[string]any {
 func (r Record) PolicyKept() (PolicyKeptDetail, bool) {
 	var d PolicyKeptDetail
 	return d, r.decode(RunPolicyKept, &d)
+}
+
+// AlertReceivedDetail is the detail of an alert.received record: what the
+// webhook did with an alert, or with a request it refused unread.
+type AlertReceivedDetail struct {
+	// ReceivedAlert is there for an alert; a refused request has only
+	// its Outcome.
+	*ReceivedAlert
+	Outcome string `json:"outcome"`
+	// SkippedMessages is how many newer messages on the deploy's subject
+	// were passed over as no valid deploy.
+	SkippedMessages int `json:"skipped_messages,omitempty"`
+	// RequestID is the rollback request the alert made.
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// ReceivedAlert is one alert of an Alertmanager message.
+type ReceivedAlert struct {
+	Alert    events.AlertRef `json:"alert"`
+	Status   string          `json:"status"`
+	GroupKey string          `json:"group_key"`
+	Receiver string          `json:"receiver"`
+}
+
+// AlertReceived is r's detail when r is an alert.received record.
+func (r Record) AlertReceived() (AlertReceivedDetail, bool) {
+	var d AlertReceivedDetail
+	return d, r.decode(AlertReceived, &d)
 }
