@@ -175,4 +175,3 @@ func oldCheckDetails(css []*checkState) []map[string]any {
 	}
 	return out
 }
-

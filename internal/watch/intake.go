@@ -126,8 +126,8 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 	}
 	// A redelivery of the claiming message (its ack was lost or timed out)
 	// while this process still has the run must not start a second loop
-	// under the same run id: that recorded every measurement and the
-	// verdict twice, counted the run twice, and let the first loop to end
+	// under the same run id: two loops would record every measurement and
+	// the verdict twice, count the run twice, and the first to end would
 	// drop the run from the active list while the other still ran. Only a
 	// process without the run (a restart) starts it again.
 	if w.hasRun(runID) {
