@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"encoding/json"
 	"time"
 
 	"github.com/rollback-watcher/watcher/internal/events"
@@ -74,13 +75,20 @@ type CheckDetail struct {
 	Query  string `json:"query"`
 	Limits Limits `json:"limits"`
 	Counts Counts `json:"counts"`
-	// Failures and FailureLimit repeat Counts.Fail and
-	// Limits.FailureLimit: readers of the stream know them by these names
-	// too.
-	Failures     int `json:"failures"`
-	FailureLimit int `json:"failure_limit"`
 	// LastMeasurement is there when the check was measured.
 	*LastMeasurement
+}
+
+// MarshalJSON writes c with Counts.Fail and Limits.FailureLimit repeated
+// as failures and failure_limit, the names readers of the stream know them
+// by too; they are not fields of their own, so they cannot disagree.
+func (c CheckDetail) MarshalJSON() ([]byte, error) {
+	type plain CheckDetail
+	return json.Marshal(struct {
+		plain
+		Failures     int `json:"failures"`
+		FailureLimit int `json:"failure_limit"`
+	}{plain(c), c.Counts.Fail, c.Limits.FailureLimit})
 }
 
 // LastMeasurement is how a check's last measurement came out.
@@ -106,7 +114,7 @@ func (d VerdictDetail) Map() map[string]any {
 		for i, c := range d.Checks {
 			checks[i] = map[string]any{
 				"check": c.Check, "query": c.Query, "limits": c.Limits.Map(), "counts": c.Counts.Map(),
-				"failures": c.Failures, "failure_limit": c.FailureLimit,
+				"failures": c.Counts.Fail, "failure_limit": c.Limits.FailureLimit,
 			}
 			if c.LastMeasurement != nil {
 				checks[i]["reason"] = c.Reason

@@ -113,10 +113,7 @@ func (w *Watcher) settle(ctx context.Context, r *Run, mv move) {
 func checkDetails(css []*checkState) []audit.CheckDetail {
 	out := make([]audit.CheckDetail, 0, len(css))
 	for _, cs := range css {
-		c := audit.CheckDetail{
-			Check: cs.check.Name, Query: cs.query, Limits: limitsOf(cs.check), Counts: countsOf(cs.tally),
-			Failures: cs.tally.Fail, FailureLimit: cs.check.FailureLimit,
-		}
+		c := audit.CheckDetail{Check: cs.check.Name, Query: cs.query, Limits: limitsOf(cs.check), Counts: countsOf(cs.tally)}
 		if cs.last != nil {
 			c.LastMeasurement = &audit.LastMeasurement{Reason: cs.last.Reason, Value: cs.last.Value}
 		}
