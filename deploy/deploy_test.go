@@ -415,8 +415,8 @@ func exportedMetrics(t *testing.T) map[string]bool {
 			t.Fatal(err)
 		}
 	}
-	// The names CONTRACT.md section 8 and README.md promise: if one is not
-	// found, the regexp above no longer matches how metrics are declared.
+	// The names the README promises ("HTTP", /metrics): if one is not
+	// found, the regexp above does not match how metrics are declared.
 	for _, n := range []string{"watcher_runs_active", "watcher_runs_total", "watcher_rollbacks_total", "watcher_deploy_events_total", "watcher_measurements_total", "watcher_build_info"} {
 		if !names[n] {
 			t.Fatalf("metric %s not found in internal/ or cmd/ (found %v)", n, slices.Sorted(maps.Keys(names)))
@@ -427,7 +427,7 @@ func exportedMetrics(t *testing.T) map[string]bool {
 }
 
 // metricLabels are the labels (besides the target's job and instance) and
-// values of each metric, as CONTRACT.md and README.md describe them.
+// values of each metric, as the README describes them ("HTTP").
 var metricLabels = map[string]map[string][]string{
 	"up":                          {},
 	"watcher_runs_active":         {},

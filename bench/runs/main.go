@@ -126,9 +126,10 @@ type lagging struct {
 func (l *lagging) Record(ctx context.Context, r audit.Record) error {
 	err := l.a.Record(ctx, r)
 	if r.Kind == audit.Measurement {
-		if ts, ok := r.Detail["eval_time"].(time.Time); ok {
+		now := time.Now()
+		if d, ok := r.Measurement(); ok {
 			l.mu.Lock()
-			l.lags = append(l.lags, time.Since(ts))
+			l.lags = append(l.lags, now.Sub(d.EvalTime))
 			l.mu.Unlock()
 		}
 		l.n.Add(1)

@@ -12,7 +12,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
-// assertOneLine checks the contract's promise for a failing command: one
+// assertOneLine checks the README's promise for a failing command: one
 // clear line on stderr, never a panic or a stack trace.
 func assertOneLine(t *testing.T, stderr string) {
 	t.Helper()

@@ -71,7 +71,7 @@ func TestRunningWatcher(t *testing.T) {
 	t.Run("manual rollback", func(t *testing.T) {
 		link := release(t, filepath.Join(dir, "shop"), "2026.11.24-3", "2026.11.25-1")
 		// A good release below the previous one: a second rollback must
-		// not reach it (issue 10.3).
+		// not reach it.
 		older := filepath.Join(dir, "shop", "releases", "2026.11.23-1")
 		if err := os.MkdirAll(older, 0o755); err != nil {
 			t.Fatal(err)

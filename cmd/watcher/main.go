@@ -67,8 +67,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 	sec := &secrets{}
 	stdout, stderr = sec.writer(stdout), sec.writer(stderr)
 	defer func() {
-		// A panic is a bug, but the contract is one clear line, never a
-		// stack trace: say what happened and how to report it.
+		// A panic is a bug, but a failing command prints one clear line
+		// (README, "Commands"), never a stack trace: say what happened and
+		// how to report it.
 		if r := recover(); r != nil {
 			fmt.Fprintf(stderr, "watcher: internal error: %v (please report this with the command you ran)\n", r)
 			code = 3
@@ -197,7 +198,7 @@ func commandNames(app *kingpin.Application) []string {
 	return names
 }
 
-// errLine keeps an error on the one stderr line the contract promises: the
+// errLine keeps an error on the one stderr line the README promises: the
 // lines of a multi-line error (a policy LoadError has one per problem) are
 // joined with "; ".
 func errLine(err error) string {

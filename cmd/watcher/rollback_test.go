@@ -13,7 +13,7 @@ import (
 // TestPinDeploy: a manual rollback names the release it rolls back, from
 // --version or from the newest valid deploy recorded on DEPLOYS (not a
 // stray message published after it), with that deploy's id, hosts and
-// previous version (issue 10.3).
+// previous version.
 func TestPinDeploy(t *testing.T) {
 	n := testutil.StartNATS(t)
 	pub := func(subject string, data []byte) {

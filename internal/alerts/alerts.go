@@ -132,8 +132,12 @@ func (rc *Receiver) Refused(ctx context.Context, why string) {
 	rc.init()
 	rc.counts.WithLabelValues("refused").Inc()
 	outcome := "refused: " + why
-	rec := audit.Record{Kind: audit.AlertReceived, Message: "webhook request " + outcome, Detail: map[string]any{"outcome": outcome}}
-	if err := rc.Audit.Record(ctx, rec); err != nil && rc.Logger != nil {
+	rec := audit.Record{Kind: audit.AlertReceived, Message: "webhook request " + outcome}
+	err := rec.SetDetail(audit.AlertReceivedDetail{Outcome: outcome})
+	if err == nil {
+		err = rc.Audit.Record(ctx, rec)
+	}
+	if err != nil && rc.Logger != nil {
 		rc.Logger.Error("recording a refused webhook request", "err", err)
 	}
 }
@@ -151,12 +155,15 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	ref := events.AlertRef{Name: a.Labels["alertname"], Fingerprint: a.Fingerprint, StartsAt: a.StartsAt.UTC(),
 		GeneratorURL: a.GeneratorURL, Labels: a.Labels}
 	svc, env := a.Labels[ServiceLabel], a.Labels[EnvironmentLabel]
-	rec := audit.Record{Kind: audit.AlertReceived, Service: svc, Environment: env,
-		Detail: map[string]any{"alert": ref, "status": a.Status, "group_key": m.GroupKey, "receiver": m.Receiver}}
+	rec := audit.Record{Kind: audit.AlertReceived, Service: svc, Environment: env}
+	detail := audit.AlertReceivedDetail{ReceivedAlert: &audit.ReceivedAlert{Alert: ref, Status: a.Status, GroupKey: m.GroupKey, Receiver: m.Receiver}}
 	rc.init()
 	outcome := func(format string, args ...any) error {
 		rec.Message = fmt.Sprintf("alert %s (%s): ", ref.Name, a.Status) + fmt.Sprintf(format, args...)
-		rec.Detail["outcome"] = fmt.Sprintf(format, args...)
+		detail.Outcome = fmt.Sprintf(format, args...)
+		if err := rec.SetDetail(detail); err != nil {
+			return err
+		}
 		result := "ignored"
 		switch {
 		case rec.RequestID != "":
@@ -196,7 +203,7 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	subject := events.Subject(events.DeploysPrefix, env, svc)
 	passed := ""
 	if skipped > 0 {
-		rec.Detail["skipped_messages"] = skipped
+		detail.SkippedMessages = skipped
 		passed = fmt.Sprintf(" (passing over %d newer messages on %s that are no valid deploy)", skipped, subject)
 	}
 	switch {
@@ -223,7 +230,7 @@ func (rc *Receiver) handle(ctx context.Context, m Message, a Alert) error {
 	// an id once: Alertmanager's repeats of a firing group roll back once.
 	req := rollbackreq.FromAlert(ref, d, found.Seq, p.Name, now)
 	rec.RequestID = req.ID
-	rec.Detail["request_id"] = req.ID
+	detail.RequestID = req.ID
 	rec.MsgID = req.ID + ".alert." + a.StartsAt.UTC().Format(time.RFC3339Nano)
 	if err := outcome("rolls back deploy %s (version %s of %s in %s)%s: rollback requested (%s)", d.ID, d.Version, svc, env, passed, req.ID); err != nil {
 		return err // not requested without its record; Alertmanager sends again

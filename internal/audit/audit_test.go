@@ -55,7 +55,8 @@ func TestRecordStampsAndPublishes(t *testing.T) {
 	if m.Subject != "audit.production.shop" {
 		t.Errorf("subject %q, want audit.production.shop", m.Subject)
 	}
-	// Contract section 6: detail is an object, never null or absent.
+	// detail is an object, never null or absent, so that a reader of the
+	// stream can look a field up without checking it first.
 	if !strings.Contains(string(m.Data), `"detail":{}`) {
 		t.Errorf("record without detail is %s, want \"detail\":{}", m.Data)
 	}

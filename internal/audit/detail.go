@@ -172,6 +172,28 @@ type Counts struct {
 	ConsecutiveErrors int `json:"consecutive_errors"`
 }
 
+// Map is l as the watcher keeps it in memory: a limit the check does not
+// set is a nil value, present.
+func (l Limits) Map() map[string]any {
+	limit := func(p *int) any {
+		if p == nil {
+			return nil
+		}
+		return *p
+	}
+	return map[string]any{
+		"failure_limit":           l.FailureLimit,
+		"inconclusive_limit":      limit(l.InconclusiveLimit),
+		"consecutive_error_limit": limit(l.ConsecutiveErrorLimit),
+	}
+}
+
+// Map is c as the watcher keeps it in memory.
+func (c Counts) Map() map[string]int {
+	return map[string]int{"pass": c.Pass, "fail": c.Fail, "inconclusive": c.Inconclusive,
+		"error": c.Error, "consecutive_errors": c.ConsecutiveErrors}
+}
+
 // SeriesDetail is the verdict on one series of an each: true check.
 type SeriesDetail struct {
 	Labels   string        `json:"labels"`
@@ -210,22 +232,17 @@ func (o *OptionalFloat) UnmarshalJSON(b []byte) error {
 // which TestMeasurementDetailWire checks.
 func (d MeasurementDetail) Map() map[string]any {
 	m := map[string]any{
-		"check":      d.Check,
-		"query":      d.Query,
-		"eval_time":  d.EvalTime,
-		"value":      d.Value,
-		"values":     d.Values,
-		"threshold":  d.Threshold,
-		"thresholds": d.Thresholds,
-		"outcome":    d.Outcome,
-		"reason":     d.Reason,
-		"limits": map[string]any{
-			"failure_limit":           d.Limits.FailureLimit,
-			"inconclusive_limit":      intOrNil(d.Limits.InconclusiveLimit),
-			"consecutive_error_limit": intOrNil(d.Limits.ConsecutiveErrorLimit),
-		},
-		"counts": map[string]int{"pass": d.Counts.Pass, "fail": d.Counts.Fail, "inconclusive": d.Counts.Inconclusive,
-			"error": d.Counts.Error, "consecutive_errors": d.Counts.ConsecutiveErrors},
+		"check":         d.Check,
+		"query":         d.Query,
+		"eval_time":     d.EvalTime,
+		"value":         d.Value,
+		"values":        d.Values,
+		"threshold":     d.Threshold,
+		"thresholds":    d.Thresholds,
+		"outcome":       d.Outcome,
+		"reason":        d.Reason,
+		"limits":        d.Limits.Map(),
+		"counts":        d.Counts.Map(),
 		"state":         d.State,
 		"failure_limit": d.FailureLimit,
 	}
@@ -258,13 +275,6 @@ func (d MeasurementDetail) Map() map[string]any {
 		m["series"] = series
 	}
 	return m
-}
-
-func intOrNil(p *int) any {
-	if p == nil {
-		return nil
-	}
-	return *p
 }
 
 // Measurement is r's detail when r is a measurement record.

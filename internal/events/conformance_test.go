@@ -29,8 +29,8 @@ const (
 var confTime = time.Date(2023, 3, 20, 14, 27, 5, 315384000, time.UTC)
 
 // conformanceFiles returns the examples by spec version, failing unless
-// every version the contract names is there with both deploy types, so that
-// a lost directory cannot make the test pass by testing nothing.
+// every version listed below is there with its deploy and rollback types,
+// so that a lost directory cannot make the test pass by testing nothing.
 func conformanceFiles(t testing.TB) map[string][]string {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join(conformanceDir, "*", "*.json"))
@@ -108,8 +108,8 @@ func isDeployExample(file string) bool {
 // TestCDEventsConformance decodes the specification's conformance examples
 // of 0.4.1, 0.5.x and the current draft, each bare and in both CloudEvents
 // modes. Their artifactId names the release by OCI digest
-// (pkg:oci/myapp@sha256%3A0b31...), which is the version (contract
-// section 5); customData.version, when given, wins over it.
+// (pkg:oci/myapp@sha256%3A0b31...), which is the version (README, "Deploy
+// event (native JSON)"); customData.version, when given, wins over it.
 func TestCDEventsConformance(t *testing.T) {
 	byVersion := conformanceFiles(t)
 	versions := slices.Sorted(maps.Keys(byVersion))

@@ -14,7 +14,7 @@ const subj = "deploys.production.shop"
 
 var deployTime = time.Date(2026, 11, 25, 18, 0, 0, 0, time.UTC)
 
-// nativeBase is the contract's example (section 5).
+// nativeBase is the README's example of a native JSON deploy event.
 const nativeBase = `{"id": "d-42", "service": "shop", "environment": "production", "version": "2026.11.25-1",
  "previous_version": "2026.11.24-3", "hosts": ["web1.example.com:22"],
  "time": "2026-11-25T18:00:00Z", "labels": {"team": "payments"}}`

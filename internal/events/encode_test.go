@@ -232,8 +232,9 @@ func TestEncodeRolledBack(t *testing.T) {
 // ociDigest is a version as the CDEvents conformance examples give it.
 const ociDigest = "sha256:0b31b1c02ff458ad9b7b81cbdf8f028bd54699fa151f221d1e8de6817db93427"
 
-// TestEncodeDigestVersions: a deploy may be versioned by digest (contract
-// section 5), so what the watcher writes about it must take one too.
+// TestEncodeDigestVersions: a deploy may be versioned by digest (README,
+// "Deploy event (native JSON)"), so what the watcher writes about it must
+// take one too.
 func TestEncodeDigestVersions(t *testing.T) {
 	b, err := EncodeRolledBack(RolledBack{
 		ID: NewID(), Service: "shop", Environment: "production", Version: "sha256:aaaa",

@@ -8,7 +8,7 @@ package events
 // Each target checks properties, not just the absence of a panic: an error
 // is a *RejectError naming a field (or a *NotDeployError naming a
 // well-formed type), printable and bounded, since it goes into logs and
-// audit records; what is accepted obeys the contract's rules, checked here
+// audit records; what is accepted obeys the README's rules, checked here
 // independently of validate.go; decoding is deterministic; and the formats
 // agree with each other and with the encoders.
 
@@ -97,8 +97,8 @@ func checkDeployName(t *testing.T, field, v string) {
 	}
 }
 
-// contractVersion is the version rule of contract section 5, copied here
-// rather than taken from validate.go.
+// contractVersion is the version rule of the README's "Deploy event
+// (native JSON)", copied here rather than taken from validate.go.
 var contractVersion = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}$`)
 
 // checkDeployVersion fails unless v is a valid release directory name.
@@ -191,8 +191,8 @@ func checkLabelMap(t *testing.T, field string, labels map[string]string) {
 	}
 }
 
-// checkAccepted fails unless d obeys the contract (section 5), checked
-// here without validate.go, and passes Validate as well.
+// checkAccepted fails unless d obeys the README's rules for a deploy
+// event, checked here without validate.go, and passes Validate as well.
 func checkAccepted(t *testing.T, d Deploy) {
 	t.Helper()
 	if !IDPattern.MatchString(d.ID) || strings.ContainsAny(d.ID, "/\\*> \t\r\n\"'`$;|&") {
@@ -332,8 +332,8 @@ func addConformanceSeeds(f *testing.F) {
 }
 
 // customVersion returns customData.version of a CDEvent whose customData is
-// JSON (no customDataContentType), and whether it names one: contract
-// section 5 makes it the version then, whatever the purl says.
+// JSON (no customDataContentType), and whether it names one: the README
+// makes it the version then, whatever the purl says.
 func customVersion(top map[string]json.RawMessage) (string, bool) {
 	if _, typed := top["customDataContentType"]; typed {
 		return "", false
@@ -375,7 +375,8 @@ func FuzzDecodeDeploy(f *testing.F) {
 	})
 }
 
-// FuzzDecodeNative is the native JSON of contract section 5.
+// FuzzDecodeNative is the native JSON of the README's "Deploy event
+// (native JSON)".
 func FuzzDecodeNative(f *testing.F) {
 	f.Add([]byte(nativeBase))
 	f.Add([]byte(`{"id":"d-1","service":"shop","environment":"production","version":"1.0"}`))

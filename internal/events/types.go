@@ -2,7 +2,7 @@
 // encodes what the watcher publishes: rollback requests and CDEvents.
 //
 // Everything here treats its input as hostile: a value that does not match the
-// contract's patterns is rejected with a *RejectError naming the field, so that
+// README's patterns is rejected with a *RejectError naming the field, so that
 // nothing from an event reaches a path, a subject or a command unvalidated.
 package events
 

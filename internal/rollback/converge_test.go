@@ -244,12 +244,12 @@ func messages(recs []audit.Record) string {
 	return b.String()
 }
 
-// TestExecuteFinishesASwitchACrashCutShort (issue 10.2): the executor died
-// between the switch and the marker. The redelivered request finds the link
-// on the release the request rolls back to and the release it rolls back
-// from unmarked: the switch is done, so it writes the marker, runs the
-// after command and completes (it used to fail for good: "link is on v1,
-// not on v2 which the request rolls back"). A link on some other release
+// TestExecuteFinishesASwitchACrashCutShort: the executor died between the
+// switch and the marker. The redelivered request finds the link on the
+// release the request rolls back to and the release it rolls back from
+// unmarked: the switch is done, so it writes the marker, runs the after
+// command and completes, rather than failing for good because the link is
+// not on the release the request rolls back. A link on some other release
 // is still refused.
 func TestExecuteFinishesASwitchACrashCutShort(t *testing.T) {
 	for _, tc := range []struct {
@@ -328,7 +328,7 @@ func TestExecuteFinishesASwitchACrashCutShort(t *testing.T) {
 	}
 }
 
-// TestExecuteCutAfterCommandIsStoppedBeforeItRunsAgain (issue 10.1): the
+// TestExecuteCutAfterCommandIsStoppedBeforeItRunsAgain: the
 // connection drops while the after command runs on the host. The command
 // outlives the connection, so the retry first stops it (its process group,
 // from a new connection), then runs it again, since it did not get to its

@@ -32,7 +32,7 @@ func announce(t *testing.T, n *testutil.NATS, req events.RollbackRequest, hosts 
 	}
 }
 
-// TestExecuteRefusesHostsTheDeployDidNotAnnounce (issue 10.10): when the
+// TestExecuteRefusesHostsTheDeployDidNotAnnounce: when the
 // policy lists no hosts, a request may name only the hosts that the deploy
 // it rolls back announced. Whoever may publish a rollback request must not
 // point the watcher's SSH key at a host of their choice; a refused request
@@ -113,7 +113,7 @@ func TestExecuteRefusesHostsTheDeployDidNotAnnounce(t *testing.T) {
 	}
 }
 
-// TestExecuteRepeatedManualRollbackIsANoop (issue 10.3): a manual request
+// TestExecuteRepeatedManualRollbackIsANoop: a manual request
 // pinned to the release it rolls back, run after that release was rolled
 // back (by an automatic rollback or the same command run twice), changes
 // nothing: the good release below stays current and unmarked, neither the
@@ -163,7 +163,7 @@ func TestExecuteRepeatedManualRollbackIsANoop(t *testing.T) {
 	}
 }
 
-// TestRequestFinishesWhatAFailedOneLeft (review of issue 10.3): a request
+// TestRequestFinishesWhatAFailedOneLeft: a request
 // switched and marked the release, then its data step failed, so it ended
 // rollback.failed. Rolling back the same release again must not pass that
 // off as "nothing to do": the new request finds the earlier one unfinished

@@ -67,7 +67,7 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 		if aerr := e.Audit.Record(ctx, audit.Record{
 			Kind: audit.EventRejected, Service: rej.Service, Environment: rej.Environment,
 			Message: "rollback request rejected: " + rej.Err.Error(),
-			Detail:  map[string]any{"subject": rej.Subject, "field": rej.Field},
+			Detail:  audit.EventRejectedDetail{Subject: rej.Subject, Field: rej.Field}.Map(),
 		}); aerr != nil {
 			e.logger.Error("rejection not recorded; will retry", "err", aerr)
 			_ = msg.NakWithDelay(2 * time.Second)

@@ -256,8 +256,8 @@ func TestResolve(t *testing.T) {
 			want: want{prev: "A", source: SourcePreviousVersion},
 		},
 		{
-			// Issue 10.4: previousVersion naming /etc switched current ->
-			// /etc and reported success.
+			// A previousVersion naming a directory outside releases/
+			// (/etc, say) must not become the link's target.
 			name: "previousVersion outside the releases directory",
 			setup: func(t *testing.T, h host) (string, string, string) {
 				mkdir(t, filepath.Join(h.root, "old", "A"))
@@ -314,7 +314,8 @@ func TestResolve(t *testing.T) {
 			want: want{err: ErrOutsideReleases, errSub: "outside the releases directory"},
 		},
 		{
-			// Issue 10.5: a directory "v9\nevil" was picked as newest.
+			// A directory whose name is no version ("v9\nevil") is never
+			// the newest release.
 			name: "newest skips names that are not versions",
 			setup: func(t *testing.T, h host) (string, string, string) {
 				h.release(t, "A", 0)
@@ -926,7 +927,7 @@ func TestActivate(t *testing.T) {
 	})
 }
 
-// TestDrill walks the contract's rehearsal: activate, roll back, activate
+// TestDrill walks the README's rehearsal: activate, roll back, activate
 // again, with the layout functions the executor will combine.
 func TestDrill(t *testing.T) {
 	h := newHost(t)

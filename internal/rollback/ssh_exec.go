@@ -38,8 +38,8 @@ func (t *SSHTarget) Run(ctx context.Context, argv []string, env []string) ([]byt
 // RunRecorded is Run, and when the command succeeds, the same shell creates
 // the file done before it exits: the record of the command's success is
 // made on the host even when the connection drops before its exit status
-// arrives. (The command no longer replaces the shell; killing the session's
-// process group still stops both.)
+// arrives. (The command does not replace the shell, which must outlive it
+// to create done; killing the session's process group stops both.)
 func (t *SSHTarget) RunRecorded(ctx context.Context, argv, env []string, done string) ([]byte, error) {
 	line, err := shellCommand(argv, env)
 	if err != nil {

@@ -164,8 +164,8 @@ func TestCloseVerdictSkipped(t *testing.T) {
 					t.Errorf("reason %q does not say %q", reason, w)
 				}
 			}
-			if got, _ := detail["skipped_measurements"].(int); got != tc.skip {
-				t.Errorf("detail.skipped_measurements = %v, want %d", detail["skipped_measurements"], tc.skip)
+			if got := detail.SkippedMeasurements; got != tc.skip {
+				t.Errorf("detail.skipped_measurements = %v, want %d", got, tc.skip)
 			}
 		})
 	}

@@ -9,7 +9,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/audit"
 )
 
-// TestConformanceExamplesStartRuns (issue 10.15): the CDEvents
+// TestConformanceExamplesStartRuns: the CDEvents
 // specification's own conformance examples of service.deployed and
 // service.upgraded, for every spec version kept in internal/events'
 // testdata, start a validation run when published bare on their subject;

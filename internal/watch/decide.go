@@ -3,10 +3,11 @@ package watch
 import (
 	"context"
 	"errors"
-	"maps"
 	"time"
 
+	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/rollbackreq"
 )
 
@@ -97,50 +98,51 @@ func (w *Watcher) settle(ctx context.Context, r *Run, mv move) {
 	for i, c := range mv.checks {
 		checks[i] = r.checks[c]
 	}
-	if mv.rollback {
-		w.requestRollback(ctx, r, mv.verdict, mv.record, events.ClampReason(mv.reason), "checks", checkDetails(checks), mv.detail)
-		return
-	}
 	detail := mv.detail
 	if mv.verdict == VerdictInconclusive || mv.verdict == VerdictFailed {
-		detail = map[string]any{"checks": checkDetails(checks)}
-		maps.Copy(detail, mv.detail)
+		detail.Checks = checkDetails(checks)
+	}
+	if mv.rollback {
+		w.requestRollback(ctx, r, mv.verdict, mv.record, events.ClampReason(mv.reason), detail)
+		return
 	}
 	w.decide(ctx, r, mv.verdict, mv.record, mv.reason, detail, nil)
 }
 
-func checkDetails(css []*checkState) []map[string]any {
-	out := make([]map[string]any, 0, len(css))
+// checkDetails details the checks that decided a verdict.
+func checkDetails(css []*checkState) []audit.CheckDetail {
+	out := make([]audit.CheckDetail, 0, len(css))
 	for _, cs := range css {
-		m := map[string]any{
-			"check": cs.check.Name, "query": cs.query, "limits": cs.check.Limits(),
-			"counts": map[string]int{"pass": cs.tally.Pass, "fail": cs.tally.Fail, "inconclusive": cs.tally.Inconclusive,
-				"error": cs.tally.Error, "consecutive_errors": cs.tally.ConsecutiveErrors},
-			"failures": cs.tally.Fail, "failure_limit": cs.check.FailureLimit,
-		}
+		c := audit.CheckDetail{Check: cs.check.Name, Query: cs.query, Limits: limitsOf(cs.check), Counts: countsOf(cs.tally)}
 		if cs.last != nil {
-			m["reason"] = cs.last.Reason
-			m["value"] = cs.last.Value
+			c.LastMeasurement = &audit.LastMeasurement{Reason: cs.last.Reason, Value: cs.last.Value}
 		}
-		out = append(out, m)
+		out = append(out, c)
 	}
 	return out
+}
+
+// limitsOf is what the audit says of a check's limits.
+func limitsOf(c *policy.Check) audit.Limits {
+	return audit.Limits{FailureLimit: c.FailureLimit, InconclusiveLimit: c.InconclusiveLimit, ConsecutiveErrorLimit: c.ConsecutiveErrorLimit}
+}
+
+// countsOf is what the audit says of a check's tally.
+func countsOf(t policy.Tally) audit.Counts {
+	return audit.Counts{Pass: t.Pass, Fail: t.Fail, Inconclusive: t.Inconclusive, Error: t.Error, ConsecutiveErrors: t.ConsecutiveErrors}
 }
 
 // decide stores r's verdict (and the rollback it asks for, if any), then
 // concludes it. The verdict is stored first so that a process dying
 // half-way leaves a decided run, which whoever resumes it concludes
 // instead of judging again. It reports whether this call decided r.
-func (w *Watcher) decide(ctx context.Context, r *Run, verdict, kind, reason string, detail map[string]any, req *events.RollbackRequest) bool {
+func (w *Watcher) decide(ctx context.Context, r *Run, verdict, kind, reason string, detail audit.VerdictDetail, req *events.RollbackRequest) bool {
 	r.mu.Lock()
 	if r.verdict != VerdictPending {
 		r.mu.Unlock()
 		return false
 	}
-	if detail == nil {
-		detail = map[string]any{}
-	}
-	r.verdict, r.reason, r.kind, r.detail, r.request, r.ended = verdict, reason, kind, detail, req, time.Now().UTC()
+	r.verdict, r.reason, r.kind, r.detail, r.request, r.ended = verdict, reason, kind, detail.Map(), req, time.Now().UTC()
 	r.mu.Unlock()
 	switch err := w.save(ctx, r); {
 	case errors.Is(err, errRunLost):

@@ -308,7 +308,8 @@ func loadRules(t *testing.T, yaml string) *policy.Set {
 	return set
 }
 
-// deployEvent is a native JSON deploy event (contract section 5).
+// deployEvent is a native JSON deploy event (README, "Deploy event (native
+// JSON)").
 func deployEvent(id, service, env, version string, more ...any) map[string]any {
 	d := map[string]any{"id": id, "service": service, "environment": env, "version": version}
 	for i := 0; i+1 < len(more); i += 2 {

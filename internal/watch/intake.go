@@ -77,7 +77,7 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		return "ignored", w.Audit.Record(ctx, audit.Record{
 			Kind: audit.RunSkipped, Service: svc, Environment: env,
 			Message: err.Error(),
-			Detail:  map[string]any{"subject": subject, "type": notDeploy.Type, "reason": "not a deploy event"},
+			Detail:  audit.RunSkippedDetail{Subject: subject, Type: notDeploy.Type, Reason: "not a deploy event"}.Map(),
 		})
 	case errors.As(err, &reject):
 		env, svc := events.SubjectNames(subject)
@@ -85,7 +85,8 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		return "rejected", w.Audit.Record(ctx, audit.Record{
 			Kind: audit.EventRejected, Service: svc, Environment: env,
 			Message: "deploy event rejected: " + err.Error(),
-			Detail:  map[string]any{"subject": subject, "field": reject.Field, "reason": reject.Reason, "size": len(data), "stream_seq": seq},
+			Detail: audit.EventRejectedDetail{Subject: subject, Field: reject.Field,
+				DecodeRejection: &audit.DecodeRejection{Reason: reject.Reason, Size: len(data), StreamSeq: seq}}.Map(),
 		})
 	case err != nil:
 		return "", err
@@ -100,7 +101,7 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		r := base
 		r.Kind = audit.RunSkipped
 		r.Message = fmt.Sprintf("no policy matches service %s in environment %s: deploy %s not validated", d.Service, d.Environment, d.Version)
-		r.Detail = map[string]any{"subject": subject, "format": d.Format}
+		r.Detail = audit.RunSkippedDetail{Subject: subject, Format: d.Format}.Map()
 		return "skipped", w.Audit.Record(ctx, r)
 	}
 
@@ -120,13 +121,13 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		r.RunID = runID
 		r.Policy = p.Name
 		r.Message = fmt.Sprintf("duplicate deploy event id %s: run %s already validates it", d.ID, runID)
-		r.Detail = map[string]any{"subject": subject, "reason": "duplicate"}
+		r.Detail = audit.RunSkippedDetail{Subject: subject, Reason: "duplicate"}.Map()
 		return "duplicate", w.Audit.Record(ctx, r)
 	}
 	// A redelivery of the claiming message (its ack was lost or timed out)
 	// while this process still has the run must not start a second loop
-	// under the same run id: that recorded every measurement and the
-	// verdict twice, counted the run twice, and let the first loop to end
+	// under the same run id: two loops would record every measurement and
+	// the verdict twice, count the run twice, and the first to end would
 	// drop the run from the active list while the other still ran. Only a
 	// process without the run (a restart) starts it again.
 	if w.hasRun(runID) {
@@ -142,7 +143,7 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		r.Kind = audit.EventRejected
 		r.Policy = p.Name
 		r.Message = "deploy event rejected: " + err.Error()
-		r.Detail = map[string]any{"subject": subject, "field": "policy template"}
+		r.Detail = audit.EventRejectedDetail{Subject: subject, Field: "policy template"}.Map()
 		return "rejected", w.Audit.Record(ctx, r)
 	}
 	run.seq, run.owner = seq, w.Replica
@@ -182,11 +183,11 @@ func (w *Watcher) recordStarted(ctx context.Context, run *Run) error {
 	return w.recordID(ctx, run, run.ID+".started", audit.RunStarted,
 		fmt.Sprintf("validating %s %s in %s with policy %s: %d checks every %s until %s",
 			d.Service, d.Version, d.Environment, p.Name, len(run.checks), interval, end.Format(time.RFC3339)),
-		map[string]any{
-			"format": d.Format, "previous_version": d.PreviousVersion, "hosts": d.Hosts, "labels": d.Labels,
-			"deploy_time": d.Time, "first_measurement": first, "window_end": end, "policy_file": fmt.Sprintf("%s:%d", p.File, p.Line),
-			"replica": run.owner,
-		})
+		audit.RunStartedDetail{
+			Format: d.Format, PreviousVersion: d.PreviousVersion, Hosts: d.Hosts, Labels: d.Labels,
+			DeployTime: d.Time, FirstMeasurement: first, WindowEnd: end, PolicyFile: fmt.Sprintf("%s:%d", p.File, p.Line),
+			Replica: run.owner,
+		}.Map())
 }
 
 // claim records the event id, so that the same id twice starts one run. A

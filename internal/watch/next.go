@@ -2,7 +2,6 @@ package watch
 
 import (
 	"fmt"
-	"maps"
 	"strings"
 	"time"
 
@@ -66,9 +65,9 @@ type move struct {
 	// checks are the policy's checks (by index) that decided a failed or
 	// inconclusive run; the verdict record details them.
 	checks []int
-	// detail is what else the verdict record carries: skipped_measurements,
-	// on_inconclusive, superseded_by.
-	detail map[string]any
+	// detail is what else the verdict record carries: skipped
+	// measurements, on_inconclusive, the deploy that superseded the run.
+	detail audit.VerdictDetail
 }
 
 // runSnapshot is what nextMove needs to know of a run.
@@ -130,7 +129,7 @@ func nextMove(s runSnapshot, p *policy.Policy, now time.Time) move {
 	if by := s.SupersededBy; by != nil {
 		return move{kind: moveDecide, verdict: VerdictSuperseded, record: audit.RunSuperseded,
 			reason: fmt.Sprintf("superseded by deploy %s of version %s: its own run validates what is deployed now", by.ID, by.Version),
-			detail: map[string]any{"superseded_by": map[string]any{"deploy_id": by.ID, "version": by.Version}}}
+			detail: audit.VerdictDetail{SupersededBy: &audit.SupersededBy{DeployID: by.ID, Version: by.Version}}}
 	}
 	_, interval, end := window(p, s.Start)
 	timeout := queryTimeout(s.QueryTimeout, interval)
@@ -164,7 +163,7 @@ func nextMove(s runSnapshot, p *policy.Policy, now time.Time) move {
 		from := s.Next.Add(-interval)
 		return closeMove(s, p, skipped{n: int(end.Sub(from)/interval) + 1, from: from, why: why})
 	case len(blind) > 0 && (p.OnInconclusive == policy.OnInconclusiveRollback || pastErrorLimit(s, p, blind)):
-		return inconclusiveMove(p, blindReason(s, p, blind), blind, nil)
+		return inconclusiveMove(p, blindReason(s, p, blind), blind, audit.VerdictDetail{})
 	case s.Measured && s.Next.After(end):
 		// Wait for the window to close: a last measurement may come
 		// before it.
@@ -205,10 +204,9 @@ func closeMove(s runSnapshot, p *policy.Policy, sk skipped) move {
 		}
 	}
 	var what string
-	var detail map[string]any
+	detail := audit.VerdictDetail{SkippedMeasurements: sk.n}
 	if sk.n > 0 {
 		what = fmt.Sprintf("%d measurements from %s skipped: %s", sk.n, sk.from.UTC().Format(time.RFC3339Nano), sk.why)
-		detail = map[string]any{"skipped_measurements": sk.n}
 	}
 	if len(blind) > 0 {
 		reason := blindReason(s, p, blind)
@@ -247,17 +245,16 @@ func closeMove(s runSnapshot, p *policy.Policy, sk skipped) move {
 
 // inconclusiveMove decides a run inconclusive; the policy's on_inconclusive
 // says whether that rolls back (keep, the default, does not: doubt alone is
-// no reason to undo a deploy unless the policy says so). extra is more
-// detail for the verdict record.
-func inconclusiveMove(p *policy.Policy, reason string, blind []int, extra map[string]any) move {
-	mv := move{kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: blind}
+// no reason to undo a deploy unless the policy says so). detail is what
+// the verdict record carries besides.
+func inconclusiveMove(p *policy.Policy, reason string, blind []int, detail audit.VerdictDetail) move {
+	mv := move{kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: blind, detail: detail}
 	if p.OnInconclusive == policy.OnInconclusiveRollback {
-		mv.reason, mv.rollback, mv.detail = reason+"; on_inconclusive: rollback", true, extra
+		mv.reason, mv.rollback = reason+"; on_inconclusive: rollback", true
 		return mv
 	}
 	mv.reason = reason + "; on_inconclusive: keep, nothing rolled back"
-	mv.detail = map[string]any{"on_inconclusive": policy.OnInconclusiveKeep}
-	maps.Copy(mv.detail, extra)
+	mv.detail.OnInconclusive = policy.OnInconclusiveKeep
 	return mv
 }
 

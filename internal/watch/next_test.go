@@ -65,7 +65,7 @@ func TestNextMove(t *testing.T) {
 		record     string
 		rollback   bool
 		checks     []int
-		detail     map[string]any
+		detail     audit.VerdictDetail
 		reasonHas  []string
 		reasonNot  []string
 		reasonFull string
@@ -107,7 +107,7 @@ func TestNextMove(t *testing.T) {
 		{name: "past consecutive_error_limit, on_inconclusive keep: decide at once, keep", p: blindLimits(policy.OnInconclusiveKeep),
 			s: measured(snap(at(7), policy.Tally{Pass: 1, Error: 4, ConsecutiveErrors: 4})), now: at(6.1),
 			kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: []int{0},
-			detail:     map[string]any{"on_inconclusive": policy.OnInconclusiveKeep},
+			detail:     audit.VerdictDetail{OnInconclusive: policy.OnInconclusiveKeep},
 			reasonFull: "check errors is inconclusive: 4 query errors in a row, limit 3; on_inconclusive: keep, nothing rolled back"},
 		{name: "six query errors but three in a row, within consecutive_error_limit: measure on", p: blindLimits(policy.OnInconclusiveKeep),
 			s: measured(snap(at(7), policy.Tally{Pass: 1, Error: 6, ConsecutiveErrors: 3})), now: at(6.1),
@@ -131,7 +131,7 @@ func TestNextMove(t *testing.T) {
 		{name: "window closed, a check never measured validly: inconclusive, keep", p: twoChecks(policy.OnInconclusiveKeep),
 			s: snap(at(11), healthy, policy.Tally{Inconclusive: 9}), now: at(10),
 			kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: []int{1},
-			detail:     map[string]any{"on_inconclusive": policy.OnInconclusiveKeep},
+			detail:     audit.VerdictDetail{OnInconclusive: policy.OnInconclusiveKeep},
 			reasonFull: "check latency is inconclusive: no usable measurement (inconclusive 9, error 0); on_inconclusive: keep, nothing rolled back"},
 		{name: "window closed, a check never measured validly, on_inconclusive rollback", p: twoChecks(policy.OnInconclusiveRollback),
 			s: snap(at(11), healthy, policy.Tally{Error: 9}), now: at(10),
@@ -145,16 +145,16 @@ func TestNextMove(t *testing.T) {
 		// Out of time.
 		{name: "catch-up out of time: the rest skipped, inconclusive", p: keep, s: snap(at(8), policy.Tally{Pass: 6}), now: at(11),
 			kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: []int{0},
-			detail: map[string]any{"on_inconclusive": policy.OnInconclusiveKeep, "skipped_measurements": 3},
+			detail: audit.VerdictDetail{OnInconclusive: policy.OnInconclusiveKeep, SkippedMeasurements: 3},
 			reasonHas: []string{"not passed: 3 measurements from " + at(8).UTC().Format(time.RFC3339Nano) + " skipped: Prometheus answered too slowly",
 				"what was measured is within the checks' limits: errors pass 6 fail 0", "on_inconclusive: keep"}},
 		{name: "catch-up out of time, on_inconclusive rollback", p: rollback, s: snap(at(8), policy.Tally{Pass: 6}), now: at(11),
 			kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, rollback: true, checks: []int{0},
-			detail:    map[string]any{"skipped_measurements": 3},
+			detail:    audit.VerdictDetail{SkippedMeasurements: 3},
 			reasonHas: []string{"not passed: 3 measurements", "on_inconclusive: rollback"}},
 		{name: "a sliver of budget: skipped, not queried", p: keep, s: snap(at(10), policy.Tally{Pass: 8}), now: at(10.95),
 			kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: []int{0},
-			detail:    map[string]any{"on_inconclusive": policy.OnInconclusiveKeep, "skipped_measurements": 1},
+			detail:    audit.VerdictDetail{OnInconclusive: policy.OnInconclusiveKeep, SkippedMeasurements: 1},
 			reasonHas: []string{"not passed: 1 measurements from"}},
 		{name: "out of time with nothing left to measure: passed", p: keep, s: snap(at(11), healthy), now: at(12),
 			kind: moveDecide, verdict: VerdictPassed, record: audit.RunPassed,
@@ -162,13 +162,13 @@ func TestNextMove(t *testing.T) {
 		{name: "out of time and blind: the skipped measurements follow the checks' reason", p: twoChecks(policy.OnInconclusiveKeep),
 			s: snap(at(9), policy.Tally{Pass: 6}, policy.Tally{Error: 6}), now: at(11),
 			kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: []int{1},
-			detail: map[string]any{"on_inconclusive": policy.OnInconclusiveKeep, "skipped_measurements": 2},
+			detail: audit.VerdictDetail{OnInconclusive: policy.OnInconclusiveKeep, SkippedMeasurements: 2},
 			reasonFull: "check latency is inconclusive: no usable measurement (inconclusive 0, error 6); 2 measurements from " +
 				at(9).UTC().Format(time.RFC3339Nano) + " skipped: Prometheus answered too slowly to catch up within one query timeout (1s) of the window's end; on_inconclusive: keep, nothing rolled back"},
 		{name: "cut by the deadline: that measurement and the rest skipped", p: keep,
 			s: func() runSnapshot { s := measured(snap(at(10), policy.Tally{Pass: 7})); s.Cut = true; return s }(), now: at(10.99),
 			kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: []int{0},
-			detail:    map[string]any{"on_inconclusive": policy.OnInconclusiveKeep, "skipped_measurements": 2},
+			detail:    audit.VerdictDetail{OnInconclusive: policy.OnInconclusiveKeep, SkippedMeasurements: 2},
 			reasonHas: []string{"not passed: 2 measurements from " + at(9).UTC().Format(time.RFC3339Nano) + " skipped"}},
 		{name: "resumed after the window: catch up the missed measurements", p: keep,
 			s: func() runSnapshot {
@@ -184,7 +184,7 @@ func TestNextMove(t *testing.T) {
 				return s
 			}(), now: at(36.5),
 			kind: moveDecide, verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: []int{0},
-			detail:    map[string]any{"on_inconclusive": policy.OnInconclusiveKeep, "skipped_measurements": 3},
+			detail:    audit.VerdictDetail{OnInconclusive: policy.OnInconclusiveKeep, SkippedMeasurements: 3},
 			reasonHas: []string{"3 measurements from " + at(8).UTC().Format(time.RFC3339Nano) + " skipped: the watcher was down until " + at(29.5).UTC().Format(time.RFC3339Nano)}},
 
 		// Ended from outside, or already.
@@ -195,7 +195,7 @@ func TestNextMove(t *testing.T) {
 				return s
 			}(), now: at(5),
 			kind: moveDecide, verdict: VerdictSuperseded, record: audit.RunSuperseded,
-			detail:     map[string]any{"superseded_by": map[string]any{"deploy_id": "d2", "version": "v3"}},
+			detail:     audit.VerdictDetail{SupersededBy: &audit.SupersededBy{DeployID: "d2", Version: "v3"}},
 			reasonFull: "superseded by deploy d2 of version v3: its own run validates what is deployed now"},
 		{name: "decided: nothing left to judge", p: keep,
 			s: func() runSnapshot { s := snap(at(11), policy.Tally{Fail: 2}); s.Verdict = VerdictFailed; return s }(), now: at(12),

@@ -10,7 +10,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/events"
 )
 
-// TestOwnAnnouncementsAreNotRecordedAgain (issue 11.5): the executor's own
+// TestOwnAnnouncementsAreNotRecordedAgain: the executor's own
 // service.rolledback, which comes back on DEPLOYS after every rollback, is
 // counted but gets no run.skipped record (rollback.completed recorded the
 // rollback); another tool's service.rolledback still does.

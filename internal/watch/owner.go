@@ -11,13 +11,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/events"
 )
 
 // RunResumed records that a replica took over a run whose owner had died
 // (or that a restarted process picked up its own).
-const RunResumed = "run.resumed"
+const RunResumed = audit.RunResumed
 
 var notKeyChars = regexp.MustCompile(`[^A-Za-z0-9_-]+`)
 
@@ -229,7 +230,7 @@ func (w *Watcher) adopt(ctx context.Context, st runState, rev uint64) error {
 	r.mu.Unlock()
 	if err := w.recordID(ctx, r, fmt.Sprintf("%s.resumed.%d", r.ID, rev), RunResumed,
 		fmt.Sprintf("run resumed by replica %s (was %s); next measurement due %s", w.Replica, from, next.Format(time.RFC3339Nano)),
-		map[string]any{"replica": w.Replica, "previous_owner": from, "next_measurement": next, "verdict": r.verdict}); err != nil {
+		audit.RunResumedDetail{Replica: w.Replica, PreviousOwner: from, NextMeasurement: next, Verdict: r.verdict}.Map()); err != nil {
 		w.logger.Warn("run.resumed not recorded", "run", id, "err", err)
 	}
 	if r.verdict != VerdictPending {

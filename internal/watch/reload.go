@@ -6,12 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/policy"
 )
 
 // RunPolicyKept records that a reload changed the policy of a run in
 // progress, which keeps the version it started with.
-const RunPolicyKept = "run.policy_kept"
+const RunPolicyKept = audit.RunPolicyKept
 
 // Reloaded tells the runs in progress that the policies were reloaded. Runs
 // keep the policy they started with, so that a verdict is judged by one set
@@ -27,21 +28,21 @@ func (w *Watcher) Reloaded(ctx context.Context, set *policy.Set) {
 	for _, r := range runs {
 		now := set.Match(r.Deploy.Service, r.Deploy.Environment)
 		var msg string
-		detail := map[string]any{"started_with": fmt.Sprintf("%s:%d", r.Policy.File, r.Policy.Line)}
+		detail := audit.PolicyKeptDetail{StartedWith: fmt.Sprintf("%s:%d", r.Policy.File, r.Policy.Line)}
 		switch {
 		case now == nil:
 			msg = fmt.Sprintf("after the reload no policy matches %s in %s; this run keeps policy %s until its window closes",
 				r.Deploy.Service, r.Deploy.Environment, r.Policy.Name)
 		case now.Name != r.Policy.Name:
 			msg = fmt.Sprintf("after the reload policy %s matches instead; this run keeps policy %s until its window closes", now.Name, r.Policy.Name)
-			detail["now_matching"] = fmt.Sprintf("%s:%d", now.File, now.Line)
+			detail.NowMatching = fmt.Sprintf("%s:%d", now.File, now.Line)
 		case digest(now) != digest(r.Policy):
 			msg = fmt.Sprintf("policy %s changed on reload; this run keeps the version it started with", r.Policy.Name)
-			detail["now_matching"] = fmt.Sprintf("%s:%d", now.File, now.Line)
+			detail.NowMatching = fmt.Sprintf("%s:%d", now.File, now.Line)
 		default:
 			continue
 		}
-		if err := w.record(ctx, r, RunPolicyKept, msg, detail); err != nil {
+		if err := w.record(ctx, r, RunPolicyKept, msg, detail.Map()); err != nil {
 			w.logger.Warn("reload note not recorded", "run", r.ID, "err", err)
 		}
 	}

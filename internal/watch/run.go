@@ -232,9 +232,8 @@ func measurementDetail(cs *checkState, j policy.Judgement, t policy.Tally, vec m
 		Threshold:  j.Threshold,
 		Thresholds: audit.Thresholds{Min: c.Min, Max: c.Max, MinRatio: c.MinRatio, MaxRatio: c.MaxRatio},
 		Outcome:    string(j.Outcome), Reason: j.Reason,
-		Limits: audit.Limits{FailureLimit: c.FailureLimit, InconclusiveLimit: c.InconclusiveLimit, ConsecutiveErrorLimit: c.ConsecutiveErrorLimit},
-		Counts: audit.Counts{Pass: t.Pass, Fail: t.Fail, Inconclusive: t.Inconclusive, Error: t.Error, ConsecutiveErrors: t.ConsecutiveErrors},
-		State:  string(c.State(t)), FailureLimit: c.FailureLimit,
+		Limits: limitsOf(c), Counts: countsOf(t),
+		State: string(c.State(t)), FailureLimit: c.FailureLimit,
 		DryRun: c.DryRun, Aggregate: c.Aggregate,
 	}
 	if c.Baseline != nil {

@@ -7,7 +7,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"maps"
 	"sync"
 	"time"
 
@@ -295,10 +294,9 @@ func (w *Watcher) start(ctx context.Context, r *Run) {
 // requestRollback records the verdict and publishes the rollback request.
 // The request id derives from the run, so a retried publish is dropped by
 // the stream's duplicate window instead of rolling back twice.
-func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason, key string, checks []map[string]any, extra map[string]any) {
+func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason string, detail audit.VerdictDetail) {
 	req := rollbackreq.FromRun(r.ID, r.Deploy, r.seq, r.Policy.Name, reason, time.Now())
-	detail := map[string]any{key: checks, "request_id": req.ID}
-	maps.Copy(detail, extra)
+	detail.RequestID = req.ID
 	w.decide(ctx, r, verdict, kind, reason+"; rollback requested ("+req.ID+")", detail, &req)
 }
 

@@ -373,13 +373,27 @@ func (p *statusPage) runRecords(ctx context.Context, now time.Time, runs []watch
 	return out, errs
 }
 
+// partOf tells apart records of one kind that a run or request writes at
+// the same time: a rollback's hosts, a measurement's checks.
+func partOf(r audit.Record) string {
+	switch r.Kind {
+	case audit.RollbackHost:
+		h, _ := r.RollbackHost()
+		return h.Host + "\x00"
+	case audit.Measurement:
+		m, _ := r.Measurement()
+		return "\x00" + m.Check
+	}
+	return "\x00"
+}
+
 // dedup merges the tail and the runs' records, each record once, oldest
 // first.
 func dedup(tail []audit.Record, byRun map[string][]audit.Record) []audit.Record {
 	seen := map[string]bool{}
 	var out []audit.Record
 	add := func(r audit.Record) {
-		k := r.Kind + "\x00" + r.RunID + "\x00" + r.RequestID + "\x00" + r.Time.Format(time.RFC3339Nano) + "\x00" + str(r.Detail, "host") + "\x00" + str(r.Detail, "check")
+		k := r.Kind + "\x00" + r.RunID + "\x00" + r.RequestID + "\x00" + r.Time.Format(time.RFC3339Nano) + "\x00" + partOf(r)
 		if !seen[k] {
 			seen[k] = true
 			out = append(out, r)

@@ -93,8 +93,9 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 	out := make([]rollbackGroup, 0, len(order))
 	for _, g := range order {
 		if v, ok := verdicts[g.RunID]; ok {
-			for _, c := range list(v.Detail, "checks") {
-				g.Checks = append(g.Checks, causeCheck{Name: str(c, "check"), Reason: str(c, "reason")})
+			d, _ := v.Verdict()
+			for _, c := range d.Checks {
+				g.Checks = append(g.Checks, causeCheck{Name: c.Check, Reason: c.LastReason()})
 			}
 			if g.Reason == "" {
 				g.Reason = v.Message

@@ -1,47 +1,9 @@
 package web
 
 import (
-	"fmt"
 	"strconv"
 	"strings"
 )
-
-// Reading the details of audit records, which came from JSON, for the
-// status page.
-
-// Reading record details, which came from JSON.
-
-func str(m map[string]any, k string) string {
-	if m == nil {
-		return ""
-	}
-	switch v := m[k].(type) {
-	case string:
-		return v
-	case nil:
-		return ""
-	case float64:
-		return strconv.FormatFloat(v, 'g', -1, 64)
-	case bool:
-		return strconv.FormatBool(v)
-	default:
-		return fmt.Sprint(v)
-	}
-}
-
-func list(m map[string]any, k string) []map[string]any {
-	if m == nil {
-		return nil
-	}
-	vs, _ := m[k].([]any)
-	var out []map[string]any
-	for _, v := range vs {
-		if o, ok := v.(map[string]any); ok {
-			out = append(out, o)
-		}
-	}
-	return out
-}
 
 // formatNum formats a measured value for people: up to four significant
 // digits, no exponent for everyday sizes.
