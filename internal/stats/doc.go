@@ -1,0 +1,96 @@
+// Package stats is the arithmetic behind comparison verdicts (CONTRACT 7.1):
+// is the after sample worse than the before sample by more than a practical
+// margin, are errors per request up by more than a margin, how much of the
+// error budget a look may spend, and was the baseline already moving the
+// bad way before the deploy. It is pure: given numbers, it returns numbers
+// and the reasons for them, ready for an audit record. Distributions come
+// from gonum's stat/distuv; only the rank and count arithmetic is written
+// here.
+//
+// # Samples: Shift
+//
+// The test is a Mann-Whitney rank test with the margin in the null
+// hypothesis: the after sample is shifted back by the margin before it is
+// ranked against the before sample, so a shift no larger than the margin is
+// the null and never fails, however many samples show it. Ties (metrics
+// are full of zeros) get mid-ranks and the tie-corrected variance.
+//
+// A rank test of location is blind to one shape of regression: part of the
+// after sample jumping far up while the rest ties with the before sample
+// (spinnaker #6278: canary [100 x7, 1 x3] against [1 x10] passes Kayenta,
+// because after the shift the three 1s rank below every baseline value).
+// Mood's median test on the same shifted samples sees it (seven of the ten
+// values above the pooled median, none of the baseline's). Both are run and
+// joined by Bonferroni: P = min(1, 2 min(p_mw, p_median)), a valid level
+// whatever the dependence between the two.
+//
+// Small samples (at most 50 values in all) get exact conditional
+// permutation p-values (the distribution of the tied rank sum, and the
+// hypergeometric tail); larger ones the normal approximation with
+// continuity correction.
+//
+// Metric samples are autocorrelated (rate(x[1m]) sampled every 15s shares
+// three quarters of its window with its neighbour), and a rank test that
+// assumes independent samples then fails far more often than alpha on data
+// that did not change. The lag-1 autocorrelation rho of the before sample's
+// ranks, in time order (the longer, undisturbed side; a regression that
+// starts mid-sample would inflate the after side's own estimate), corrected
+// for its small-sample bias and kept within [0, 0.95], gives the AR(1)
+// variance factor (1+rho)/(1-rho) by which both statistics' variances grow
+// (the effective sample size shrinks by the same factor). For an AR(1)
+// process that is the exact large-sample factor; for the moving sums that
+// rate() produces it overstates the variance (conservative). When the
+// factor exceeds 1 the exact permutation p-values, which assume
+// exchangeable samples, are replaced by the larger of exact and inflated
+// normal.
+//
+// The Hodges-Lehmann estimate (median of the pairwise differences) and its
+// interval (the inversion of the large-sample test, same variance factor,
+// each bound one-sided at alpha) describe the shift for the record; the
+// verdict is the p-value.
+//
+// The margin is relative: margin x |median(before)|. When that median is 0
+// (sparse metrics), margin x mean(|before|) stands for the typical size;
+// when every before value is 0 the absolute margin is 0: any rise from an
+// all-zero baseline is larger than any relative margin.
+//
+// # Counts: Rates
+//
+// Errors after and before are taken as Poisson counts over their requests
+// (exposures). Given the total number of errors, the after side's share is
+// binomial with p = R t_a / (R t_a + t_b), R the rate ratio; the null
+// R <= 1+margin is tested exactly with the binomial tail at R = 1+margin
+// (R's poisson.test with r = 1+margin), which stays exact for small counts
+// and when the before side had no errors. The interval for R is the
+// Clopper-Pearson interval of p, transformed. For error rates far from 0
+// the binomial variance of each side is below the Poisson one, so the test
+// is conservative there. increase() extrapolates to the range's edges, so
+// counts arrive as floats: they are rounded to the nearest integer (3.2
+// errors were 3 errors seen over a slightly longer span), negative or NaN
+// values count as 0, and errors above the total are capped at the total.
+//
+// # Repeated looks: LookAlpha
+//
+// A run looks every interval; the false-failure rate must hold over the
+// whole window. LookAlpha gives each planned look the increment of the
+// Lan-DeMets Pocock-type spending function alpha ln(1 + (e-1) t), t = k/K,
+// and a look fails only at its own increment. The increments sum to alpha,
+// so by the union bound the chance of any false failure over the K looks is
+// at most alpha, with no assumption on how the looks are correlated (they
+// share most of their data, which makes the bound conservative). Pocock's
+// shape spends about evenly, a little more early, so a gross regression is
+// caught in the first judged looks; O'Brien-Fleming's would spend almost
+// nothing before the window's second half. A look past the plan (a resumed
+// run catching up, or a miscount) gets 0: the budget is spent, and such a
+// look can pass but not fail. Each look index must be tested at most once.
+//
+// # Not the deploy's fault: Trend, RateTrend
+//
+// Trend compares the last eighth and the last quarter of the before sample
+// (in time order) with its first half by the same Shift test, Bonferroni
+// over the two: when the end is already worse
+// by more than the margin, an incident began before the deploy and the
+// measurement is inconclusive rather than a failure. RateTrend does the
+// same for counts, comparing the later half of the lookback with the
+// earlier.
+package stats
