@@ -67,6 +67,9 @@ type noise struct {
 	margin     float64
 	ref        float64
 	gen        func(rng *rand.Rand, n int) []float64
+	// pointMass: most values are one value (0), so the margin, estimated
+	// from the rest, is itself noisy.
+	pointMass bool
 }
 
 func gaussian(rng *rand.Rand, n int) []float64 {
@@ -131,11 +134,11 @@ func sparse(rng *rand.Rand, n int) []float64 {
 }
 
 var noises = []noise{
-	{"gaussian", "independent normal, sd 10% of the median", 0.1, 100, gaussian},
-	{"ar1-0.7", "AR(1) rho 0.7, sd 10% of the median (a latency that wanders)", 0.1, 100, ar1(0.7)},
-	{"rate1m", "rate(x[1m]) of a Poisson counter every 15s (overlapping windows), sd 10%", 0.1, 100.0 / 60, rate1m},
-	{"lognormal", "skewed latency, lognormal sigma 0.5, AR(1) 0.5 on the log scale", 0.2, 0.2, lognormal},
-	{"sparse", "80% zeros (a sparse error rate), median 0", 0.5, 0.2, sparse},
+	{"gaussian", "independent normal, sd 10% of the median", 0.1, 100, gaussian, false},
+	{"ar1-0.7", "AR(1) rho 0.7, sd 10% of the median (a latency that wanders)", 0.1, 100, ar1(0.7), false},
+	{"rate1m", "rate(x[1m]) of a Poisson counter every 15s (overlapping windows), sd 10%", 0.1, 100.0 / 60, rate1m, false},
+	{"lognormal", "skewed latency, lognormal sigma 0.5, AR(1) 0.5 on the log scale", 0.2, 0.2, lognormal, false},
+	{"sparse", "80% zeros (a sparse error rate), median 0", 0.5, 0.2, sparse, true},
 }
 
 // sampleDeploy simulates one deploy of a sample comparison against
