@@ -32,15 +32,16 @@
 // Metric samples are autocorrelated (rate(x[1m]) sampled every 15s shares
 // three quarters of its window with its neighbour), and a rank test that
 // assumes independent samples then fails far more often than alpha on data
-// that did not change. The lag-1 autocorrelation rho of the before sample's
-// ranks, in time order (the longer, undisturbed side; a regression that
-// starts mid-sample would inflate the after side's own estimate), corrected
-// for its small-sample bias and kept within [0, 0.95], gives the AR(1)
-// variance factor (1+rho)/(1-rho) by which both statistics' variances grow
-// (the effective sample size shrinks by the same factor). For an AR(1)
-// process that is the exact large-sample factor; for the moving sums that
-// rate() produces it overstates the variance (conservative). When the
-// factor exceeds 1 the exact permutation p-values, which assume
+// that did not change. Both statistics are averages of per-sample scores,
+// so their variance grows by the long-run variance factor 1 + 2 sum(rho_k)
+// of the scores' autocorrelations (the effective sample size shrinks by the
+// same factor). It is estimated from the ranks of the before sample in time
+// order (the longer side, undisturbed by the deploy: a regression that
+// starts mid-sample would inflate the after side's own estimate), summing
+// the autocorrelations by Geyer's initial positive sequence, and kept
+// within [1, 40]; both sides are taken to share it. For an AR(1) process
+// the factor is (1+rho)/(1-rho), for rate(x[1m]) at a 15s step about 4.
+// When it exceeds 1 the exact permutation p-values, which assume
 // exchangeable samples, are replaced by the larger of exact and inflated
 // normal.
 //

@@ -69,10 +69,9 @@ func midranks(xs []float64) (rank2 []int, ties float64) {
 	return rank2, ties
 }
 
-// lag1 is the lag-1 autocorrelation of the ranks of xs in time order,
-// corrected for its downward small-sample bias and kept within [0, 0.95]:
-// negative autocorrelation would shrink the variance, which is not a risk
-// worth taking, and beyond 0.95 a sample holds almost no information.
+// lag1 is the lag-1 autocorrelation of the ranks of xs in time order, 0
+// for fewer than 10 values or a constant sample. It is reported; the
+// variance factor uses every lag (varianceFactor).
 func lag1(xs []float64) float64 {
 	n := len(xs)
 	if n < 10 {
@@ -91,13 +90,7 @@ func lag1(xs []float64) float64 {
 	if den == 0 {
 		return 0
 	}
-	rho := num / den
-	if rho <= 0 {
-		return 0
-	}
-	// The lag-1 estimate's bias is about -(1+4 rho)/n (Marriott and Pope).
-	rho += (1 + 4*rho) / float64(n)
-	return min(rho, 0.95)
+	return num / den
 }
 
 // upperNormal is P(Z >= z) for a standard normal Z.
@@ -164,4 +157,48 @@ func hyperUpper(a, m, K, N int) float64 {
 		p += math.Exp(lchoose(K, x) + lchoose(N-K, m-x) - lall)
 	}
 	return min(p, 1)
+}
+
+// varianceFactor is the long-run variance factor 1 + 2 sum(rho_k) of the
+// ranks of xs in time order, summed by Geyer's initial positive sequence
+// (pairs of lags while their sum stays positive, up to a quarter of the
+// sample), within [1, 40]: below 1 would trust negative correlation to
+// shrink the variance, which is not a risk worth taking; at 40 a sample
+// holds almost no information anyway.
+func varianceFactor(xs []float64) float64 {
+	n := len(xs)
+	if n < 10 {
+		return 1
+	}
+	r2, _ := midranks(xs)
+	mean := float64(n + 1)
+	d := make([]float64, n)
+	var c0 float64
+	for i, r := range r2 {
+		d[i] = float64(r) - mean
+		c0 += d[i] * d[i]
+	}
+	if c0 == 0 {
+		return 1
+	}
+	rho := func(k int) float64 {
+		var c float64
+		for i := 0; i+k < n; i++ {
+			c += d[i] * d[i+k]
+		}
+		return c / c0
+	}
+	f := -1.0
+	for m := 0; 2*m+1 < n/4; m++ {
+		g := 1.0
+		if m > 0 {
+			g = rho(2 * m)
+		}
+		g += rho(2*m + 1)
+		if g <= 0 {
+			break
+		}
+		f += 2 * g
+	}
+	return min(max(f, 1), 40)
 }

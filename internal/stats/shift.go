@@ -83,7 +83,7 @@ func Shift(after, before []float64, dir Direction, margin, alpha float64) ShiftR
 		return res
 	}
 	res.Autocorrelation = lag1(b)
-	res.VarianceFactor = (1 + res.Autocorrelation) / (1 - res.Autocorrelation)
+	res.VarianceFactor = varianceFactor(b)
 
 	switch dir {
 	case Decrease:

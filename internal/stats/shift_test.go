@@ -263,6 +263,32 @@ func TestLag1(t *testing.T) {
 	near(t, "independent", lag1(iid), 0, 0.03)
 	near(t, "short", lag1([]float64{1, 2, 3}), 0, 0)
 	near(t, "constant", lag1(make([]float64, 50)), 0, 0)
+
+	// The rank autocorrelations of a Gaussian process are
+	// (6/pi) asin(rho_k/2): summed for AR(1) 0.8, and for a moving sum of
+	// four independent values (rate(x[1m]) every 15s: rho 3/4, 1/2, 1/4).
+	var arWant float64 = 1
+	for k := 1; k < 200; k++ {
+		arWant += 2 * 6 / math.Pi * math.Asin(math.Pow(0.8, float64(k))/2)
+	}
+	ma := make([]float64, 4000)
+	for i := range ma {
+		ma[i] = iid[i] + iid[(i+1)%4000] + iid[(i+2)%4000] + iid[(i+3)%4000]
+	}
+	maWant := 1.0
+	for _, r := range []float64{0.75, 0.5, 0.25} {
+		maWant += 2 * 6 / math.Pi * math.Asin(r/2)
+	}
+	near(t, "factor of AR(1) 0.8", varianceFactor(ar), arWant, 0.15*arWant)
+	near(t, "factor of a moving sum", varianceFactor(ma), maWant, 0.15*maWant)
+	near(t, "factor of independent values", varianceFactor(iid), 1, 0.2)
+	near(t, "factor of a short sample", varianceFactor(iid[:9]), 1, 0)
+	near(t, "factor of a constant sample", varianceFactor(make([]float64, 50)), 1, 0)
+	trend := make([]float64, 400)
+	for i := range trend {
+		trend[i] = float64(i)
+	}
+	near(t, "factor of a straight line (capped)", varianceFactor(trend), 40, 0)
 }
 
 func TestTrend(t *testing.T) {
