@@ -245,17 +245,20 @@ func hodgesLehmann(y, x []float64, alpha, factor float64) (est, low, high float6
 			d = append(d, a-b)
 		}
 	}
-	slices.Sort(d)
-	est = median(d)
+	mn := len(d)
+	est = nth(d, mn/2)
+	if mn%2 == 0 {
+		est = (est + nth(d, mn/2-1)) / 2
+	}
 	N := m + n
 	pooled := append(slices.Clone(y), x...)
 	_, ties := midranks(pooled)
-	mn := float64(m * n)
-	v := mn / 12 * (float64(N+1) - ties/float64(N*(N-1))) * factor
+	fmn := float64(mn)
+	v := fmn / 12 * (float64(N+1) - ties/float64(N*(N-1))) * factor
 	z := distuv.UnitNormal.Quantile(1 - alpha)
-	k := int(math.Floor(mn/2 - z*math.Sqrt(max(v, 0))))
+	k := int(math.Floor(fmn/2 - z*math.Sqrt(max(v, 0))))
 	k = min(max(k, 0), len(d)-1)
-	return est, d[k], d[len(d)-1-k]
+	return est, nth(d, k), nth(d, len(d)-1-k)
 }
 
 // Trend reports, as a ShiftResult, whether the before sample (in time
@@ -282,4 +285,40 @@ func Trend(before []float64, dir Direction, margin, alpha float64) ShiftResult {
 	res.Worse = res.P <= alpha
 	res.DroppedBefore = dropped
 	return res
+}
+
+// nth returns the k-th smallest value (0-based) of d, reordering d
+// (Hoare's selection: a sort of the m x n pairwise differences would cost
+// most of a look).
+func nth(d []float64, k int) float64 {
+	lo, hi := 0, len(d)-1
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		// Median of three as the pivot.
+		a, b, c := d[lo], d[mid], d[hi]
+		pivot := max(min(a, b), min(max(a, b), c))
+		i, j := lo, hi
+		for i <= j {
+			for d[i] < pivot {
+				i++
+			}
+			for d[j] > pivot {
+				j--
+			}
+			if i <= j {
+				d[i], d[j] = d[j], d[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return d[k]
+		}
+	}
+	return d[k]
 }

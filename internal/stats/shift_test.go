@@ -316,3 +316,28 @@ func TestTrend(t *testing.T) {
 		t.Errorf("15 samples: %+v", res)
 	}
 }
+
+func TestNth(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	for _, n := range []int{1, 2, 3, 10, 101, 1000} {
+		for _, levels := range []int{1, 3, 1 << 30} {
+			d := make([]float64, n)
+			for i := range d {
+				d[i] = float64(rng.IntN(levels))
+			}
+			sorted := slices.Clone(d)
+			slices.Sort(sorted)
+			for _, k := range []int{0, n / 3, n / 2, n - 1} {
+				if got := nth(slices.Clone(d), k); got != sorted[k] {
+					t.Errorf("n %d, %d levels: nth(%d) = %v, want %v", n, levels, k, got, sorted[k])
+				}
+			}
+			// Repeated selections on the same, reordered slice.
+			for k := range n {
+				if got := nth(d, k); got != sorted[k] {
+					t.Fatalf("n %d, %d levels: repeated nth(%d) = %v, want %v", n, levels, k, got, sorted[k])
+				}
+			}
+		}
+	}
+}
