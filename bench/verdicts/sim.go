@@ -186,6 +186,7 @@ type counts struct {
 var countKinds = []counts{
 	{"poisson-1%", "200 requests/min, 1% errors, steady", 50, 0.01, 0.5, 0},
 	{"poisson-0.1%", "200 requests/min, 0.1% errors (mostly zero errors)", 50, 0.001, 1, 0},
+	{"busy-1%", "2000 requests/min, 1% errors", 500, 0.01, 0.5, 0},
 }
 
 // stepCounts draws the errors and requests of n steps with the error rate

@@ -53,7 +53,9 @@
 // The margin is relative: margin x |median(before)|. When that median is 0
 // (sparse metrics), margin x mean(|before|) stands for the typical size;
 // when every before value is 0 the absolute margin is 0: any rise from an
-// all-zero baseline is larger than any relative margin.
+// all-zero baseline is larger than any relative margin. The margin is that
+// of the baseline as observed (the record shows it); for a metric that is
+// mostly zeros it rests on a few blips and varies from sample to sample.
 //
 // # Counts: Rates
 //
@@ -87,9 +89,9 @@
 //
 // # Not the deploy's fault: Trend, RateTrend
 //
-// Trend compares the last eighth and the last quarter of the before sample
+// Trend compares the last 1/32, 1/16, 1/8 and 1/4 of the before sample
 // (in time order) with its first half by the same Shift test, Bonferroni
-// over the two: when the end is already worse
+// over the four: when the end is already worse
 // by more than the margin, an incident began before the deploy and the
 // measurement is inconclusive rather than a failure. RateTrend does the
 // same for counts, comparing the later half of the lookback with the

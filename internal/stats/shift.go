@@ -262,13 +262,13 @@ func hodgesLehmann(y, x []float64, alpha, factor float64) (est, low, high float6
 }
 
 // Trend reports, as a ShiftResult, whether the before sample (in time
-// order) was already moving the bad way at its end: its last eighth and its
-// last quarter, each against its first half by the same test at alpha/2
-// (an incident a few minutes old fills the eighth; an older one or a slow
-// drift shows in the quarter), the more telling of the two reported with
-// its P doubled. Worse means an incident or drift began before the deploy,
-// which then cannot be blamed for it. Fewer than 16 values are not judged
-// (Note says so).
+// order) was already moving the bad way at its end: its last 1/32, 1/16,
+// 1/8 and 1/4 (at least 4 values each), each against its first half by the
+// same test at alpha/4 (an incident a minute old fills the shortest; an
+// older one or a slow drift shows in the longer ones), the most telling of
+// them reported with its P multiplied by 4. Worse means an incident or drift
+// began before the deploy, which then cannot be blamed for it. Fewer than
+// 16 values are not judged (Note says so).
 func Trend(before []float64, dir Direction, margin, alpha float64) ShiftResult {
 	b, dropped := clean(before)
 	if len(b) < 16 {
@@ -276,12 +276,17 @@ func Trend(before []float64, dir Direction, margin, alpha float64) ShiftResult {
 			MedianBefore: median(b), P: 1, PMannWhitney: 1, PMedian: 1, VarianceFactor: 1,
 			Note: fmt.Sprintf("%d samples before the deploy: too few to see a trend", len(b))}
 	}
+	const tails = 4
 	early := b[:len(b)/2]
-	res := Shift(b[len(b)-(len(b)+7)/8:], early, dir, margin, alpha/2)
-	if q := Shift(b[len(b)-(len(b)+3)/4:], early, dir, margin, alpha/2); q.P < res.P {
-		res = q
+	var res ShiftResult
+	for i, part := range []int{32, 16, 8, 4} {
+		n := max(4, (len(b)+part-1)/part)
+		r := Shift(b[len(b)-n:], early, dir, margin, alpha/tails)
+		if i == 0 || r.P < res.P {
+			res = r
+		}
 	}
-	res.P = min(1, 2*res.P)
+	res.P = min(1, tails*res.P)
 	res.Worse = res.P <= alpha
 	res.DroppedBefore = dropped
 	return res

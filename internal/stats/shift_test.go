@@ -306,8 +306,16 @@ func TestTrend(t *testing.T) {
 		t.Errorf("flat baseline: %+v", res)
 	}
 	res := Trend(rising, Increase, 0.1, 0.01)
-	if !res.Worse || res.NAfter != 15 || res.NBefore != 60 {
+	if !res.Worse || res.NBefore != 60 {
 		t.Errorf("rising baseline: %+v", res)
+	}
+	// An incident two minutes old at a 15s step: the last 8 samples.
+	recent := slices.Clone(flat)
+	for i := 112; i < 120; i++ {
+		recent[i] += 30
+	}
+	if res := Trend(recent, Increase, 0.1, 0.01); !res.Worse || res.NAfter > 8 {
+		t.Errorf("an incident two minutes old: %+v", res)
 	}
 	if res := Trend(rising, Decrease, 0.1, 0.01); res.Worse {
 		t.Errorf("rising baseline of a metric whose bad direction is down: %+v", res)
