@@ -31,25 +31,29 @@ func main() {
 		fmt.Printf("\n  %-10s %s\n", "", nz.what)
 	}
 	fmt.Println()
-	fmt.Println("Counts against pre_deploy (stats.Rates, min_total 200)")
+	fmt.Println("Counts against pre_deploy (stats.RatesSeries on the per-step counts, min_total 200)")
 	fmt.Printf("  %-13s %-6s %-18s %-18s %-26s %-26s %-26s\n", "kind", "margin", "no change", "ratio = 1+margin", "power 1.5x margin", "power 2x margin", "power 5x margin")
 	for i, c := range countKinds {
 		seed := uint64(200 + i)
 		fmt.Printf("  %-13s %-6.2f %-18s %-18s", c.name, c.margin,
-			falseRate(runCounts(seed, p, c, deploys, 0, 0)), falseRate(runCounts(seed+50, p, c, deploys, 1, 0)))
+			falseRate(runCounts(seed, p, c, deploys, 0, 0, false)), falseRate(runCounts(seed+50, p, c, deploys, 1, 0, false)))
 		for j, m := range []float64{1.5, 2, 5} {
-			fmt.Printf(" %-26s", power(runCounts(seed*10+uint64(j), p, c, powerDeploys, m, 0)))
+			fmt.Printf(" %-26s", power(runCounts(seed*10+uint64(j), p, c, powerDeploys, m, 0, false)))
 		}
 		fmt.Printf("\n  %-13s %s\n", "", c.what)
 	}
 	fmt.Println()
-	fmt.Println("Counts with bursty errors (per-step error rate gamma-mixed, shape 0.5: same mean, variance x(1+2 x expected errors per step))")
+	fmt.Println("Variance only: bursty errors, same mean (the per-step error rate gamma-mixed, shape 0.5: variance x(1 + 2 x errors expected per step))")
+	fmt.Printf("  %-13s %-36s %-36s\n", "kind", "burstier after only", "bursty on both sides")
 	for i, c := range countKinds {
-		fmt.Printf("  %-13s burstier after only: %s\n", c.name, falseRate(runCounts(uint64(250+i), p, c, deploys, 0, 0.5)))
 		b := c
 		b.burst = 0.5
-		fmt.Printf("  %-13s bursty on both sides: %s\n", c.name, falseRate(runCounts(uint64(260+i), p, b, deploys, 0, 0)))
+		fmt.Printf("  %-13s per-step %-27s per-step %-27s\n", c.name,
+			falseRate(runCounts(uint64(250+i), p, c, deploys, 0, 0.5, false)), falseRate(runCounts(uint64(260+i), p, b, deploys, 0, 0, false)))
+		fmt.Printf("  %-13s totals   %-27s totals   %-27s\n", "",
+			falseRate(runCounts(uint64(250+i), p, c, deploys, 0, 0.5, true)), falseRate(runCounts(uint64(260+i), p, b, deploys, 0, 0, true)))
 	}
+	fmt.Println("  (per-step: stats.RatesSeries, which estimates each side's dispersion; totals: stats.Rates, which cannot)")
 	fmt.Println()
 	fmt.Println("Not the deploy's fault: an incident (latency +50%) that began before the deploy, gaussian kind (stats.Trend on the lookback)")
 	for _, m := range []int{2, 5, 10} {

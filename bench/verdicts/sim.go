@@ -220,32 +220,39 @@ func sum(xs []float64) float64 {
 
 // countDeploy simulates one deploy of a count comparison against
 // pre_deploy; burstAfter makes the after side's errors bursty (same mean).
-func countDeploy(rng *rand.Rand, p plan, c counts, mult, burstAfter float64) int {
+// With totalsOnly the check sees the totals (stats.Rates), else the
+// per-step counts (stats.RatesSeries).
+func countDeploy(rng *rand.Rand, p plan, c counts, mult, burstAfter float64, totalsOnly bool) int {
 	eb, rb := stepCounts(rng, c, p.lookbackSteps, p.lookbackSteps, 1, c.burst)
 	burst := c.burst
 	if burstAfter > 0 {
 		burst = burstAfter
 	}
 	ea, ra := stepCounts(rng, c, p.afterSteps(), 0, mult, burst)
-	errBefore, totBefore := sum(eb), sum(rb)
 	for look := 1; look <= p.looks; look++ {
 		n := look * p.stepsPerLook
-		totAfter := sum(ra[:n])
-		if totAfter < p.minTotal {
+		if sum(ra[:n]) < p.minTotal {
 			continue
 		}
-		if stats.Rates(sum(ea[:n]), totAfter, errBefore, totBefore, c.margin, stats.LookAlpha(p.alpha(), look, p.looks)).Worse {
+		a := stats.LookAlpha(p.alpha(), look, p.looks)
+		var r stats.RateResult
+		if totalsOnly {
+			r = stats.Rates(sum(ea[:n]), sum(ra[:n]), sum(eb), sum(rb), c.margin, a)
+		} else {
+			r = stats.RatesSeries(ea[:n], ra[:n], eb, rb, c.margin, a)
+		}
+		if r.Worse {
 			return look
 		}
 	}
 	return 0
 }
 
-func runCounts(seed uint64, p plan, c counts, deploys int, shiftMult, burstAfter float64) outcome {
+func runCounts(seed uint64, p plan, c counts, deploys int, shiftMult, burstAfter float64, totalsOnly bool) outcome {
 	rng := rand.New(rand.NewPCG(seed, 2))
 	var o outcome
 	for range deploys {
-		o.add(countDeploy(rng, p, c, 1+shiftMult*c.margin, burstAfter))
+		o.add(countDeploy(rng, p, c, 1+shiftMult*c.margin, burstAfter, totalsOnly))
 	}
 	return o
 }
@@ -320,13 +327,17 @@ func canaryDeploy(rng *rand.Rand, p plan, f fleet, incident bool, bad float64) (
 				sampleLook = look
 			}
 		}
-		if countLook == 0 {
-			var be, br float64
+		if countLook == 0 && sum(cReq[:k]) >= p.minTotal {
+			// The baseline's per-step counts: the sum over its hosts, as
+			// sum(increase(...)) without the canary's series gives them.
+			be, br := make([]float64, k), make([]float64, k)
 			for h := range bErr {
-				be += sum(bErr[h][:k])
-				br += sum(bReq[h][:k])
+				for i := range k {
+					be[i] += bErr[h][i]
+					br[i] += bReq[h][i]
+				}
 			}
-			if ta := sum(cReq[:k]); ta >= p.minTotal && stats.Rates(sum(cErr[:k]), ta, be, br, countMargin, a).Worse {
+			if stats.RatesSeries(cErr[:k], cReq[:k], be, br, countMargin, a).Worse {
 				countLook = look
 			}
 		}

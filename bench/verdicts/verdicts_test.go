@@ -30,8 +30,10 @@ func TestFalseRollbacks(t *testing.T) {
 		}
 	}
 	for i, c := range countKinds {
-		check("counts "+c.name, runCounts(uint64(2000+i), p, c, deploys, 0, 0))
-		check("counts "+c.name+", ratio = 1+margin", runCounts(uint64(2100+i), p, c, deploys, 1, 0))
+		check("counts "+c.name, runCounts(uint64(2000+i), p, c, deploys, 0, 0, false))
+		check("counts "+c.name+", ratio = 1+margin", runCounts(uint64(2100+i), p, c, deploys, 1, 0, false))
+		// A variance-only change: the same error rate, burstier.
+		check("counts "+c.name+", burstier after", runCounts(uint64(2200+i), p, c, deploys, 0, 0.5, false))
 	}
 	s, c := runCanary(3000, p, canaryFleet, deploys, false, 0)
 	check("canary latency", s)
@@ -49,7 +51,7 @@ func TestDetection(t *testing.T) {
 	if o := runSamples(4000, p, noises[0], 50, 5); o.rate() < 0.9 {
 		t.Errorf("5x margin shift, gaussian: caught in %d of %d deploys", o.failed, o.deploys)
 	}
-	if o := runCounts(4001, p, countKinds[0], 50, 5, 0); o.rate() < 0.9 {
+	if o := runCounts(4001, p, countKinds[0], 50, 5, 0, false); o.rate() < 0.9 {
 		t.Errorf("5x margin error rate: caught in %d of %d deploys", o.failed, o.deploys)
 	}
 	s, c := runCanary(4002, p, canaryFleet, 50, false, 5)

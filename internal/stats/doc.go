@@ -72,6 +72,16 @@
 // errors were 3 errors seen over a slightly longer span), negative or NaN
 // values count as 0, and errors above the total are capped at the total.
 //
+// Errors often come in bursts (a retry storm, a flapping dependency), and
+// a Poisson test then fails on a variance-only change. RatesSeries takes the
+// per-step counts instead of the totals, estimates each side's dispersion
+// (the long-run variance of its per-step errors about its own rate, over
+// the Poisson variance) and divides that side's counts by it before the
+// same test: the quasi-Poisson approximation, exact again when the errors
+// are Poisson. It judges nothing until each side has MinSteps steps, since
+// a few steps cannot show burstiness. Rates, on totals alone, cannot see
+// bursts and is for callers that have nothing else.
+//
 // # Repeated looks: LookAlpha
 //
 // A run looks every interval; the false-failure rate must hold over the

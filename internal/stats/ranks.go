@@ -160,22 +160,39 @@ func hyperUpper(a, m, K, N int) float64 {
 }
 
 // varianceFactor is the long-run variance factor 1 + 2 sum(rho_k) of the
-// ranks of xs in time order, summed by Geyer's initial positive sequence
-// (pairs of lags while their sum stays positive, up to a quarter of the
-// sample), within [1, 40]: below 1 would trust negative correlation to
-// shrink the variance, which is not a risk worth taking; at 40 a sample
-// holds almost no information anyway.
+// ranks of xs in time order (longRunFactor of the ranks).
 func varianceFactor(xs []float64) float64 {
+	if len(xs) < 10 {
+		return 1
+	}
+	r2, _ := midranks(xs)
+	d := make([]float64, len(r2))
+	for i, r := range r2 {
+		d[i] = float64(r)
+	}
+	return longRunFactor(d)
+}
+
+// longRunFactor is 1 + 2 sum(rho_k) for the series d in time order, the
+// autocorrelations summed by Geyer's initial positive sequence (pairs of
+// lags while their sum stays positive, up to a quarter of the series),
+// within [1, 40]: below 1 would trust negative correlation to shrink the
+// variance, which is not a risk worth taking; at 40 a sample holds almost
+// no information anyway.
+func longRunFactor(xs []float64) float64 {
 	n := len(xs)
 	if n < 10 {
 		return 1
 	}
-	r2, _ := midranks(xs)
-	mean := float64(n + 1)
+	var mean float64
+	for _, x := range xs {
+		mean += x
+	}
+	mean /= float64(n)
 	d := make([]float64, n)
 	var c0 float64
-	for i, r := range r2 {
-		d[i] = float64(r) - mean
+	for i, x := range xs {
+		d[i] = x - mean
 		c0 += d[i] * d[i]
 	}
 	if c0 == 0 {

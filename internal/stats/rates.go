@@ -1,6 +1,7 @@
 package stats
 
 import (
+	"fmt"
 	"math"
 
 	"gonum.org/v1/gonum/stat/distuv"
@@ -23,11 +24,15 @@ type RateResult struct {
 	// when every error is on the after side); an encoder without infinities
 	// records them as null.
 	Ratio, Low, High float64
-	Level            float64 // the interval's coverage, 1 - 2 alpha
-	Margin           float64 // the null hypothesis is Ratio <= 1 + Margin
-	P                float64
-	Worse            bool   // P <= alpha: the rate grew by more than the margin
-	Note             string // why it could not be judged, if so
+	// Dispersion of each side's errors: their variance over the Poisson
+	// variance, from the per-step counts of RatesSeries (bursts, runs of
+	// errors); 1 for Rates, which sees totals only.
+	DispersionAfter, DispersionBefore float64
+	Level                             float64 // the interval's coverage, 1 - 2 alpha
+	Margin                            float64 // the null hypothesis is Ratio <= 1 + Margin
+	P                                 float64
+	Worse                             bool   // P <= alpha: the rate grew by more than the margin
+	Note                              string // why it could not be judged, if so
 }
 
 // Rates tests whether errors per request after are worse than before by
@@ -36,13 +41,74 @@ type RateResult struct {
 // increase() values (floats); see the package documentation for how they
 // are rounded.
 func Rates(errorsAfter, totalAfter, errorsBefore, totalBefore, margin, alpha float64) RateResult {
-	ea, ta := count(errorsAfter), count(totalAfter)
-	eb, tb := count(errorsBefore), count(totalBefore)
+	return rates(count(errorsAfter), count(totalAfter), count(errorsBefore), count(totalBefore), 1, 1, margin, alpha)
+}
+
+// RatesSeries is Rates for per-step counts in time order (increase() over
+// each step: a range query at step), which show how bursty the errors
+// are. Each side's dispersion (the long-run variance of its per-step
+// errors about its own rate, over the Poisson variance, at least 1) divides
+// its counts and requests: the rates stay, the evidence shrinks to what
+// that many independent errors would carry (the quasi-Poisson
+// approximation). With Poisson errors it is Rates on the sums. Steps where
+// either count is NaN or ±Inf are left out. A side with fewer than
+// MinSteps steps is not judged (P 1, Note says why): a few steps cannot
+// show how bursty errors are, and taking them as Poisson fails steady
+// services with bursty errors in the first looks. A side without errors
+// has dispersion 1.
+func RatesSeries(errorsAfter, totalAfter, errorsBefore, totalBefore []float64, margin, alpha float64) RateResult {
+	ea, ta, da, na := sumSteps(errorsAfter, totalAfter)
+	eb, tb, db, nb := sumSteps(errorsBefore, totalBefore)
+	if na < MinSteps || nb < MinSteps {
+		res := rates(ea, ta, eb, tb, 1, 1, margin, alpha)
+		res.P, res.Worse = 1, false
+		res.Note = fmt.Sprintf("%d steps after the deploy and %d before: at least %d a side are needed to judge how bursty the errors are", na, nb, MinSteps)
+		return res
+	}
+	return rates(ea, ta, eb, tb, da, db, margin, alpha)
+}
+
+// MinSteps is the fewest per-step counts a side of RatesSeries needs.
+const MinSteps = 10
+
+// sumSteps sums per-step errors and requests (each step rounded as count
+// does) and estimates the errors' dispersion from the steps used.
+func sumSteps(errs, totals []float64) (e, t int64, dispersion float64, steps int) {
+	n := min(len(errs), len(totals))
+	es, ts := make([]float64, 0, n), make([]float64, 0, n)
+	for i := range n {
+		if math.IsNaN(errs[i]) || math.IsInf(errs[i], 0) || math.IsNaN(totals[i]) || math.IsInf(totals[i], 0) {
+			continue
+		}
+		ti := count(totals[i])
+		ei := min(count(errs[i]), ti)
+		e += ei
+		t += ti
+		es, ts = append(es, float64(ei)), append(ts, float64(ti))
+	}
+	dispersion, steps = 1, len(es)
+	if steps < MinSteps || e == 0 {
+		return e, t, dispersion, steps
+	}
+	rate := float64(e) / float64(t)
+	res := make([]float64, len(es))
+	var ss float64
+	for i := range es {
+		res[i] = es[i] - rate*ts[i]
+		ss += res[i] * res[i]
+	}
+	k := float64(len(es))
+	// The Poisson variance of the total is e itself.
+	return e, t, max(1, ss*k/(k-1)*longRunFactor(res)/float64(e)), steps
+}
+
+func rates(ea, ta, eb, tb int64, da, db, margin, alpha float64) RateResult {
 	ea, eb = min(ea, ta), min(eb, tb)
 	res := RateResult{
 		Test:        RateTest,
 		ErrorsAfter: ea, TotalAfter: ta, ErrorsBefore: eb, TotalBefore: tb,
 		Ratio: 1, Low: 0, High: math.Inf(1),
+		DispersionAfter: da, DispersionBefore: db,
 		Level: 1 - 2*alpha, Margin: margin, P: 1,
 	}
 	switch {
@@ -64,24 +130,25 @@ func Rates(errorsAfter, totalAfter, errorsBefore, totalBefore, margin, alpha flo
 	case ea > 0:
 		res.Ratio = math.Inf(1)
 	}
-	x := ea + eb
-	if x == 0 {
+	if ea+eb == 0 {
 		return res
 	}
 	// Given x errors in all, the after side's share is binomial with
-	// p = R ta / (R ta + tb) for the rate ratio R.
-	fa, fb := float64(ta), float64(tb)
+	// p = R ta / (R ta + tb) for the rate ratio R; overdispersed sides
+	// count as da, db times fewer errors and requests.
+	ka, kb := float64(ea)/da, float64(eb)/db
+	fa, fb := float64(ta)/da, float64(tb)/db
 	toRatio := func(p float64) float64 {
 		if p >= 1 {
 			return math.Inf(1)
 		}
 		return p / (1 - p) * fb / fa
 	}
-	lowP, highP := clopperPearson(ea, x, alpha)
+	lowP, highP := clopperPearson(ka, kb, alpha)
 	res.Low, res.High = toRatio(lowP), toRatio(highP)
 	r0 := 1 + margin
 	p0 := r0 * fa / (r0*fa + fb)
-	res.P = binomialUpper(ea, x, p0)
+	res.P = binomialUpper(ka, kb, p0)
 	res.Worse = res.P <= alpha
 	return res
 }
@@ -105,28 +172,27 @@ func count(v float64) int64 {
 	return int64(math.Round(v))
 }
 
-// binomialUpper is P(X >= k) for X ~ Binomial(n, p), from the regularized
-// incomplete beta function: I_p(k, n-k+1) (as the Beta CDF, which keeps
-// precision in the far tail where 1 - CDF would not).
-func binomialUpper(k, n int64, p float64) float64 {
+// binomialUpper is P(X >= k) for X ~ Binomial(k + other, p), from the
+// regularized incomplete beta function: I_p(k, other+1) (as the Beta CDF,
+// which keeps precision in the far tail where 1 - CDF would not). Counts
+// scaled by a dispersion are not integers; the function is continuous in
+// them.
+func binomialUpper(k, other, p float64) float64 {
 	if k <= 0 {
 		return 1
 	}
-	if k > n {
-		return 0
-	}
-	return distuv.Beta{Alpha: float64(k), Beta: float64(n - k + 1)}.CDF(p)
+	return distuv.Beta{Alpha: k, Beta: other + 1}.CDF(p)
 }
 
 // clopperPearson is the exact interval for a binomial proportion with k
-// successes in n trials, each bound one-sided at alpha.
-func clopperPearson(k, n int64, alpha float64) (low, high float64) {
+// successes and other failures, each bound one-sided at alpha.
+func clopperPearson(k, other, alpha float64) (low, high float64) {
 	low, high = 0, 1
 	if k > 0 {
-		low = distuv.Beta{Alpha: float64(k), Beta: float64(n - k + 1)}.Quantile(alpha)
+		low = distuv.Beta{Alpha: k, Beta: other + 1}.Quantile(alpha)
 	}
-	if k < n {
-		high = distuv.Beta{Alpha: float64(k + 1), Beta: float64(n - k)}.Quantile(1 - alpha)
+	if other > 0 {
+		high = distuv.Beta{Alpha: k + 1, Beta: other}.Quantile(1 - alpha)
 	}
 	return low, high
 }

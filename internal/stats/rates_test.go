@@ -26,13 +26,13 @@ func TestRatesAgainstR(t *testing.T) {
 // R's ?binom.test example: binom.test(682, 925, p = 0.75) gives the 95%
 // interval 0.7076683 0.7654066.
 func TestClopperPearsonAgainstR(t *testing.T) {
-	low, high := clopperPearson(682, 925, 0.025)
+	low, high := clopperPearson(682, 925-682, 0.025)
 	near(t, "low", low, 0.7076683, 1e-7)
 	near(t, "high", high, 0.7654066, 1e-7)
 	low, high = clopperPearson(0, 10, 0.025)
 	near(t, "low of 0/10", low, 0, 0)
 	near(t, "high of 0/10", high, 1-math.Pow(0.025, 0.1), 1e-12)
-	low, high = clopperPearson(10, 10, 0.025)
+	low, high = clopperPearson(10, 0, 0.025)
 	near(t, "low of 10/10", low, math.Pow(0.025, 0.1), 1e-12)
 	near(t, "high of 10/10", high, 1, 0)
 }
@@ -143,3 +143,57 @@ func TestLookAlpha(t *testing.T) {
 		t.Errorf("NaN alpha: %g", a)
 	}
 }
+
+func TestRatesSeries(t *testing.T) {
+	steady := func(n int, errs, total float64) (e, tot []float64) {
+		for range n {
+			e, tot = append(e, errs), append(tot, total)
+		}
+		return e, tot
+	}
+	// No variation at all: dispersion 1, the same as Rates on the sums.
+	ea, ta := steady(20, 2, 100)
+	eb, tb := steady(60, 1, 100)
+	got := RatesSeries(ea, ta, eb, tb, 0.5, 0.01)
+	want := Rates(40, 2000, 60, 6000, 0.5, 0.01)
+	if got != want {
+		t.Errorf("steady series: %+v, want Rates on the sums %+v", got, want)
+	}
+
+	// 4% after, all of it in two bursts of 40 errors: the totals alone
+	// say the rate quadrupled; two bursts are little evidence of anything.
+	burst := make([]float64, 20)
+	for i := range burst {
+		if i%10 == 9 {
+			burst[i] = 40
+		}
+	}
+	got = RatesSeries(burst, ta, eb, tb, 0.5, 0.01)
+	if got.Worse || !(got.DispersionAfter > 30) || got.DispersionBefore != 1 || got.ErrorsAfter != 80 {
+		t.Errorf("bursty after: %+v", got)
+	}
+	if tot := Rates(80, 2000, 60, 6000, 0.5, 0.01); !tot.Worse {
+		t.Errorf("the same totals without the steps should look worse: %+v", tot)
+	}
+	near(t, "ratio kept", got.Ratio, 4, 1e-12)
+
+	// Fewer than 10 steps a side: not judged, whatever the totals say.
+	if got := RatesSeries(burst[9:18], ta[:9], zeros(60), tb, 0, 0.01); got.Worse || got.P != 1 || got.Note == "" || got.ErrorsAfter != 40 {
+		t.Errorf("9 steps after: %+v", got)
+	}
+	if got := RatesSeries(ea, ta, eb[:9], tb[:9], 0.5, 0.01); got.Worse || got.Note == "" {
+		t.Errorf("9 steps before: %+v", got)
+	}
+	// NaN steps are left out, on both series.
+	nanE := append([]float64{math.NaN()}, ea...)
+	nanT := append([]float64{100}, ta...)
+	if got := RatesSeries(nanE, nanT, eb, tb, 0.5, 0.01); got.TotalAfter != 2000 || got.ErrorsAfter != 40 {
+		t.Errorf("a NaN step: %+v", got)
+	}
+	// Zero errors before stays valid: the before side's dispersion is 1.
+	if got := RatesSeries(ea, ta, zeros(60), tb, 0.5, 0.01); !got.Worse || got.DispersionBefore != 1 {
+		t.Errorf("errors after only: %+v", got)
+	}
+}
+
+func zeros(n int) []float64 { return make([]float64, n) }
