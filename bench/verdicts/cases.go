@@ -58,7 +58,7 @@ func publishedCases() []publishedCase {
 	}
 	s6278 := cat(repeat(100, 7), repeat(1, 3))
 	return []publishedCase{
-		{"kayenta #426, sparse errors: canary [0,1,2,1,0,0] against 6 zeros, as Kayenta compared them (tolerance 0.25); no valid test can fail this at 98%: all 4 errors on the canary's side has probability 0.095 when the rates are equal x1.25", false,
+		{"kayenta #426, sparse errors: canary [0,1,2,1,0,0] against 6 zeros, as Kayenta compared them (tolerance 0.25): no permutation or conditional test can fail this at 98%; even as 4 errors against 0 on equal traffic, all 4 on the canary's side has probability 0.0625 at equal rates, 0.095 at a ratio of 1.25", false,
 			func() caseResult { return shiftCase(k426, repeat(0, 6), 0.25, 0.02) }},
 		{"kayenta #426 as the watcher compares it: pre_deploy, lookback 30m of zeros at step 15s (120 samples)", true,
 			func() caseResult { return shiftCase(k426, repeat(0, 120), 0.25, 0.02) }},
