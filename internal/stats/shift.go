@@ -30,6 +30,41 @@ func (d Direction) String() string {
 	return fmt.Sprintf("Direction(%d)", int(d))
 }
 
+func valid(d Direction) Direction {
+	if d < Increase || d > Either {
+		return Increase
+	}
+	return d
+}
+
+// ParseDirection reads a policy's direction: increase, decrease or either.
+func ParseDirection(s string) (Direction, error) {
+	for _, d := range []Direction{Increase, Decrease, Either} {
+		if s == d.String() {
+			return d, nil
+		}
+	}
+	return 0, fmt.Errorf("direction %q: want increase, decrease or either", s)
+}
+
+// MarshalText records a direction by its name.
+func (d Direction) MarshalText() ([]byte, error) {
+	if d < Increase || d > Either {
+		return nil, fmt.Errorf("no direction %d", int(d))
+	}
+	return []byte(d.String()), nil
+}
+
+// UnmarshalText reads a direction recorded by MarshalText.
+func (d *Direction) UnmarshalText(b []byte) error {
+	v, err := ParseDirection(string(b))
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
+
 // ShiftTest names the test in every ShiftResult.
 const ShiftTest = "mann-whitney+median"
 
@@ -61,7 +96,9 @@ type ShiftResult struct {
 // by more than margin x |median(before)| in the bad direction dir, at level
 // alpha. Both samples are in time order (autocorrelation is estimated from
 // the before sample's order). See the package documentation for the test.
+// A dir that is none of the three is taken as Increase, and recorded so.
 func Shift(after, before []float64, dir Direction, margin, alpha float64) ShiftResult {
+	dir = valid(dir)
 	a, da := clean(after)
 	b, db := clean(before)
 	res := ShiftResult{
@@ -270,6 +307,7 @@ func hodgesLehmann(y, x []float64, alpha, factor float64) (est, low, high float6
 // began before the deploy, which then cannot be blamed for it. Fewer than
 // 16 values are not judged (Note says so).
 func Trend(before []float64, dir Direction, margin, alpha float64) ShiftResult {
+	dir = valid(dir)
 	b, dropped := clean(before)
 	if len(b) < 16 {
 		return ShiftResult{Test: ShiftTest, Direction: dir, NBefore: len(b), DroppedBefore: dropped,

@@ -1,6 +1,7 @@
 package stats
 
 import (
+	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -347,5 +348,30 @@ func TestNth(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+func TestDirectionText(t *testing.T) {
+	for _, d := range []Direction{Increase, Decrease, Either} {
+		b, err := json.Marshal(ShiftResult{Direction: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back ShiftResult
+		if err := json.Unmarshal(b, &back); err != nil || back.Direction != d {
+			t.Errorf("%v: %s read back as %v (%v)", d, b, back.Direction, err)
+		}
+		if got, err := ParseDirection(d.String()); got != d || err != nil {
+			t.Errorf("ParseDirection(%q) = %v, %v", d, got, err)
+		}
+	}
+	if _, err := ParseDirection("up"); err == nil {
+		t.Error("ParseDirection(\"up\") accepted")
+	}
+	if _, err := json.Marshal(ShiftResult{}); err == nil {
+		t.Error("the zero Direction was recorded")
+	}
+	if res := Shift([]float64{1}, []float64{2}, 0, 0, 0.05); res.Direction != Increase {
+		t.Errorf("Shift with direction 0 recorded %v", res.Direction)
 	}
 }
