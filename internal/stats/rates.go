@@ -1,6 +1,7 @@
 package stats
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 
@@ -21,8 +22,8 @@ type RateResult struct {
 	RateAfter, RateBefore     float64 // errors per request
 	// Ratio is RateAfter / RateBefore: +Inf when only the after side had
 	// errors, 1 when neither had any. Low and High bound it (High is +Inf
-	// when every error is on the after side); an encoder without infinities
-	// records them as null.
+	// when every error is on the after side). JSON has no infinity: they
+	// are recorded as null and read back as +Inf.
 	Ratio, Low, High float64
 	// Dispersion of each side's errors: their variance over the Poisson
 	// variance, from the per-step counts of RatesSeries (bursts, runs of
@@ -151,6 +152,42 @@ func rates(ea, ta, eb, tb int64, da, db, margin, alpha float64) RateResult {
 	res.P = binomialUpper(ka, kb, p0)
 	res.Worse = res.P <= alpha
 	return res
+}
+
+// MarshalJSON records an infinite Ratio, Low or High as null.
+func (r RateResult) MarshalJSON() ([]byte, error) {
+	type plain RateResult
+	finite := func(v float64) *float64 {
+		if math.IsInf(v, 0) || math.IsNaN(v) {
+			return nil
+		}
+		return &v
+	}
+	return json.Marshal(struct {
+		plain
+		Ratio, Low, High *float64
+	}{plain(r), finite(r.Ratio), finite(r.Low), finite(r.High)})
+}
+
+// UnmarshalJSON reads a RateResult recorded by MarshalJSON: null as +Inf.
+func (r *RateResult) UnmarshalJSON(b []byte) error {
+	type plain RateResult
+	var v struct {
+		plain
+		Ratio, Low, High *float64
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	orInf := func(p *float64) float64 {
+		if p == nil {
+			return math.Inf(1)
+		}
+		return *p
+	}
+	*r = RateResult(v.plain)
+	r.Ratio, r.Low, r.High = orInf(v.Ratio), orInf(v.Low), orInf(v.High)
+	return nil
 }
 
 // RateTrend compares the later half of the lookback with the earlier

@@ -1,6 +1,7 @@
 package stats
 
 import (
+	"encoding/json"
 	"math"
 	"testing"
 )
@@ -197,3 +198,28 @@ func TestRatesSeries(t *testing.T) {
 }
 
 func zeros(n int) []float64 { return make([]float64, n) }
+
+func TestRateResultJSON(t *testing.T) {
+	for _, r := range []RateResult{
+		Rates(5, 1000, 0, 1000, 0, 0.05),   // ratio and upper bound infinite
+		Rates(11, 800, 21, 3011, 0, 0.025), // all finite
+		Rates(0, 0, 0, 0, 0, 0.05),         // not judged
+	} {
+		b, err := json.Marshal(r)
+		if err != nil {
+			t.Fatalf("%+v: %v", r, err)
+		}
+		var back RateResult
+		if err := json.Unmarshal(b, &back); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if back != r {
+			t.Errorf("%s read back as %+v, want %+v", b, back, r)
+		}
+	}
+	b, _ := json.Marshal(Rates(5, 1000, 0, 1000, 0, 0.05))
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil || m["Ratio"] != nil || m["High"] != nil || m["ErrorsAfter"] != 5.0 {
+		t.Errorf("recorded as %s", b)
+	}
+}
