@@ -150,7 +150,7 @@ func rates(ea, ta, eb, tb int64, da, db, margin, alpha float64) RateResult {
 	r0 := 1 + margin
 	p0 := r0 * fa / (r0*fa + fb)
 	res.P = binomialUpper(ka, kb, p0)
-	res.Worse = res.P <= alpha
+	res.Worse = alpha > 0 && res.P <= alpha
 	return res
 }
 

@@ -143,7 +143,9 @@ func Shift(after, before []float64, dir Direction, margin, alpha float64) ShiftR
 	if dir == Either {
 		res.Level = 1 - alpha
 	}
-	res.Worse = res.P <= alpha
+	// A level of 0 (a look past the plan) fails nothing, even where P
+	// underflows to 0.
+	res.Worse = alpha > 0 && res.P <= alpha
 	return res
 }
 
@@ -292,9 +294,12 @@ func hodgesLehmann(y, x []float64, alpha, factor float64) (est, low, high float6
 	_, ties := midranks(pooled)
 	fmn := float64(mn)
 	v := fmn / 12 * (float64(N+1) - ties/float64(N*(N-1))) * factor
-	z := distuv.UnitNormal.Quantile(1 - alpha)
-	k := int(math.Floor(fmn/2 - z*math.Sqrt(max(v, 0))))
-	k = min(max(k, 0), len(d)-1)
+	k := 0 // at level 0, every difference is in the interval
+	if alpha > 0 {
+		z := distuv.UnitNormal.Quantile(1 - min(alpha, 0.5))
+		k = int(math.Floor(fmn/2 - z*math.Sqrt(max(v, 0))))
+		k = min(max(k, 0), (len(d)-1)/2)
+	}
 	return est, nth(d, k), nth(d, len(d)-1-k)
 }
 
@@ -325,7 +330,7 @@ func Trend(before []float64, dir Direction, margin, alpha float64) ShiftResult {
 		}
 	}
 	res.P = min(1, tails*res.P)
-	res.Worse = res.P <= alpha
+	res.Worse = alpha > 0 && res.P <= alpha
 	res.DroppedBefore = dropped
 	return res
 }

@@ -375,3 +375,34 @@ func TestDirectionText(t *testing.T) {
 		t.Errorf("Shift with direction 0 recorded %v", res.Direction)
 	}
 }
+
+// A look past the plan is tested at level 0: it fails nothing, however
+// far apart the samples, although P is (for counts, underflows to) 0 there.
+func TestLevelZero(t *testing.T) {
+	before := make([]float64, 120)
+	after := make([]float64, 40)
+	for i := range before {
+		before[i] = float64(i % 7)
+	}
+	for i := range after {
+		after[i] = 1e6 + float64(i)
+	}
+	a := LookAlpha(0.02, 21, 20)
+	res := Shift(after, before, Increase, 0.1, a)
+	if res.P > 1e-12 || res.Worse || res.Low > res.High {
+		t.Errorf("level %g: %+v", a, res)
+	}
+	if res := Shift(after, before, Increase, 0.1, 0.02); !res.Worse {
+		t.Errorf("level 0.02: %+v", res)
+	}
+	if res := Trend(append(before, after...), Increase, 0.1, 0); res.Worse {
+		t.Errorf("trend at level 0: %+v", res)
+	}
+	if res := Rates(1e9, 1e10, 1e6, 1e10, 0.5, 0); res.P != 0 || res.Worse {
+		t.Errorf("rates at level 0: %+v", res)
+	}
+	// Levels of 1/2 and above still give an interval, low <= high.
+	if res := Shift(after[:5], before, Increase, 0.1, 0.9); res.Low > res.High {
+		t.Errorf("level 0.9: %+v", res)
+	}
+}
