@@ -24,10 +24,10 @@
 // joined by Bonferroni: P = min(1, 2 min(p_mw, p_median)), a valid level
 // whatever the dependence between the two.
 //
-// Small samples (at most 50 values in all) get exact conditional
-// permutation p-values (the distribution of the tied rank sum, and the
-// hypergeometric tail); larger ones the normal approximation with
-// continuity correction.
+// The rank test's p-value is exact (the permutation distribution of the
+// tied rank sum) when the samples hold at most 50 values in all, and the
+// normal approximation with continuity correction beyond; the median
+// test's hypergeometric tail is exact at any size.
 //
 // Metric samples are autocorrelated (rate(x[1m]) sampled every 15s shares
 // three quarters of its window with its neighbour), and a rank test that
@@ -47,8 +47,8 @@
 //
 // The Hodges-Lehmann estimate (median of the pairwise differences) and its
 // interval (the inversion of the large-sample test, same variance factor,
-// each bound one-sided at alpha) describe the shift for the record; the
-// verdict is the p-value.
+// each bound one-sided at alpha, at alpha/2 for Either) describe the shift
+// for the record; the verdict is the p-value.
 //
 // The margin is relative: margin x |median(before)|. When that median is 0
 // (sparse metrics), margin x mean(|before|) stands for the typical size;
@@ -77,9 +77,10 @@
 // per-step counts instead of the totals, estimates each side's dispersion
 // (the long-run variance of its per-step errors about its own rate, over
 // the Poisson variance) and divides that side's counts by it before the
-// same test: the quasi-Poisson approximation, exact again when the errors
-// are Poisson. It judges nothing until each side has MinSteps steps, since
-// a few steps cannot show burstiness. Rates, on totals alone, cannot see
+// same test: the quasi-Poisson approximation (the dispersion is estimated
+// and at least 1, so with Poisson errors it is close to Rates on the sums).
+// It judges nothing until each side has MinSteps steps, since a few steps
+// cannot show burstiness. Rates, on totals alone, cannot see
 // bursts and is for callers that have nothing else.
 //
 // # Repeated looks: LookAlpha
@@ -95,15 +96,16 @@
 // caught in the first judged looks; O'Brien-Fleming's would spend almost
 // nothing before the window's second half. A look past the plan (a resumed
 // run catching up, or a miscount) gets 0: the budget is spent, and such a
-// look can pass but not fail. Each look index must be tested at most once.
+// look can pass but not fail. Each look index must be tested at most once,
+// and K should count the looks that can be judged: a look skipped for too
+// few samples leaves its share unspent.
 //
 // # Not the deploy's fault: Trend, RateTrend
 //
 // Trend compares the last 1/32, 1/16, 1/8 and 1/4 of the before sample
 // (in time order) with its first half by the same Shift test, Bonferroni
-// over the four: when the end is already worse
-// by more than the margin, an incident began before the deploy and the
-// measurement is inconclusive rather than a failure. RateTrend does the
-// same for counts, comparing the later half of the lookback with the
-// earlier.
+// over the four: when the end is already worse by more than the margin, an
+// incident began before the deploy and the measurement is inconclusive
+// rather than a failure. RateTrend does the same for counts, comparing the
+// later half of the lookback with the earlier.
 package stats
