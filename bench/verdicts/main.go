@@ -57,7 +57,7 @@ func main() {
 	fmt.Println()
 	fmt.Println("Not the deploy's fault: an incident (latency +50%) that began before the deploy, gaussian kind (stats.Trend on the lookback)")
 	for _, m := range []int{2, 5, 10} {
-		failed, excused, _ := runIncident(uint64(400+m), p, noises[0], deploys, m)
+		failed, excused := runIncident(uint64(400+m), p, noises[0], deploys, m)
 		fmt.Printf("  began %2d minutes before: a look failed in %d of %d deploys; the trend guard made %d of those inconclusive\n", m, failed, deploys, excused)
 	}
 	fmt.Println()

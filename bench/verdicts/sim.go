@@ -380,7 +380,7 @@ func incidentDeploy(rng *rand.Rand, p plan, nz noise, minutesBefore int) (failed
 
 // runIncident counts deploys that a look failed, and among them those
 // whose failure the trend guard turns inconclusive.
-func runIncident(seed uint64, p plan, nz noise, deploys, minutesBefore int) (failed, excused, flaggedNoChange int) {
+func runIncident(seed uint64, p plan, nz noise, deploys, minutesBefore int) (failed, excused int) {
 	rng := rand.New(rand.NewPCG(seed, 4))
 	for range deploys {
 		f, fl := incidentDeploy(rng, p, nz, minutesBefore)
@@ -391,5 +391,5 @@ func runIncident(seed uint64, p plan, nz noise, deploys, minutesBefore int) (fai
 			}
 		}
 	}
-	return failed, excused, 0
+	return failed, excused
 }
