@@ -79,6 +79,7 @@ func TestLoadGood(t *testing.T) {
 			Interval:       dur(time.Minute),
 			InitialDelay:   dur(2 * time.Minute),
 			OnInconclusive: OnInconclusiveRollback,
+			OnMarginal:     OnMarginalKeep,
 			Checks: []*Check{
 				{
 					Name:                  "orders-per-minute",
@@ -89,6 +90,7 @@ func TestLoadGood(t *testing.T) {
 					InconclusiveLimit:     intp(2),
 					ConsecutiveErrorLimit: intp(4),
 					NoData:                NoDataFail,
+					Weight:                1,
 					Line:                  10,
 				},
 				{
@@ -99,6 +101,7 @@ func TestLoadGood(t *testing.T) {
 					InconclusiveLimit:     intp(0),
 					ConsecutiveErrorLimit: intp(0),
 					NoData:                NoDataInconclusive,
+					Weight:                1,
 					Line:                  18,
 				},
 				{
@@ -108,6 +111,7 @@ func TestLoadGood(t *testing.T) {
 					MinRatio: float(0.5),
 					MaxRatio: float(2),
 					NoData:   NoDataPass,
+					Weight:   1,
 					Line:     24,
 				},
 				{
@@ -116,6 +120,7 @@ func TestLoadGood(t *testing.T) {
 					Each:   true,
 					Max:    float(0.05),
 					NoData: NoDataInconclusive,
+					Weight: 1,
 					Line:   32,
 				},
 				{
@@ -125,6 +130,7 @@ func TestLoadGood(t *testing.T) {
 					Max:       float(0.5),
 					DryRun:    true,
 					NoData:    NoDataInconclusive,
+					Weight:    1,
 					Line:      36,
 				},
 			},
@@ -160,12 +166,14 @@ func TestLoadGood(t *testing.T) {
 			Interval:       DefaultInterval,
 			InitialDelay:   DefaultInitialDelay,
 			OnInconclusive: DefaultOnInconclusive,
+			OnMarginal:     DefaultOnMarginal,
 			Checks: []*Check{{
 				Name:         "up",
 				Query:        "up",
 				Min:          float(1),
 				FailureLimit: DefaultFailureLimit,
 				NoData:       DefaultNoData,
+				Weight:       1,
 				Line:         63,
 			}},
 			Rollback: Rollback{
@@ -292,14 +300,14 @@ func TestLoadBadConfigs(t *testing.T) {
 		{"invalid-limit-not-an-integer.yml", "testdata/invalid-limit-not-an-integer.yml:7: inconclusive_limit: expected an integer, got \"2.5\"\ntestdata/invalid-limit-not-an-integer.yml:8: consecutive_error_limit: expected an integer, got \"many\""},
 		{"invalid-link-missing.yml", "testdata/invalid-link-missing.yml:5: rollback.link is required unless rollback.mode is publish"},
 		{"invalid-link-relative.yml", "testdata/invalid-link-relative.yml:6: rollback.link must be an absolute, clean path, got \"svc/current\" (rendered with sample data)"},
-		{"invalid-many.yml", "testdata/invalid-many.yml:3: unknown key \"windw\"\ntestdata/invalid-many.yml:4: interval: invalid duration \"30 seconds\" (use Prometheus syntax such as 500ms, 30s, 10m, 1h)\ntestdata/invalid-many.yml:6: check \"orders\" has no threshold: set min, max, min_ratio or max_ratio\ntestdata/invalid-many.yml:7: check \"orders\": query is not valid PromQL: 1:27: parse error: unclosed left parenthesis\ntestdata/invalid-many.yml:8: duplicate check name \"orders\" (first at line 6)\ntestdata/invalid-many.yml:10: check \"orders\": min 5 is greater than max 1\ntestdata/invalid-many.yml:12: check \"orders\": no_data must be inconclusive, fail or pass, got \"maybe\"\ntestdata/invalid-many.yml:13: rollback.link is required unless rollback.mode is publish\ntestdata/invalid-many.yml:15: rollback.parallelism must be at least 1, got 0\ntestdata/invalid-many.yml:16: rollback.after[0] is empty: it is the program to run\ntestdata/invalid-many.yml:16: rollback.after[1]: template fails with sample data: rollback.after[1]:1:3: executing \"rollback.after[1]\" at <.Nope>: can't evaluate field Nope in type policy.TemplateData"},
+		{"invalid-many.yml", "testdata/invalid-many.yml:3: unknown key \"windw\"\ntestdata/invalid-many.yml:4: interval: invalid duration \"30 seconds\" (use Prometheus syntax such as 500ms, 30s, 10m, 1h)\ntestdata/invalid-many.yml:6: check \"orders\" has no threshold: set min, max, min_ratio or max_ratio, or compare\ntestdata/invalid-many.yml:7: check \"orders\": query is not valid PromQL: 1:27: parse error: unclosed left parenthesis\ntestdata/invalid-many.yml:8: duplicate check name \"orders\" (first at line 6)\ntestdata/invalid-many.yml:10: check \"orders\": min 5 is greater than max 1\ntestdata/invalid-many.yml:12: check \"orders\": no_data must be inconclusive, fail or pass, got \"maybe\"\ntestdata/invalid-many.yml:13: rollback.link is required unless rollback.mode is publish\ntestdata/invalid-many.yml:15: rollback.parallelism must be at least 1, got 0\ntestdata/invalid-many.yml:16: rollback.after[0] is empty: it is the program to run\ntestdata/invalid-many.yml:16: rollback.after[1]: template fails with sample data: rollback.after[1]:1:3: executing \"rollback.after[1]\" at <.Nope>: can't evaluate field Nope in type policy.TemplateData"},
 		{"invalid-match-glob.yml", "testdata/invalid-match-glob.yml:3: match.service: bad glob \"shop-[\": syntax error in pattern"},
 		{"invalid-min-greater-than-max.yml", "testdata/invalid-min-greater-than-max.yml:6: check \"orders\": min 100 is greater than max 50"},
 		{"invalid-mode.yml", "testdata/invalid-mode.yml:6: rollback.mode must be execute or publish, got \"dry-run\""},
 		{"invalid-negative-duration.yml", "testdata/invalid-negative-duration.yml:9: rollback.data.timeout: duration must not be negative, got -1m"},
 		{"invalid-no-checks.yml", "testdata/invalid-no-checks.yml:2: policy \"shop\" has no checks"},
 		{"invalid-no-data.yml", "testdata/invalid-no-data.yml:7: check \"orders\": no_data must be inconclusive, fail or pass, got \"ignore\""},
-		{"invalid-no-threshold.yml", "testdata/invalid-no-threshold.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio"},
+		{"invalid-no-threshold.yml", "testdata/invalid-no-threshold.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio, or compare"},
 		{"invalid-not-a-number.yml", "testdata/invalid-not-a-number.yml:6: min: expected a number, got \"lots\""},
 		{"invalid-on-inconclusive.yml", "testdata/invalid-on-inconclusive.yml:3: on_inconclusive must be keep or rollback, got \"ignore\""},
 		{"invalid-parallelism.yml", "testdata/invalid-parallelism.yml:7: rollback.parallelism must be at least 1, got -1"},
@@ -313,7 +321,7 @@ func TestLoadBadConfigs(t *testing.T) {
 		{"invalid-releases-dir.yml", "testdata/invalid-releases-dir.yml:7: rollback.releases_dir must be an absolute, clean path, got \"/srv/shop/../releases\""},
 		{"invalid-template-exec.yml", "testdata/invalid-template-exec.yml:5: check \"orders\": template fails with sample data: query:1:34: executing \"query\" at <.Servce>: can't evaluate field Servce in type policy.TemplateData"},
 		{"invalid-template-parse.yml", "testdata/invalid-template-parse.yml:5: check \"orders\": bad template: query:1: unexpected \"}\" in operand"},
-		{"invalid-unknown-key-nested.yml", "testdata/invalid-unknown-key-nested.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio\ntestdata/invalid-unknown-key-nested.yml:6: unknown key \"minimum\"\ntestdata/invalid-unknown-key-nested.yml:10: unknown key \"usr\""},
+		{"invalid-unknown-key-nested.yml", "testdata/invalid-unknown-key-nested.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio, or compare\ntestdata/invalid-unknown-key-nested.yml:6: unknown key \"minimum\"\ntestdata/invalid-unknown-key-nested.yml:10: unknown key \"usr\""},
 		{"invalid-unknown-key.yml", "testdata/invalid-unknown-key.yml:3: unknown key \"windw\""},
 		{"invalid-yaml-syntax.yml", "testdata/invalid-yaml-syntax.yml:4: invalid YAML: mapping values are not allowed in this context"},
 		{"invalid-zero-interval.yml", "testdata/invalid-zero-interval.yml:3: interval must be positive, got 0s"},
@@ -387,7 +395,7 @@ policies:
 		`pattern "` + filepath.Join(dir, "none-*.yml") + `" matches no files`,
 		`bad pattern "` + filepath.Join(dir, "[x") + `": syntax error in pattern`,
 		b + `:4: window must be positive, got 0s`,
-		b + `:5: check "c" has no threshold: set min, max, min_ratio or max_ratio`,
+		b + `:5: check "c" has no threshold: set min, max, min_ratio or max_ratio, or compare`,
 		b + `:7: duplicate policy name "shop" (first defined at ` + a + `:3)`,
 		c + `:1: invalid YAML: did not find expected node content`,
 	}, "\n")
