@@ -545,7 +545,7 @@ func (d *decoder) checkScore(p *Policy) {
 		d.errorf(l, "on_marginal: ask needs `watcher approve` (not built yet); use keep or rollback")
 	case p.OnMarginal != OnMarginalKeep && p.OnMarginal != OnMarginalRollback:
 		d.errorf(l, "on_marginal must be keep or rollback, got %q", p.OnMarginal)
-	case p.Score == nil && !d.failed[&p.Score]:
-		d.errorf(l, "on_marginal needs a score: only a scored policy's run can end marginal (set score: {pass: 80, marginal: 50}, or leave on_marginal out)")
+	case p.OnMarginal == OnMarginalRollback && p.Score == nil && !d.failed[&p.Score]:
+		d.errorf(l, "on_marginal: rollback needs a score: only a scored policy's run can end marginal (set score: {pass: 80, marginal: 50}, or leave on_marginal out)")
 	}
 }
