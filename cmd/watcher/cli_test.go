@@ -207,6 +207,67 @@ func TestCheck(t *testing.T) {
 		}
 	})
 
+	t.Run("comparisons and scores are shown as read", func(t *testing.T) {
+		rules := filepath.Join(t.TempDir(), "rules.yml")
+		writeFile(t, rules, `policies:
+  - name: plain
+    match: {service: shop}
+    checks:
+      - {name: up, query: up, min: 1}
+    rollback: {mode: publish}
+  - name: scored
+    match: {service: cart}
+    score: {pass: 80, marginal: 50}
+    checks:
+      - {name: up, query: up, min: 1}
+      - name: errors
+        critical: true
+        weight: 3
+        compare:
+          with: {offset: 1d}
+          errors: sum(increase(errors_total[{{ .Range }}]))
+          total: sum(increase(requests_total[{{ .Range }}]))
+          margin: 0.5
+    rollback: {mode: publish}
+  - name: canary
+    match: {service: cart, environment: canary}
+    checks:
+      - name: latency
+        query: sum by (version) (rate(latency_sum[1m]))
+        compare: {with: canary, direction: either, margin: 0.1}
+    rollback: {mode: publish}
+`)
+		code, out, errOut := cli(t, "check", rules)
+		if code != 0 || errOut != "" {
+			t.Fatalf("exit %d, stderr %q", code, errOut)
+		}
+		want := "3 policies in 1 files are valid: " + rules + "\n" +
+			"scored (" + rules + ":7): score: pass >= 80, marginal >= 50, on_marginal keep\n" +
+			"  up (weight 1): min 1\n" +
+			"  errors (weight 3, critical): compare error rate with offset 1d: increase > 50% at 95%; min_total 100\n" +
+			"canary (" + rules + ":21): any failed check fails the run\n" +
+			"  latency: compare canary (label version) with the others: increase or decrease > 10% at 95%; step 15s, min_samples 10\n"
+		if out != want {
+			t.Errorf("stdout:\n%s\nwant:\n%s", out, want)
+		}
+	})
+
+	t.Run("on_marginal ask is refused until approvals exist", func(t *testing.T) {
+		rules := filepath.Join(t.TempDir(), "rules.yml")
+		writeFile(t, rules, `policies:
+  - name: scored
+    score: {pass: 80, marginal: 50}
+    on_marginal: ask
+    checks:
+      - {name: up, query: up, min: 1}
+    rollback: {mode: publish}
+`)
+		code, _, errOut := cli(t, "check", rules)
+		if want := rules + ":4: on_marginal: ask needs `watcher approve` (not built yet); use keep or rollback\n"; code != 1 || errOut != want {
+			t.Errorf("exit %d, stderr %q; want 1 and %q", code, errOut, want)
+		}
+	})
+
 	t.Run("missing config file is a usage error", func(t *testing.T) {
 		missing := filepath.Join(t.TempDir(), "nope.yml")
 		code, _, errOut := cli(t, "check", "--config.file="+missing)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -106,11 +107,58 @@ func addCheck(app *kingpin.Application, cmds map[string]func(context.Context, *e
 			return &exitError{code: 1, err: err}
 		}
 		fmt.Fprintf(e.stdout, "%d policies in %d files are valid: %s\n", len(set.Policies), len(set.Files), strings.Join(set.Files, ", "))
+		printJudging(e.stdout, set)
 		timeoutWarnings(e.stderr, set, time.Duration(cfg.Prometheus.Timeout))
 		if !f.promSet {
 			return nil
 		}
 		return trial(ctx, e, cfg, set, tf)
+	}
+}
+
+// printJudging shows how the policies that compare or score judge a run,
+// as the watcher reads them (defaults filled in), since those settings
+// are easy to misread in YAML: one line per such policy, then one per
+// check that compares or weighs.
+func printJudging(w io.Writer, set *policy.Set) {
+	for _, p := range set.Policies {
+		compares := slices.ContainsFunc(p.Checks, func(c *policy.Check) bool { return c.Compare != nil })
+		if p.Score == nil && !compares {
+			continue
+		}
+		fmt.Fprintf(w, "%s (%s:%d):", p.Name, p.File, p.Line)
+		if s := p.Score; s != nil {
+			fmt.Fprintf(w, " score: pass >= %s, marginal >= %s, on_marginal %s\n", fmtNum(s.Pass), fmtNum(s.Marginal), p.OnMarginal)
+		} else {
+			fmt.Fprintln(w, " any failed check fails the run")
+		}
+		for _, c := range p.Checks {
+			var attrs []string
+			if p.Score != nil {
+				attrs = append(attrs, "weight "+fmtNum(c.Weight))
+				if c.Critical {
+					attrs = append(attrs, "critical")
+				}
+			}
+			if c.DryRun {
+				attrs = append(attrs, "dry-run")
+			}
+			line := "  " + c.Name
+			if len(attrs) > 0 {
+				line += " (" + strings.Join(attrs, ", ") + ")"
+			}
+			if th := c.Threshold(); th != "" {
+				line += ": " + th
+			}
+			if cmp := c.Compare; cmp != nil {
+				if cmp.Counts() {
+					line += fmt.Sprintf("; min_total %d", cmp.MinTotal)
+				} else {
+					line += fmt.Sprintf("; step %s, min_samples %d", cmp.Step, cmp.MinSamples)
+				}
+			}
+			fmt.Fprintln(w, line)
+		}
 	}
 }
 

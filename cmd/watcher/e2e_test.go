@@ -486,6 +486,17 @@ func TestCheckAgainstPrometheus(t *testing.T) {
       - {name: errors-each, query: 'errors_ratio', each: true, max: 0.05}
       - {name: gone, query: 'nothing_here', min: 1}
     rollback: {link: /srv/shop/current}
+  - name: shop-compare
+    match: {service: shop, environment: staging}
+    checks:
+      - {name: orders-compare, query: 'orders_per_minute{service="{{ .Service }}"}', compare: {with: pre_deploy, direction: decrease, margin: 0.2}}
+      - name: error-counts
+        compare:
+          with: pre_deploy
+          errors: 'sum(count_over_time(errors_ratio[{{ .Range }}]))'
+          total: 'sum(count_over_time(orders_per_minute[{{ .Range }}]))'
+          margin: 0.5
+    rollback: {mode: publish}
   - name: any
     match: {service: "*"}
     checks:
@@ -502,6 +513,8 @@ func TestCheckAgainstPrometheus(t *testing.T) {
 		"orders-vs-before  73     73        1      min_ratio 0.8  pass",
 		`errors-each       0.09`, `instance="b"`, `0.09 > max 0.05 (1 of 2 series failed)`,
 		"gone              -", "inconclusive", "no data",
+		"orders-compare  73", "compare with pre_deploy over 10m: decrease > 20% at 95%", "-        value now; the comparison is not previewed yet",
+		"error-counts", "compare error rate with pre_deploy over 10m: increase > 50% at 95%", "2 errors of 1 in the last 1h; the comparison is not previewed yet",
 		"its match is a glob; give --service and --environment",
 	} {
 		if !strings.Contains(out, want) {

@@ -3,10 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/prometheus/common/model"
 
 	"github.com/rollback-watcher/watcher/internal/config"
 	"github.com/rollback-watcher/watcher/internal/policy"
@@ -39,6 +43,12 @@ func trial(ctx context.Context, e *env, cfg *config.Config, set *policy.Set, tf 
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  CHECK\tVALUE\tBASELINE\tRATIO\tTHRESHOLD\tOUTCOME\tREASON")
 		for _, c := range p.Checks {
+			if c.Compare != nil && c.Compare.Counts() {
+				if !trialCounts(ctx, tw, prom, c, data, now) {
+					errors++
+				}
+				continue
+			}
 			q, err := c.RenderQuery(data)
 			if err != nil {
 				fmt.Fprintf(tw, "  %s\t-\t-\t-\t%s\terror\t%v\n", c.Name, c.Threshold(), err)
@@ -62,12 +72,20 @@ func trial(ctx context.Context, e *env, cfg *config.Config, set *policy.Set, tf 
 			if j.Outcome == policy.Error {
 				errors++
 			}
-			outcome := string(j.Outcome)
+			outcome, reason := string(j.Outcome), j.Reason
+			if c.Compare != nil {
+				// Judge weighs only the thresholds; the comparison's verdict
+				// needs both sides' samples, which the preview does not fetch.
+				reason += "; " + comparisonNotPreviewed
+				if c.Min == nil && c.Max == nil && c.MinRatio == nil && c.MaxRatio == nil && j.Outcome != policy.Error {
+					outcome, reason = "-", "value now; "+comparisonNotPreviewed
+				}
+			}
 			if c.DryRun {
 				outcome += " (dry-run)"
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, fmtNum(j.Value), fmtNum(j.Baseline), fmtNum(j.Ratio),
-				c.Threshold(), outcome, oneLine(j.Reason))
+				c.Threshold(), outcome, oneLine(reason))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -77,6 +95,39 @@ func trial(ctx context.Context, e *env, cfg *config.Config, set *policy.Set, tf 
 		return fmt.Errorf("%d check(s) could not be evaluated on %s; see the table above", errors, redactURLs(cfg.Prometheus.URL))
 	}
 	return nil
+}
+
+const comparisonNotPreviewed = "the comparison is not previewed yet"
+
+// trialCounts runs a count comparison's errors and total over the last
+// hour and prints them as the error rate, so that a query the server
+// refuses shows now. It reports whether both queries ran.
+func trialCounts(ctx context.Context, tw io.Writer, prom *promclient.Client, c *policy.Check, data policy.TemplateData, now time.Time) bool {
+	data.Range = "1h"
+	var sums [2]float64
+	for i, render := range []func(policy.TemplateData) (string, error){c.RenderErrors, c.RenderTotal} {
+		q, err := render(data)
+		var vec model.Vector
+		if err == nil {
+			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			vec, err = prom.Query(tctx, q, now)
+			cancel()
+		}
+		if err != nil {
+			fmt.Fprintf(tw, "  %s\t-\t-\t-\t%s\terror\t%s\n", c.Name, c.Threshold(), oneLine(err.Error()))
+			return false
+		}
+		for _, s := range vec {
+			sums[i] += float64(s.Value)
+		}
+	}
+	rate := math.NaN()
+	if sums[1] > 0 {
+		rate = sums[0] / sums[1]
+	}
+	fmt.Fprintf(tw, "  %s\t%s\t-\t-\t%s\t-\t%s errors of %s in the last 1h; %s\n", c.Name, fmtNum(rate), c.Threshold(),
+		fmtNum(sums[0]), fmtNum(sums[1]), comparisonNotPreviewed)
+	return true
 }
 
 // pick is the flag's value, else the match when it names one thing.

@@ -413,3 +413,51 @@ func (b *Baseline) UnmarshalYAML(n *yaml.Node) error {
 		return fmt.Errorf("%s, got %s", want, describe(n))
 	}
 }
+
+// MaxCompareWeeks is the most weeks back `with: {weeks: N}` pools: two
+// months of the same hour, beyond which the service has changed more than
+// the deploy.
+const MaxCompareWeeks = 8
+
+// UnmarshalYAML accepts `pre_deploy`, `canary`, `{offset: <duration>}` or
+// `{weeks: <1..8>}`.
+func (w *CompareWith) UnmarshalYAML(n *yaml.Node) error {
+	n = resolve(n)
+	want := fmt.Sprintf("want pre_deploy, canary, {offset: <duration>} or {weeks: <1..%d>}", MaxCompareWeeks)
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if n.Value != WithPreDeploy && n.Value != WithCanary {
+			return fmt.Errorf("%s, got %q", want, n.Value)
+		}
+		*w = CompareWith{Kind: n.Value}
+		return nil
+	case yaml.MappingNode:
+		if len(n.Content) == 0 {
+			return fmt.Errorf("%s, got an empty mapping", want)
+		}
+		if len(n.Content) > 2 {
+			k := n.Content[2]
+			return &nodeError{k.Line, fmt.Sprintf("one key only, offset or weeks, got %q as well (%s)", k.Value, want)}
+		}
+		k, v := n.Content[0], resolve(n.Content[1])
+		switch k.Value {
+		case WithOffset:
+			dur, err := model.ParseDuration(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil || dur <= 0 {
+				return &nodeError{v.Line, fmt.Sprintf("offset must be a positive duration such as 1d or 7d, got %s", describe(v))}
+			}
+			*w = CompareWith{Kind: WithOffset, Offset: dur}
+		case WithWeeks:
+			var weeks int
+			if v.Kind != yaml.ScalarNode || v.ShortTag() != "!!int" || v.Decode(&weeks) != nil || weeks < 1 || weeks > MaxCompareWeeks {
+				return &nodeError{v.Line, fmt.Sprintf("weeks must be a whole number from 1 to %d, got %s", MaxCompareWeeks, describe(v))}
+			}
+			*w = CompareWith{Kind: WithWeeks, Weeks: weeks}
+		default:
+			return &nodeError{k.Line, fmt.Sprintf("unknown key %q (%s)", k.Value, want)}
+		}
+		return nil
+	default:
+		return fmt.Errorf("%s, got %s", want, describe(n))
+	}
+}

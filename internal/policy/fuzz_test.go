@@ -119,13 +119,23 @@ func checkLoaded(t *testing.T, p *Policy) {
 	if p.OnInconclusive != OnInconclusiveKeep && p.OnInconclusive != OnInconclusiveRollback {
 		bad("on_inconclusive %q", p.OnInconclusive)
 	}
+	if p.OnMarginal != OnMarginalKeep && p.OnMarginal != OnMarginalRollback || p.OnMarginal == OnMarginalRollback && p.Score == nil {
+		bad("on_marginal %q with score %v", p.OnMarginal, p.Score)
+	}
+	if s := p.Score; s != nil && (s.Marginal < 0 || s.Pass > 100 || s.Marginal > s.Pass) {
+		bad("score %+v", *s)
+	}
 	if len(p.Checks) == 0 {
 		bad("no checks")
 	}
 	names := map[string]bool{}
 	for _, c := range p.Checks {
-		if c == nil || c.Name == "" || c.Query == "" || c.query == nil || names[c.Name] {
+		counts := c != nil && c.Compare != nil && c.Compare.Counts()
+		if c == nil || c.Name == "" || names[c.Name] || counts != (c.Query == "") || c.Query != "" && c.query == nil {
 			bad("check %+v", c)
+		}
+		if c.Compare != nil {
+			checkLoadedCompare(t, p, c)
 		}
 		names[c.Name] = true
 		checkLoadedCheck(t, c)
@@ -201,8 +211,14 @@ func checkLoadedCheck(t *testing.T, c *Check) {
 	if c.Line < 1 {
 		bad("no line")
 	}
-	if c.Min == nil && c.Max == nil && c.MinRatio == nil && c.MaxRatio == nil {
+	if c.Min == nil && c.Max == nil && c.MinRatio == nil && c.MaxRatio == nil && c.Compare == nil {
 		bad("no threshold")
+	}
+	if c.Weight <= 0 || math.IsNaN(c.Weight) || math.IsInf(c.Weight, 0) {
+		bad("weight %v", c.Weight)
+	}
+	if c.Query == "" {
+		return // a count comparison: checkLoadedCompare checks its queries
 	}
 	for _, v := range []*float64{c.Min, c.Max, c.MinRatio, c.MaxRatio} {
 		if v != nil && (math.IsNaN(*v) || math.IsInf(*v, 0)) {
@@ -257,6 +273,55 @@ func checkLoadedCheck(t *testing.T, c *Check) {
 	}
 	if typ := expr.Type(); typ != parser.ValueTypeVector && typ != parser.ValueTypeScalar {
 		bad("query %q returns a %s", q, typ)
+	}
+}
+
+func checkLoadedCompare(t *testing.T, p *Policy, c *Check) {
+	t.Helper()
+	cmp := c.Compare
+	bad := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("check %q at line %d: compare %+v: "+format, append([]any{c.Name, c.Line, *cmp}, args...)...)
+	}
+	switch w := cmp.With; {
+	case w.Kind == WithPreDeploy && w.Offset == 0 && w.Weeks == 0:
+	case w.Kind == WithCanary && w.Offset == 0 && w.Weeks == 0 && cmp.CanaryLabel != "":
+	case w.Kind == WithOffset && w.Offset >= p.Window && w.Weeks == 0:
+	case w.Kind == WithWeeks && w.Weeks >= 1 && w.Weeks <= MaxCompareWeeks && w.Offset == 0:
+	default:
+		bad("with")
+	}
+	if cmp.With.Kind != WithCanary && cmp.CanaryLabel != "" || c.Each {
+		bad("canary_label or each")
+	}
+	if cmp.Margin == nil || *cmp.Margin < 0 || cmp.Direction == DirectionDecrease && *cmp.Margin >= 1 {
+		bad("margin")
+	}
+	if !(cmp.Confidence > 0.5 && cmp.Confidence < 1) || cmp.Step <= 0 || cmp.Step > p.Interval || cmp.Lookback <= 0 {
+		bad("confidence, step or lookback")
+	}
+	if !cmp.Counts() {
+		if cmp.Direction != DirectionIncrease && cmp.Direction != DirectionDecrease && cmp.Direction != DirectionEither ||
+			cmp.MinSamples < 1 || cmp.MinTotal != 0 || int((p.Window-p.InitialDelay)/cmp.Step)+1 < cmp.MinSamples {
+			bad("sample comparison")
+		}
+		return
+	}
+	if cmp.Direction != DirectionIncrease || cmp.MinTotal < 1 || cmp.MinSamples != 0 || cmp.errors == nil || cmp.total == nil {
+		bad("count comparison")
+	}
+	for _, render := range []func(TemplateData) (string, error){c.RenderErrors, c.RenderTotal} {
+		q, err := render(sampleData(cmp.errors, ""))
+		if err != nil {
+			bad("does not render: %v", err)
+		}
+		expr, err := parser.NewParser(parser.Options{EnableExperimentalFunctions: true}).ParseExpr(q)
+		if err != nil {
+			bad("%q is not PromQL: %v", q, err)
+		}
+		if typ := expr.Type(); typ != parser.ValueTypeVector && typ != parser.ValueTypeScalar {
+			bad("%q returns a %s", q, typ)
+		}
 	}
 }
 
@@ -338,6 +403,33 @@ func policyYAML(p *Policy) map[string]any {
 		if c.Aggregate != "" {
 			cm["aggregate"] = c.Aggregate
 		}
+		if c.Query == "" {
+			delete(cm, "query")
+		}
+		cm["weight"], cm["critical"] = c.Weight, c.Critical
+		if cmp := c.Compare; cmp != nil {
+			cmpm := map[string]any{
+				"lookback": cmp.Lookback.String(), "step": cmp.Step.String(), "direction": cmp.Direction,
+				"margin": *cmp.Margin, "confidence": cmp.Confidence,
+			}
+			switch cmp.With.Kind {
+			case WithOffset:
+				cmpm["with"] = map[string]any{"offset": cmp.With.Offset.String()}
+			case WithWeeks:
+				cmpm["with"] = map[string]any{"weeks": cmp.With.Weeks}
+			default:
+				cmpm["with"] = cmp.With.Kind
+			}
+			if cmp.Counts() {
+				cmpm["errors"], cmpm["total"], cmpm["min_total"] = cmp.Errors, cmp.Total, cmp.MinTotal
+			} else {
+				cmpm["min_samples"] = cmp.MinSamples
+			}
+			if cmp.CanaryLabel != "" {
+				cmpm["canary_label"] = cmp.CanaryLabel
+			}
+			cm["compare"] = cmpm
+		}
 		if b := c.Baseline; b != nil {
 			if b.Kind == BaselineOffset {
 				cm["baseline"] = map[string]any{"offset": b.Offset.String()}
@@ -348,6 +440,10 @@ func policyYAML(p *Policy) map[string]any {
 		checks = append(checks, cm)
 	}
 	m["checks"] = checks
+	m["on_marginal"] = p.OnMarginal
+	if s := p.Score; s != nil {
+		m["score"] = map[string]any{"pass": s.Pass, "marginal": s.Marginal}
+	}
 	r := p.Rollback
 	rm := map[string]any{
 		"mode": r.Mode, "link": r.Link, "releases_dir": r.ReleasesDir, "parallelism": r.Parallelism,

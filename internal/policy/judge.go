@@ -303,7 +303,50 @@ func (c *Check) Threshold() string {
 			s = append(s, t.name+" "+formatNumber(*t.v))
 		}
 	}
+	if c.Compare != nil {
+		s = append(s, c.Compare.String())
+	}
 	return strings.Join(s, ", ")
+}
+
+// String says what the comparison compares and when it fails:
+//
+//	compare with pre_deploy over 30m: increase > 20% at 98%
+//	compare error rate with offset 1d: increase > 50% at 99%
+//	compare with 3 weeks back: increase or decrease > 10% at 95%
+//	compare canary (label version) with the others: decrease > 5% at 95%
+func (cmp *Compare) String() string {
+	var b strings.Builder
+	b.WriteString("compare ")
+	if cmp.Counts() {
+		b.WriteString("error rate ")
+	}
+	switch w := cmp.With; w.Kind {
+	case WithPreDeploy:
+		fmt.Fprintf(&b, "with pre_deploy over %s", cmp.Lookback)
+	case WithOffset:
+		fmt.Fprintf(&b, "with offset %s", w.Offset)
+	case WithWeeks:
+		if w.Weeks == 1 {
+			b.WriteString("with 1 week back")
+		} else {
+			fmt.Fprintf(&b, "with %d weeks back", w.Weeks)
+		}
+	case WithCanary:
+		fmt.Fprintf(&b, "canary (label %s) with the others", cmp.CanaryLabel)
+	default:
+		b.WriteString("with ?")
+	}
+	dir := cmp.Direction
+	if dir == DirectionEither {
+		dir = "increase or decrease"
+	}
+	margin := "?"
+	if cmp.Margin != nil {
+		margin = formatNumber(*cmp.Margin*100) + "%"
+	}
+	fmt.Fprintf(&b, ": %s > %s at %s%%", dir, margin, formatNumber(cmp.Confidence*100))
+	return b.String()
 }
 
 // State is where the check stands after the measurements t counts: failed
@@ -367,6 +410,7 @@ func (c *Check) Limits() map[string]any {
 //	orders-per-minute: query failed: ... (error 5 in a row, limit 4)
 //	errors: {instance="b"} 0.09 > max 0.05 (1 of 3 series failed) (failure 1 of limit 0)
 //	[dry-run] latency = 0.7 > max 0.5 (failure 1 of limit 0)
+//	latency-vs-before: +4% [-1%, +9%] ok (compare with pre_deploy over 30m: increase > 20% at 98%)
 func (c *Check) Describe(j Judgement, t Tally) string {
 	var b strings.Builder
 	if c.DryRun {
@@ -376,6 +420,8 @@ func (c *Check) Describe(j Judgement, t Tally) string {
 	v := formatNumber(j.Value)
 	switch {
 	case len(j.Series) > 0: // each: the reason names the series
+		b.WriteString(": " + j.Reason)
+	case c.Compare != nil && !finite(j.Value): // the reason gives both sides and the shift
 		b.WriteString(": " + j.Reason)
 	case j.Outcome == Pass && !finite(j.Value):
 		b.WriteString(": " + j.Reason + ", counted as a pass (no_data: pass)")

@@ -560,3 +560,36 @@ func FuzzJudge(f *testing.F) {
 		}
 	})
 }
+
+// TestDescribeCompare: the text of a comparing check says what it compares
+// with, over what, and when it fails, for `watcher check` and the audit.
+func TestDescribeCompare(t *testing.T) {
+	p := mustLoad(t, "testdata/good-compare.yml").Policies[0]
+	want := []string{
+		"max 2, compare with pre_deploy over 1h: increase > 20% at 98%",
+		"compare with 3 weeks back: decrease > 10% at 95%",
+		"compare error rate with offset 1d: increase > 50% at 99%",
+		"compare error rate canary (label release) with the others: increase > 0% at 95%",
+		"compare canary (label version) with the others: increase or decrease > 30% at 95%",
+	}
+	for i, c := range p.Checks {
+		if got := c.Threshold(); got != want[i] {
+			t.Errorf("%s: Threshold() = %q, want %q", c.Name, got, want[i])
+		}
+	}
+	if got := (&Compare{With: CompareWith{Kind: WithWeeks, Weeks: 1}, Direction: DirectionIncrease, Margin: float(0.25), Confidence: 0.9}).String(); got != "compare with 1 week back: increase > 25% at 90%" {
+		t.Errorf("one week: %q", got)
+	}
+
+	// A comparison's measurement has no single value: its reason carries
+	// both sides and the shift, and a pass says what it was held to.
+	c := p.Checks[1]
+	j := Judgement{Outcome: Pass, Value: nan, Baseline: nan, Ratio: nan, Threshold: c.Threshold(), Reason: "-3% [-7%, +1%] ok"}
+	if got, want := c.Describe(j, Tally{Pass: 1}), "orders-vs-weeks: -3% [-7%, +1%] ok (compare with 3 weeks back: decrease > 10% at 95%)"; got != want {
+		t.Errorf("Describe pass = %q, want %q", got, want)
+	}
+	j.Outcome, j.Reason = Fail, "-24% [-31%, -17%] < -10%"
+	if got, want := c.Describe(j, Tally{Fail: 1}), "orders-vs-weeks: -24% [-31%, -17%] < -10% (failure 1 of limit 0)"; got != want {
+		t.Errorf("Describe fail = %q, want %q", got, want)
+	}
+}

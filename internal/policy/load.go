@@ -34,6 +34,17 @@ var (
 	DefaultDataTimeout       = model.Duration(5 * time.Minute)
 	DefaultSSHConnectTimeout = model.Duration(10 * time.Second)
 	DefaultSSHCommandTimeout = model.Duration(time.Minute)
+	DefaultOnMarginal        = OnMarginalKeep
+	DefaultWeight            = 1.0
+
+	// A comparison's lookback defaults to the policy's window: as much
+	// before as the run will see after. Its step defaults to
+	// DefaultCompareStep, or the interval when that is shorter.
+	DefaultCompareStep = model.Duration(15 * time.Second)
+	DefaultConfidence  = 0.95
+	DefaultMinSamples  = 10
+	DefaultMinTotal    = 100
+	DefaultCanaryLabel = "version"
 )
 
 // Where a data step runs (DataStep.RunOn).

@@ -52,6 +52,11 @@ func stripTemplates(ps []*Policy) []*Policy {
 			}
 			cc := *c
 			cc.query = nil
+			if c.Compare != nil {
+				cmp := *c.Compare
+				cmp.errors, cmp.total = nil, nil
+				cc.Compare = &cmp
+			}
 			q.Checks = append(q.Checks, &cc)
 		}
 		q.source = ""
@@ -79,6 +84,7 @@ func TestLoadGood(t *testing.T) {
 			Interval:       dur(time.Minute),
 			InitialDelay:   dur(2 * time.Minute),
 			OnInconclusive: OnInconclusiveRollback,
+			OnMarginal:     OnMarginalKeep,
 			Checks: []*Check{
 				{
 					Name:                  "orders-per-minute",
@@ -89,6 +95,7 @@ func TestLoadGood(t *testing.T) {
 					InconclusiveLimit:     intp(2),
 					ConsecutiveErrorLimit: intp(4),
 					NoData:                NoDataFail,
+					Weight:                1,
 					Line:                  10,
 				},
 				{
@@ -99,6 +106,7 @@ func TestLoadGood(t *testing.T) {
 					InconclusiveLimit:     intp(0),
 					ConsecutiveErrorLimit: intp(0),
 					NoData:                NoDataInconclusive,
+					Weight:                1,
 					Line:                  18,
 				},
 				{
@@ -108,6 +116,7 @@ func TestLoadGood(t *testing.T) {
 					MinRatio: float(0.5),
 					MaxRatio: float(2),
 					NoData:   NoDataPass,
+					Weight:   1,
 					Line:     24,
 				},
 				{
@@ -116,6 +125,7 @@ func TestLoadGood(t *testing.T) {
 					Each:   true,
 					Max:    float(0.05),
 					NoData: NoDataInconclusive,
+					Weight: 1,
 					Line:   32,
 				},
 				{
@@ -125,6 +135,7 @@ func TestLoadGood(t *testing.T) {
 					Max:       float(0.5),
 					DryRun:    true,
 					NoData:    NoDataInconclusive,
+					Weight:    1,
 					Line:      36,
 				},
 			},
@@ -160,12 +171,14 @@ func TestLoadGood(t *testing.T) {
 			Interval:       DefaultInterval,
 			InitialDelay:   DefaultInitialDelay,
 			OnInconclusive: DefaultOnInconclusive,
+			OnMarginal:     DefaultOnMarginal,
 			Checks: []*Check{{
 				Name:         "up",
 				Query:        "up",
 				Min:          float(1),
 				FailureLimit: DefaultFailureLimit,
 				NoData:       DefaultNoData,
+				Weight:       1,
 				Line:         63,
 			}},
 			Rollback: Rollback{
@@ -266,16 +279,23 @@ policies:
 func TestLoadBadConfigs(t *testing.T) {
 	type test struct{ file, want string }
 	tests := []test{
+		{"invalid-after-empty.yml", "testdata/invalid-after-empty.yml:7: rollback.after is an empty command: give the program and its arguments, or leave after out"},
+		{"invalid-aggregate.yml", "testdata/invalid-aggregate.yml:7: check \"latency\": aggregate must be min, max, avg or sum, got \"median\""},
 		{"invalid-alerts-matcher.yml", "testdata/invalid-alerts-matcher.yml:7: alerts: matcher \"alertname=~\\\"[unclosed\\\"\": error parsing regexp: missing closing ]: `[unclosed)$`"},
 		{"invalid-alerts-no-matchers.yml", "testdata/invalid-alerts-no-matchers.yml:7: alerts: matchers is required (say which alerts may roll back, e.g. 'alertname=\"ShopErrorsHigh\"')"},
 		{"invalid-alerts-within.yml", "testdata/invalid-alerts-within.yml:8: alerts.within must be positive, got 0s"},
-		{"invalid-after-empty.yml", "testdata/invalid-after-empty.yml:7: rollback.after is an empty command: give the program and its arguments, or leave after out"},
-		{"invalid-aggregate.yml", "testdata/invalid-aggregate.yml:7: check \"latency\": aggregate must be min, max, avg or sum, got \"median\""},
 		{"invalid-baseline-offset.yml", "testdata/invalid-baseline-offset.yml:7: baseline: offset must be a positive duration such as 1d or 7d, got \"0s\""},
 		{"invalid-baseline-without-ratio.yml", "testdata/invalid-baseline-without-ratio.yml:6: check \"orders\": baseline is set but no min_ratio or max_ratio uses it"},
 		{"invalid-baseline.yml", "testdata/invalid-baseline.yml:6: baseline: want pre_deploy or {offset: <duration>}, got \"yesterday\""},
 		{"invalid-check-no-name.yml", "testdata/invalid-check-no-name.yml:4: check has no name"},
 		{"invalid-check-no-query.yml", "testdata/invalid-check-no-query.yml:4: check \"up\" has no query"},
+		{"invalid-compare-combinations.yml", "testdata/invalid-compare-combinations.yml:6: check \"each\": set each or compare, not both: each judges every series against a threshold, a comparison judges the query's series together (use canary to compare one version's series with the others)\ntestdata/invalid-compare-combinations.yml:10: check \"label-not-canary\": compare.canary_label is only for with: canary\ntestdata/invalid-compare-combinations.yml:13: check \"bad-label\": compare.canary_label must be a label name such as version, got \"app.version\""},
+		{"invalid-compare-counts.yml", "testdata/invalid-compare-counts.yml:7: check \"half\": compare.errors needs compare.total: the requests the errors are counted among\ntestdata/invalid-compare-counts.yml:10: check \"with-query\": a count comparison takes no query (it compares compare.errors among compare.total): remove query, and put any threshold on it in a check of its own\ntestdata/invalid-compare-counts.yml:17: check \"with-query\": compare.direction of a count comparison is always increase (a higher error rate); leave it out\ntestdata/invalid-compare-counts.yml:18: check \"with-query\": compare.min_samples is for sample comparisons; a count comparison waits for min_total requests\ntestdata/invalid-compare-counts.yml:19: check \"thresholds\": min, max, min_ratio and max_ratio need a query, which a count comparison does not take: put them in a check of their own\ntestdata/invalid-compare-counts.yml:26: check \"thresholds\": compare.min_total must be at least 1, got 0\ntestdata/invalid-compare-counts.yml:29: check \"samples\": compare.min_total is for count comparisons (errors and total); a sample comparison waits for min_samples"},
+		{"invalid-compare-never-judged.yml", "testdata/invalid-compare-never-judged.yml:9: check \"after\": compare.min_samples 20 is never reached: the window 10m after initial_delay 8m holds at most 9 samples at step 15s\ntestdata/invalid-compare-never-judged.yml:12: check \"before\": compare.min_samples 6 is never reached before the deploy: lookback 1m holds 5 samples at step 15s\ntestdata/invalid-compare-never-judged.yml:15: check \"offset\": compare.with goes back 5m, less than the window 10m: the before side would include time after the deploy"},
+		{"invalid-compare-range.yml", "testdata/invalid-compare-range.yml:5: check \"range-in-query\": a query cannot use .Range: it is filled only in compare.errors and compare.total, the span they count\ntestdata/invalid-compare-range.yml:10: check \"range-outside-brackets\": bad template: compare.errors:1:40: {{.Range}}: {{ .Range }} goes only where a duration goes, as all of it: in the [...] of a range selector or subquery, such as rate(x[{{ .Range }}])\ntestdata/invalid-compare-range.yml:11: check \"range-outside-brackets\": bad template: compare.total:1:40: 5m])): follows {{ .Range }} in the same duration: {{ .Range }} must be all of it, such as [{{ .Range }}]\ntestdata/invalid-compare-range.yml:16: check \"range-with-more\": bad template: compare.errors:1:41: {{.Range}}: {{ .Range }} goes only where a duration goes, as all of it: in the [...] of a range selector or subquery, such as rate(x[{{ .Range }}])\ntestdata/invalid-compare-range.yml:17: check \"range-with-more\": bad template: compare.total:1:31: {{.Range | printf \"%s\"}}: prints outside a string literal: in a query, what a template prints must be inside \"...\" or '...', such as team=\"{{ .Labels.team }}\", where it is escaped; elsewhere a deploy's value could rewrite the query"},
+		{"invalid-compare-ranges.yml", "testdata/invalid-compare-ranges.yml:9: check \"latency\": compare.direction must be increase, decrease or either, got \"sideways\"\ntestdata/invalid-compare-ranges.yml:10: check \"latency\": compare.margin must not be negative, got -0.1\ntestdata/invalid-compare-ranges.yml:11: check \"latency\": compare.confidence must be above 0.5 and below 1, such as 0.95 or 0.99, got 1\ntestdata/invalid-compare-ranges.yml:12: check \"latency\": compare.step 1m is longer than the interval 30s: a look could find no new sample\ntestdata/invalid-compare-ranges.yml:13: check \"latency\": compare.lookback must be positive, got 0s\ntestdata/invalid-compare-ranges.yml:14: check \"latency\": compare.min_samples must be at least 1, got 0\ntestdata/invalid-compare-ranges.yml:17: check \"drop\": compare.margin 1 can never be exceeded by a decrease (a value cannot fall by 100% or more): use a margin below 1\ntestdata/invalid-compare-ranges.yml:17: check \"drop\": compare.confidence must be above 0.5 and below 1, such as 0.95 or 0.99, got 0.5\ntestdata/invalid-compare-ranges.yml:17: check \"drop\": compare.step must be positive, got 0s"},
+		{"invalid-compare-required.yml", "testdata/invalid-compare-required.yml:6: check \"latency\": compare.with is required: pre_deploy, canary, {offset: 7d} or {weeks: 3}\ntestdata/invalid-compare-required.yml:6: check \"latency\": compare.direction is required for a sample comparison: the bad direction, increase, decrease or either\ntestdata/invalid-compare-required.yml:6: check \"latency\": compare.margin is required: the smallest shift that counts, relative to the before side, such as 0.2 for 20% (0: any significant shift counts)\ntestdata/invalid-compare-required.yml:8: check \"no-query\" has no query: a sample comparison compares the query's values (or give compare.errors and compare.total to compare counts)"},
+		{"invalid-compare-with.yml", "testdata/invalid-compare-with.yml:6: compare.with: want pre_deploy, canary, {offset: <duration>} or {weeks: <1..8>}, got \"yesterday\"\ntestdata/invalid-compare-with.yml:9: compare.with: weeks must be a whole number from 1 to 8, got \"12\"\ntestdata/invalid-compare-with.yml:12: compare.with: offset must be a positive duration such as 1d or 7d, got \"0s\"\ntestdata/invalid-compare-with.yml:15: compare.with: one key only, offset or weeks, got \"weeks\" as well (want pre_deploy, canary, {offset: <duration>} or {weeks: <1..8>})"},
 		{"invalid-consecutive-error-limit.yml", "testdata/invalid-consecutive-error-limit.yml:7: check \"orders\": consecutive_error_limit must not be negative, got -2"},
 		{"invalid-data-command-empty.yml", "testdata/invalid-data-command-empty.yml:7: rollback.data.command is empty: give the program and its arguments"},
 		{"invalid-data-order.yml", "testdata/invalid-data-order.yml:9: rollback.data.order must be before_code or after_code, got \"during_code\""},
@@ -292,16 +312,17 @@ func TestLoadBadConfigs(t *testing.T) {
 		{"invalid-limit-not-an-integer.yml", "testdata/invalid-limit-not-an-integer.yml:7: inconclusive_limit: expected an integer, got \"2.5\"\ntestdata/invalid-limit-not-an-integer.yml:8: consecutive_error_limit: expected an integer, got \"many\""},
 		{"invalid-link-missing.yml", "testdata/invalid-link-missing.yml:5: rollback.link is required unless rollback.mode is publish"},
 		{"invalid-link-relative.yml", "testdata/invalid-link-relative.yml:6: rollback.link must be an absolute, clean path, got \"svc/current\" (rendered with sample data)"},
-		{"invalid-many.yml", "testdata/invalid-many.yml:3: unknown key \"windw\"\ntestdata/invalid-many.yml:4: interval: invalid duration \"30 seconds\" (use Prometheus syntax such as 500ms, 30s, 10m, 1h)\ntestdata/invalid-many.yml:6: check \"orders\" has no threshold: set min, max, min_ratio or max_ratio\ntestdata/invalid-many.yml:7: check \"orders\": query is not valid PromQL: 1:27: parse error: unclosed left parenthesis\ntestdata/invalid-many.yml:8: duplicate check name \"orders\" (first at line 6)\ntestdata/invalid-many.yml:10: check \"orders\": min 5 is greater than max 1\ntestdata/invalid-many.yml:12: check \"orders\": no_data must be inconclusive, fail or pass, got \"maybe\"\ntestdata/invalid-many.yml:13: rollback.link is required unless rollback.mode is publish\ntestdata/invalid-many.yml:15: rollback.parallelism must be at least 1, got 0\ntestdata/invalid-many.yml:16: rollback.after[0] is empty: it is the program to run\ntestdata/invalid-many.yml:16: rollback.after[1]: template fails with sample data: rollback.after[1]:1:3: executing \"rollback.after[1]\" at <.Nope>: can't evaluate field Nope in type policy.TemplateData"},
+		{"invalid-many.yml", "testdata/invalid-many.yml:3: unknown key \"windw\"\ntestdata/invalid-many.yml:4: interval: invalid duration \"30 seconds\" (use Prometheus syntax such as 500ms, 30s, 10m, 1h)\ntestdata/invalid-many.yml:6: check \"orders\" has no threshold: set min, max, min_ratio or max_ratio, or compare\ntestdata/invalid-many.yml:7: check \"orders\": query is not valid PromQL: 1:27: parse error: unclosed left parenthesis\ntestdata/invalid-many.yml:8: duplicate check name \"orders\" (first at line 6)\ntestdata/invalid-many.yml:10: check \"orders\": min 5 is greater than max 1\ntestdata/invalid-many.yml:12: check \"orders\": no_data must be inconclusive, fail or pass, got \"maybe\"\ntestdata/invalid-many.yml:13: rollback.link is required unless rollback.mode is publish\ntestdata/invalid-many.yml:15: rollback.parallelism must be at least 1, got 0\ntestdata/invalid-many.yml:16: rollback.after[0] is empty: it is the program to run\ntestdata/invalid-many.yml:16: rollback.after[1]: template fails with sample data: rollback.after[1]:1:3: executing \"rollback.after[1]\" at <.Nope>: can't evaluate field Nope in type policy.TemplateData"},
 		{"invalid-match-glob.yml", "testdata/invalid-match-glob.yml:3: match.service: bad glob \"shop-[\": syntax error in pattern"},
 		{"invalid-min-greater-than-max.yml", "testdata/invalid-min-greater-than-max.yml:6: check \"orders\": min 100 is greater than max 50"},
 		{"invalid-mode.yml", "testdata/invalid-mode.yml:6: rollback.mode must be execute or publish, got \"dry-run\""},
 		{"invalid-negative-duration.yml", "testdata/invalid-negative-duration.yml:9: rollback.data.timeout: duration must not be negative, got -1m"},
 		{"invalid-no-checks.yml", "testdata/invalid-no-checks.yml:2: policy \"shop\" has no checks"},
 		{"invalid-no-data.yml", "testdata/invalid-no-data.yml:7: check \"orders\": no_data must be inconclusive, fail or pass, got \"ignore\""},
-		{"invalid-no-threshold.yml", "testdata/invalid-no-threshold.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio"},
+		{"invalid-no-threshold.yml", "testdata/invalid-no-threshold.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio, or compare"},
 		{"invalid-not-a-number.yml", "testdata/invalid-not-a-number.yml:6: min: expected a number, got \"lots\""},
 		{"invalid-on-inconclusive.yml", "testdata/invalid-on-inconclusive.yml:3: on_inconclusive must be keep or rollback, got \"ignore\""},
+		{"invalid-on-marginal.yml", "testdata/invalid-on-marginal.yml:4: on_marginal: ask needs `watcher approve` (not built yet); use keep or rollback\ntestdata/invalid-on-marginal.yml:10: on_marginal must be keep or rollback, got \"rolback\""},
 		{"invalid-parallelism.yml", "testdata/invalid-parallelism.yml:7: rollback.parallelism must be at least 1, got -1"},
 		{"invalid-policy-no-name.yml", "testdata/invalid-policy-no-name.yml:2: policy has no name"},
 		{"invalid-promql.yml", "testdata/invalid-promql.yml:5: check \"orders\": query is not valid PromQL: 1:42: parse error: unclosed left parenthesis (in the query rendered with sample data: sum(rate(orders_total{service=\"svc\"}[5m]))"},
@@ -311,9 +332,10 @@ func TestLoadBadConfigs(t *testing.T) {
 		{"invalid-ratio-not-positive.yml", "testdata/invalid-ratio-not-positive.yml:7: check \"orders\": max_ratio must be positive, got 0"},
 		{"invalid-ratio-without-baseline.yml", "testdata/invalid-ratio-without-baseline.yml:6: check \"orders\": min_ratio needs a baseline: set baseline to pre_deploy or {offset: <duration>}"},
 		{"invalid-releases-dir.yml", "testdata/invalid-releases-dir.yml:7: rollback.releases_dir must be an absolute, clean path, got \"/srv/shop/../releases\""},
+		{"invalid-score.yml", "testdata/invalid-score.yml:3: score.marginal 80 is greater than score.pass 50\ntestdata/invalid-score.yml:5: check \"up\": weight must be positive, got 0\ntestdata/invalid-score.yml:8: score.marginal is required: the score (0 to 100, at most pass) below which the run fails at once; at or above it but below pass the run is marginal\ntestdata/invalid-score.yml:9: score.pass must be from 0 to 100, got 120\ntestdata/invalid-score.yml:11: check \"up\": weight must be positive, got -2\ntestdata/invalid-score.yml:14: on_marginal: rollback needs a score: only a scored policy's run can end marginal (set score: {pass: 80, marginal: 50}, or leave on_marginal out)"},
 		{"invalid-template-exec.yml", "testdata/invalid-template-exec.yml:5: check \"orders\": template fails with sample data: query:1:34: executing \"query\" at <.Servce>: can't evaluate field Servce in type policy.TemplateData"},
 		{"invalid-template-parse.yml", "testdata/invalid-template-parse.yml:5: check \"orders\": bad template: query:1: unexpected \"}\" in operand"},
-		{"invalid-unknown-key-nested.yml", "testdata/invalid-unknown-key-nested.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio\ntestdata/invalid-unknown-key-nested.yml:6: unknown key \"minimum\"\ntestdata/invalid-unknown-key-nested.yml:10: unknown key \"usr\""},
+		{"invalid-unknown-key-nested.yml", "testdata/invalid-unknown-key-nested.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio, or compare\ntestdata/invalid-unknown-key-nested.yml:6: unknown key \"minimum\"\ntestdata/invalid-unknown-key-nested.yml:10: unknown key \"usr\""},
 		{"invalid-unknown-key.yml", "testdata/invalid-unknown-key.yml:3: unknown key \"windw\""},
 		{"invalid-yaml-syntax.yml", "testdata/invalid-yaml-syntax.yml:4: invalid YAML: mapping values are not allowed in this context"},
 		{"invalid-zero-interval.yml", "testdata/invalid-zero-interval.yml:3: interval must be positive, got 0s"},
@@ -387,7 +409,7 @@ policies:
 		`pattern "` + filepath.Join(dir, "none-*.yml") + `" matches no files`,
 		`bad pattern "` + filepath.Join(dir, "[x") + `": syntax error in pattern`,
 		b + `:4: window must be positive, got 0s`,
-		b + `:5: check "c" has no threshold: set min, max, min_ratio or max_ratio`,
+		b + `:5: check "c" has no threshold: set min, max, min_ratio or max_ratio, or compare`,
 		b + `:7: duplicate policy name "shop" (first defined at ` + a + `:3)`,
 		c + `:1: invalid YAML: did not find expected node content`,
 	}, "\n")
@@ -548,5 +570,67 @@ policies: []
 	_, problems := decodeFile("laughs.yml", []byte(laughs.String()))
 	if !slices.ContainsFunc(problems, func(p Problem) bool { return strings.HasPrefix(p.Message, "document too large") }) {
 		t.Errorf("problems with a billion laughs: %v", problems)
+	}
+}
+
+// TestLoadCompare: every form of comparison and a score, with what each
+// leaves out filled in from the defaults.
+func TestLoadCompare(t *testing.T) {
+	p := mustLoad(t, "testdata/good-compare.yml").Policies[0]
+	if p.Score == nil || *p.Score != (Score{Pass: 80, Marginal: 50}) || p.OnMarginal != OnMarginalRollback {
+		t.Errorf("score %v, on_marginal %q", p.Score, p.OnMarginal)
+	}
+	want := []struct {
+		weight   float64
+		critical bool
+		compare  Compare
+	}{
+		{2, false, Compare{With: CompareWith{Kind: WithPreDeploy}, Lookback: dur(time.Hour), Step: dur(30 * time.Second),
+			Direction: DirectionIncrease, Margin: float(0.2), Confidence: 0.98, MinSamples: 20}},
+		// lookback: the window; step: 15s; confidence 0.95; min_samples 10.
+		{1, false, Compare{With: CompareWith{Kind: WithWeeks, Weeks: 3}, Lookback: dur(30 * time.Minute), Step: dur(15 * time.Second),
+			Direction: DirectionDecrease, Margin: float(0.1), Confidence: 0.95, MinSamples: 10}},
+		// counts: direction increase; min_total given, no min_samples.
+		{3, true, Compare{With: CompareWith{Kind: WithOffset, Offset: dur(24 * time.Hour)}, Lookback: dur(30 * time.Minute), Step: dur(15 * time.Second),
+			Direction: DirectionIncrease, Margin: float(0.5), Confidence: 0.99, MinTotal: 200,
+			Errors: `sum(increase(checkout_errors_total{service="{{ .Service }}"}[{{ .Range }}]))`,
+			Total:  `sum(increase(checkout_requests_total{service="{{ .Service }}"}[{{ .Range }}]))`}},
+		{1, false, Compare{With: CompareWith{Kind: WithCanary}, CanaryLabel: "release", Lookback: dur(30 * time.Minute), Step: dur(15 * time.Second),
+			Direction: DirectionIncrease, Margin: float(0), Confidence: 0.95, MinTotal: 100,
+			Errors: `sum by (release) (increase(checkout_errors_total[{{ .Range }}]))`,
+			Total:  `sum by (release) (increase(checkout_requests_total[{{ .Range }}]))`}},
+		// canary_label: version; lookback is accepted and not used.
+		{1, false, Compare{With: CompareWith{Kind: WithCanary}, CanaryLabel: "version", Lookback: dur(5 * time.Minute), Step: dur(15 * time.Second),
+			Direction: DirectionEither, Margin: float(0.3), Confidence: 0.95, MinSamples: 10}},
+	}
+	got := stripTemplates([]*Policy{p})[0].Checks
+	if len(got) != len(want) {
+		t.Fatalf("%d checks, want %d", len(got), len(want))
+	}
+	for i, w := range want {
+		c := got[i]
+		if c.Weight != w.weight || c.Critical != w.critical || c.Compare == nil || !reflect.DeepEqual(*c.Compare, w.compare) {
+			t.Errorf("check %s: weight %v, critical %v, compare\n%+v\nwant\n%+v", c.Name, c.Weight, c.Critical, c.Compare, w.compare)
+		}
+	}
+	if p.Checks[0].Max == nil || *p.Checks[0].Max != 2 {
+		t.Errorf("the threshold besides the comparison: max %v", p.Checks[0].Max)
+	}
+
+	// A step longer than 15s would leave a look without a new sample; an
+	// unset step takes the interval when that is shorter.
+	q := loadOne(t, `
+policies:
+  - name: fast
+    window: 1m
+    interval: 5s
+    checks: [{name: c, query: up, compare: {with: pre_deploy, direction: decrease, margin: 0.1}}]
+    rollback: {mode: publish}
+`)
+	if cmp := q.Checks[0].Compare; cmp.Step != dur(5*time.Second) || cmp.Lookback != dur(time.Minute) {
+		t.Errorf("step %v, lookback %v; want 5s (the interval) and 1m (the window)", cmp.Step, cmp.Lookback)
+	}
+	if q.Score != nil || q.OnMarginal != OnMarginalKeep || q.Checks[0].Weight != 1 || q.Checks[0].Critical {
+		t.Errorf("score defaults: %v %q weight %v critical %v", q.Score, q.OnMarginal, q.Checks[0].Weight, q.Checks[0].Critical)
 	}
 }

@@ -33,13 +33,13 @@ func policyJSON(t *testing.T, p *Policy) string {
 // its templates the same way.
 func TestSnapshotRoundTrip(t *testing.T) {
 	var all []*Policy
-	for _, pattern := range []string{"../../rules/*.yml", "testdata/good.yml"} {
+	for _, pattern := range []string{"../../rules/*.yml", "testdata/good.yml", "testdata/good-compare.yml"} {
 		all = append(all, mustLoad(t, pattern).Policies...)
 	}
 	if len(all) < 3 {
 		t.Fatalf("only %d policies", len(all))
 	}
-	data := TemplateData{Service: "shop", Environment: "production", Version: "v2", PreviousVersion: "v1", Host: "web1"}
+	data := TemplateData{Service: "shop", Environment: "production", Version: "v2", PreviousVersion: "v1", Host: "web1", Range: "30m"}
 	for _, p := range all {
 		t.Run(p.Name, func(t *testing.T) {
 			s := p.Snapshot()
@@ -64,6 +64,22 @@ func TestSnapshotRoundTrip(t *testing.T) {
 				if got != want {
 					t.Errorf("check %s renders %q, want %q", c.Name, got, want)
 				}
+				if c.Compare == nil || !c.Compare.Counts() {
+					continue
+				}
+				for _, r := range []struct {
+					name      string
+					want, got func(TemplateData) (string, error)
+				}{{"errors", c.RenderErrors, q.Checks[i].RenderErrors}, {"total", c.RenderTotal, q.Checks[i].RenderTotal}} {
+					want, werr := r.want(data)
+					got, gerr := r.got(data)
+					if werr != nil || gerr != nil || got != want {
+						t.Errorf("check %s: %s renders %q, %v; want %q, %v", c.Name, r.name, got, gerr, want, werr)
+					}
+				}
+			}
+			if p.Score != nil && (q.Score == nil || *q.Score != *p.Score || q.OnMarginal != p.OnMarginal) {
+				t.Errorf("score %v, on_marginal %q; want %v, %q", q.Score, q.OnMarginal, *p.Score, p.OnMarginal)
 			}
 			wantLink, _ := p.Rollback.RenderLink(data)
 			gotLink, _ := q.Rollback.RenderLink(data)

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"path"
@@ -11,6 +12,8 @@ import (
 	"text/template/parse"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/prometheus/common/model"
 )
 
 // newTemplate parses a policy template. missingkey=error makes a deploy
@@ -64,6 +67,7 @@ const (
 	escSingle      = "_watcher_promql_single_quoted"
 	escDoubleRegex = "_watcher_promql_double_quoted_regex"
 	escSingleRegex = "_watcher_promql_single_quoted_regex"
+	escDuration    = "_watcher_promql_duration"
 )
 
 var queryFuncs = template.FuncMap{
@@ -73,6 +77,21 @@ var queryFuncs = template.FuncMap{
 	// compiles what it reads as a regex, which QuoteMeta made match itself.
 	escDoubleRegex: func(v any) string { return promqlEscape(regexp.QuoteMeta(fmt.Sprint(v)), '"') },
 	escSingleRegex: func(v any) string { return promqlEscape(regexp.QuoteMeta(fmt.Sprint(v)), '\'') },
+	escDuration:    promqlDuration,
+}
+
+// promqlDuration lets v through only if it is a positive Prometheus
+// duration ("30m", "1h5m30s"): nothing else can stand where a duration
+// goes without changing the query.
+func promqlDuration(v any) (string, error) {
+	s, ok := v.(string)
+	if !ok {
+		return "", fmt.Errorf(".Range must be a duration string, got a %T", v)
+	}
+	if d, err := model.ParseDuration(s); err != nil || d <= 0 {
+		return "", fmt.Errorf(".Range %q is not a positive Prometheus duration such as 30m or 1h5m30s", s)
+	}
+	return s, nil
 }
 
 // promqlEscape escapes s for the inside of a PromQL string literal opened
@@ -128,23 +147,32 @@ const (
 type matchOp int
 
 const (
-	opNone  matchOp = iota
-	opEq            // "=" or "!": "~" would make a regex matcher
-	opRegex         // "=~" or "!~", maybe followed by blanks: a literal now is a regex
+	opNone   matchOp = iota
+	opEq             // "=" or "!": "~" would make a regex matcher
+	opRegex          // "=~" or "!~", maybe followed by blanks: a literal now is a regex
+	opDur            // "[", or ":" inside one, maybe followed by blanks: a duration may start here
+	opDurEnd         // a {{ .Range }} just printed: only blanks, "]" or ":" may follow
 )
 
 // lexState is where PromQL's lexer is at a point of a query's text, and
 // whether a literal there is a regex matcher's.
 type lexState struct {
-	q     quoting
-	op    matchOp // in code
-	regex bool    // in a literal: it follows =~ or !~
+	q       quoting
+	op      matchOp // in code
+	regex   bool    // in a literal: it follows =~ or !~
+	bracket bool    // in code: inside the [...] of a range selector or subquery
 }
 
 // same reports whether what an action prints at a and at b is escaped the
 // same way, and stays so whatever text follows.
 func (a lexState) same(b lexState) bool {
-	return a.q == b.q && a.regex == b.regex && (a.op == opRegex) == (b.op == opRegex)
+	kept := func(op matchOp) matchOp {
+		if op == opRegex || op == opDur || op == opDurEnd {
+			return op
+		}
+		return opNone
+	}
+	return a.q == b.q && a.regex == b.regex && a.bracket == b.bracket && kept(a.op) == kept(b.op)
 }
 
 // after is where the lexer is after text, starting at st.
@@ -166,6 +194,15 @@ func (st lexState) after(text []byte) lexState {
 			case '#':
 				q = inComment // the lexer skips it: st.op stays
 			case ' ', '\t', '\n', '\r':
+			case '[':
+				st.op, st.bracket = opDur, true
+			case ']':
+				st.op, st.bracket = opNone, false
+			case ':':
+				st.op = opNone
+				if st.bracket {
+					st.op = opDur
+				}
 			case '=', '!':
 				st.op = opEq
 			case '~':
@@ -237,9 +274,11 @@ func escapeQuery(t *template.Template) error {
 		case q1.q != q2.q:
 			return q, fmt.Errorf("template: %s: %s", at, "the branches of {{"+what+"}} end in different places of the query (one inside a string literal, one outside): "+
 				"open and close each literal in the same branch")
-		case !q1.same(q2):
+		case q1.regex != q2.regex || (q1.op == opRegex) != (q2.op == opRegex):
 			return q, fmt.Errorf("template: %s: %s", at, "the branches of {{"+what+"}} end in different places of the query (one in or before a regex matcher's literal, =~ or !~, one not), "+
 				"so whether a value is quoted for a regex would depend on the data: write the whole matcher in each branch")
+		case !q1.same(q2):
+			return q, fmt.Errorf("template: %s: %s", at, "the branches of {{"+what+"}} end in different places of a range selector's [...]: write the whole [...] in each branch")
 		}
 		return q1, nil
 	}
@@ -256,10 +295,25 @@ func escapeQuery(t *template.Template) error {
 				}
 			}
 		case *parse.TextNode:
+			if q.q == inCode && q.op == opDurEnd {
+				if rest := bytes.TrimLeft(n.Text, " \t\r\n"); len(rest) > 0 && rest[0] != ']' && (rest[0] != ':' || !q.bracket) {
+					return q, fail(n, "follows {{ .Range }} in the same duration: {{ .Range }} must be all of it, such as [{{ .Range }}]")
+				}
+			}
 			return q.after(n.Text), nil
 		case *parse.ActionNode:
 			if len(n.Pipe.Decl) > 0 {
 				return q, nil // {{ $x := ... }} prints nothing
+			}
+			if q.q == inCode && isRange(n.Pipe) {
+				if q.op != opDur {
+					return q, fail(n, "{{ .Range }} goes only where a duration goes, as all of it: in the [...] of a range selector "+
+						"or subquery, such as rate(x[{{ .Range }}])")
+				}
+				n.Pipe.Cmds = append(n.Pipe.Cmds, &parse.CommandNode{NodeType: parse.NodeCommand, Pos: n.Pos,
+					Args: []parse.Node{parse.NewIdentifier(escDuration).SetTree(t.Tree).SetPos(n.Pos)}})
+				q.op = opDurEnd
+				return q, nil
 			}
 			var esc string
 			switch q.q {
@@ -314,6 +368,20 @@ func escapeQuery(t *template.Template) error {
 	}
 	_, err := walk(t.Root, lexState{}, lexState{})
 	return err
+}
+
+// isRange reports whether a pipeline is just .Range or $.Range.
+func isRange(p *parse.PipeNode) bool {
+	if p == nil || len(p.Decl) > 0 || len(p.Cmds) != 1 || len(p.Cmds[0].Args) != 1 {
+		return false
+	}
+	switch a := p.Cmds[0].Args[0].(type) {
+	case *parse.FieldNode:
+		return len(a.Ident) == 1 && a.Ident[0] == "Range"
+	case *parse.VariableNode:
+		return len(a.Ident) == 2 && a.Ident[0] == "$" && a.Ident[1] == "Range"
+	}
+	return false
 }
 
 // checkBounded refuses what would make executing t take unbounded time:
@@ -438,12 +506,14 @@ func sampleData(t *template.Template, host string) TemplateData {
 		PreviousVersion: "0.9.0",
 		Labels:          labels,
 		Host:            host,
+		Range:           "5m",
 	}
 }
 
 type fields struct {
 	labels []string // keys read as .Labels.key
 	host   bool     // reads .Host
+	rng    bool     // reads .Range
 }
 
 // fieldsUsed finds the fields of TemplateData that a template reads from
@@ -458,6 +528,8 @@ func fieldsUsed(t *template.Template) fields {
 			}
 		case len(ident) >= 1 && ident[0] == "Host":
 			f.host = true
+		case len(ident) >= 1 && ident[0] == "Range":
+			f.rng = true
 		}
 	}
 	var walk func(n parse.Node)
@@ -528,6 +600,38 @@ func (c *Check) RenderQuery(d TemplateData) (string, error) {
 	if t == nil { // a Check not made by Load
 		var err error
 		if t, err = newQueryTemplate("query", c.Query); err != nil {
+			return "", fmt.Errorf("check %q: %w", c.Name, err)
+		}
+	}
+	q, err := execute(t, d)
+	if err != nil {
+		return "", fmt.Errorf("check %q: %w", c.Name, err)
+	}
+	return q, nil
+}
+
+// RenderErrors renders a count comparison's errors query for a deploy;
+// d.Range is the span it counts.
+func (c *Check) RenderErrors(d TemplateData) (string, error) {
+	if c.Compare == nil || c.Compare.Errors == "" {
+		return "", fmt.Errorf("check %q has no compare.errors", c.Name)
+	}
+	return c.renderCount("compare.errors", c.Compare.errors, c.Compare.Errors, d)
+}
+
+// RenderTotal renders a count comparison's total query for a deploy, like
+// RenderErrors.
+func (c *Check) RenderTotal(d TemplateData) (string, error) {
+	if c.Compare == nil || c.Compare.Total == "" {
+		return "", fmt.Errorf("check %q has no compare.total", c.Name)
+	}
+	return c.renderCount("compare.total", c.Compare.total, c.Compare.Total, d)
+}
+
+func (c *Check) renderCount(name string, t *template.Template, text string, d TemplateData) (string, error) {
+	if t == nil { // a Check not made by Load
+		var err error
+		if t, err = newQueryTemplate(name, text); err != nil {
 			return "", fmt.Errorf("check %q: %w", c.Name, err)
 		}
 	}

@@ -389,3 +389,100 @@ func TestQueryRegexValuesMatchThemselves(t *testing.T) {
 		t.Errorf("a matcher that is =~ or = by the data: %v, want an error saying %q", err, want)
 	}
 }
+
+// TestQueryRange: {{ .Range }} is the one value a query prints outside a
+// string literal, and only as all of the duration of a range selector or
+// subquery; everywhere else it is refused like any other action.
+func TestQueryRange(t *testing.T) {
+	d := deploy
+	d.Range = "1h5m30s"
+	for _, tc := range []struct{ query, want string }{
+		{`sum(increase(errors_total{service="{{ .Service }}"}[{{ .Range }}]))`, `sum(increase(errors_total{service="shop"}[1h5m30s]))`},
+		{`sum(increase(errors_total[ {{ .Range }} ]))`, `sum(increase(errors_total[ 1h5m30s ]))`},
+		{`max_over_time(up[{{ $.Range }}:1m])`, `max_over_time(up[1h5m30s:1m])`},
+		{`max_over_time(rate(up[5m])[1h:{{ .Range }}])`, `max_over_time(rate(up[5m])[1h:1h5m30s])`},
+		{`up{range="{{ .Range }}"}`, `up{range="1h5m30s"}`}, // in a literal it is a string like any other
+		{`{{ if .Labels.team }}increase(x[{{ .Range }}]){{ else }}increase(y[{{ .Range }}]){{ end }}`, `increase(x[1h5m30s])`},
+	} {
+		q, err := (&Check{Name: "c", Query: tc.query}).RenderQuery(d)
+		if err != nil || q != tc.want {
+			t.Errorf("RenderQuery(%s) = %q, %v; want %q", tc.query, q, err, tc.want)
+			continue
+		}
+		if _, err := promql.ParseExpr(q); err != nil {
+			t.Errorf("%s renders %s, which is not PromQL: %v", tc.query, q, err)
+		}
+	}
+
+	const where = "{{ .Range }} goes only where a duration goes"
+	for _, tc := range []struct{ query, want string }{
+		{`increase(x[5m] offset {{ .Range }})`, where},
+		{`increase(x[5m]) > {{ .Range }}`, where},
+		{`{{ .Range }}`, where},
+		{`increase(x[{{ .Range }}{{ .Range }}])`, where},
+		{`increase(x[5m{{ .Range }}])`, where},
+		{`increase(x[{{ .Range }}5m])`, "follows {{ .Range }} in the same duration"},
+		{`increase(x[{{ .Range }} or vector(1)])`, "follows {{ .Range }} in the same duration"},
+		{`increase(x[{{ .Range }}]) or up:{{ .Range }}`, where}, // ":" outside [...] starts no duration
+		{`increase(x[{{ .Range | printf "%s" }}])`, "prints outside a string literal"},
+		{`increase(x[{{ with .Range }}{{ . }}{{ end }}])`, "prints outside a string literal"},
+		{`increase(x[{{ .Labels.team }}])`, "prints outside a string literal"},
+		{`increase(x[{{ .Service }}])`, "prints outside a string literal"},
+		{`{{ if .Labels.team }}increase(x[{{ .Range }}]){{ else }}increase(x[{{ end }}5m])`, "end in different places of a range selector's [...]"},
+	} {
+		q, err := (&Check{Name: "c", Query: tc.query}).RenderQuery(d)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("RenderQuery(%s) = %q, %v; want an error saying %q", tc.query, q, err, tc.want)
+		}
+	}
+}
+
+// TestRenderCounts: a count comparison's errors and total render with the
+// span, and a Range that is not a Prometheus duration is refused when it
+// is printed, whoever filled it in.
+func TestRenderCounts(t *testing.T) {
+	p := loadOne(t, `
+policies:
+  - name: p
+    checks:
+      - name: errors
+        compare:
+          with: pre_deploy
+          errors: sum(increase(errors_total{service="{{ .Service }}"}[{{ .Range }}]))
+          total: sum(increase(requests_total{service="{{ .Service }}"}[{{ .Range }}]))
+          margin: 0.5
+      - {name: up, query: up, min: 1}
+    rollback: {mode: publish}
+`)
+	c := p.Checks[0]
+	d := deploy
+	d.Range = "30m"
+	if q, err := c.RenderErrors(d); err != nil || q != `sum(increase(errors_total{service="shop"}[30m]))` {
+		t.Errorf("RenderErrors = %q, %v", q, err)
+	}
+	if q, err := c.RenderTotal(d); err != nil || q != `sum(increase(requests_total{service="shop"}[30m]))` {
+		t.Errorf("RenderTotal = %q, %v", q, err)
+	}
+	for _, r := range []string{"", "0s", "-5m", "5", "5 m", "30m]) or vector(1) #", "30m\n", "1h30m]", "5m:1m", "1e3s", "{{ .Service }}", "99999999999999999999y"} {
+		d.Range = r
+		for name, render := range map[string]func(TemplateData) (string, error){"errors": c.RenderErrors, "total": c.RenderTotal} {
+			q, err := render(d)
+			if err == nil || !strings.Contains(err.Error(), "is not a positive Prometheus duration") {
+				t.Errorf("%s with Range %q = %q, %v; want it refused", name, r, q, err)
+			}
+		}
+	}
+	if _, err := p.Checks[1].RenderErrors(d); err == nil || err.Error() != `check "up" has no compare.errors` {
+		t.Errorf("RenderErrors of a check without counts: %v", err)
+	}
+	// Without Load, the same template and the same guard.
+	bare := &Check{Name: "bare", Compare: &Compare{Errors: `sum(increase(e[{{ .Range }}]))`, Total: `sum(increase(r[{{ .Range }}]))`}}
+	d.Range = "1h"
+	if q, err := bare.RenderTotal(d); err != nil || q != `sum(increase(r[1h]))` {
+		t.Errorf("RenderTotal without Load = %q, %v", q, err)
+	}
+	d.Range = "1h] or vector(1)"
+	if q, err := bare.RenderErrors(d); err == nil {
+		t.Errorf("RenderErrors without Load took Range %q: %q", d.Range, q)
+	}
+}

@@ -25,7 +25,15 @@ type Policy struct {
 	// OnInconclusiveKeep (the default) or OnInconclusiveRollback.
 	OnInconclusive string   `yaml:"on_inconclusive"`
 	Checks         []*Check `yaml:"checks"`
-	Rollback       Rollback `yaml:"rollback"`
+
+	// Score, when set, judges the run by the weight of its checks that did
+	// not fail instead of failing it on any failed check (CONTRACT 7.2).
+	Score *Score `yaml:"score"`
+	// OnMarginal says what a run that ends marginal leads to:
+	// OnMarginalKeep (the default) or OnMarginalRollback. Only with Score.
+	OnMarginal string `yaml:"on_marginal"`
+
+	Rollback Rollback `yaml:"rollback"`
 	// Alerts, when set, lets matching Alertmanager alerts roll back the
 	// deploys the policy matches (POST /api/v1/alerts).
 	Alerts *Alerts `yaml:"alerts"`
@@ -51,6 +59,24 @@ const (
 	OnInconclusiveRollback = "rollback" // roll it back as if it had failed
 )
 
+// What a scored run that ends marginal leads to (Policy.OnMarginal).
+const (
+	OnMarginalKeep     = "keep"     // keep the deploy, recorded as marginal
+	OnMarginalRollback = "rollback" // roll it back as if it had failed
+	// OnMarginalAsk would hold the rollback for `watcher approve`, which
+	// does not exist yet: Load refuses it.
+	OnMarginalAsk = "ask"
+)
+
+// Score is a scored policy's bounds, each 0..100 with Marginal <= Pass: at
+// each interval the score is 100 x (weight of checks not failed) / (weight
+// of checks judged); below Marginal the run fails at once, and at the end a
+// score >= Pass passes, >= Marginal is marginal, anything less fails.
+type Score struct {
+	Pass     float64 `yaml:"pass"`
+	Marginal float64 `yaml:"marginal"`
+}
+
 // NoData says what a measurement with no data counts as.
 type NoData string
 
@@ -72,6 +98,62 @@ type Baseline struct {
 	Kind   string         // BaselinePreDeploy or BaselineOffset
 	Offset model.Duration // for Kind "offset"
 }
+
+// What a comparison compares with (CompareWith.Kind).
+const (
+	WithPreDeploy = "pre_deploy" // the lookback before the deploy
+	WithOffset    = "offset"     // the same span, Offset earlier
+	WithWeeks     = "weeks"      // the same span 1..Weeks weeks earlier, pooled
+	WithCanary    = "canary"     // the canary's series against the others, same span
+)
+
+// CompareWith is `with:` of a comparison: `pre_deploy`, `canary`,
+// `{offset: 7d}` or `{weeks: 3}`.
+type CompareWith struct {
+	Kind   string         // one of the With* kinds
+	Offset model.Duration // for WithOffset
+	Weeks  int            // for WithWeeks
+}
+
+// The bad direction of a comparison (Compare.Direction).
+const (
+	DirectionIncrease = "increase"
+	DirectionDecrease = "decrease"
+	DirectionEither   = "either"
+)
+
+// Compare is a check's statistical comparison of the deploy with what it
+// replaced (CONTRACT 7.1). It compares samples of the check's query, or,
+// when Errors and Total are set, the error rate they count.
+type Compare struct {
+	With     CompareWith    `yaml:"with"`
+	Lookback model.Duration `yaml:"lookback"` // the before span for pre_deploy; the policy's window by default
+	Step     model.Duration `yaml:"step"`     // sample spacing (range queries)
+
+	// Direction is the bad direction; a count comparison's is always an
+	// increase of the error rate.
+	Direction string `yaml:"direction"`
+	// Margin is the practical margin, relative to the before side: a
+	// shift smaller than Margin x before never fails, however significant.
+	Margin *float64 `yaml:"margin"`
+	// Confidence holds over all the looks of the window, not per look.
+	Confidence float64 `yaml:"confidence"`
+	MinSamples int     `yaml:"min_samples"` // per side, for a sample comparison
+
+	// Errors and Total make it a count comparison: query templates that
+	// count errors and requests over {{ .Range }}.
+	Errors   string `yaml:"errors"`
+	Total    string `yaml:"total"`
+	MinTotal int    `yaml:"min_total"` // requests since the deploy before a count comparison is judged
+
+	CanaryLabel string `yaml:"canary_label"` // for WithCanary: the label whose value is the deploy's version
+
+	errors, total *template.Template // parsed Errors and Total
+}
+
+// Counts reports whether the comparison counts errors among requests
+// rather than comparing samples of the check's query.
+func (c *Compare) Counts() bool { return c.Errors != "" || c.Total != "" }
 
 // Ways to reduce the series of a query to one value (Check.Aggregate).
 const (
@@ -105,6 +187,16 @@ type Check struct {
 	ConsecutiveErrorLimit *int `yaml:"consecutive_error_limit"` // query errors in a row
 
 	NoData NoData `yaml:"no_data"`
+
+	// Compare, when set, compares the deploy with what it replaced, on its
+	// own or besides the thresholds above.
+	Compare *Compare `yaml:"compare"`
+
+	// Weight and Critical matter in a scored policy only: the check's
+	// share of the score (default 1), and whether its failure fails the
+	// run whatever the score. Without a score every check is critical.
+	Weight   float64 `yaml:"weight"`
+	Critical bool    `yaml:"critical"`
 
 	// DryRun checks are measured and audited but never count toward the
 	// run's verdict.
@@ -164,6 +256,10 @@ type TemplateData struct {
 	PreviousVersion string
 	Labels          map[string]string
 	Host            string
+	// Range is the span a comparison's errors and total count, as a
+	// PromQL duration ("30m", "1h5m30s"), filled in per evaluation; only
+	// those two templates may use it.
+	Range string
 }
 
 // Outcome is what one measurement counts as.

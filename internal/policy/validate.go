@@ -3,7 +3,9 @@ package policy
 import (
 	"fmt"
 	"path"
+	"regexp"
 	"text/template"
+	"time"
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
@@ -47,6 +49,7 @@ func (d *decoder) checkPolicy(p *Policy) {
 	} else if p.OnInconclusive != OnInconclusiveKeep && p.OnInconclusive != OnInconclusiveRollback {
 		d.errorf(l, "on_inconclusive must be keep or rollback, got %q", p.OnInconclusive)
 	}
+	d.checkScore(p)
 
 	if len(p.Checks) == 0 && !d.failed[&p.Checks] {
 		d.errorf(d.line(p.Line, &p.Checks), "%s has no checks", what)
@@ -58,6 +61,9 @@ func (d *decoder) checkPolicy(p *Policy) {
 		}
 		if c != nil {
 			d.checkCheck(c, names)
+			if c.Compare != nil {
+				d.checkCompare(p, c, window && interval)
+			}
 		}
 	}
 	d.checkRollback(&p.Rollback, d.line(p.Line, &p.Rollback))
@@ -100,12 +106,25 @@ func (d *decoder) checkCheck(c *Check, names map[string]int) {
 			names[c.Name] = line
 		}
 	}
-	if c.Query == "" {
+	thresholds := d.given(&c.Min) || d.given(&c.Max) || d.given(&c.MinRatio) || d.given(&c.MaxRatio)
+	counts := c.Compare != nil && c.Compare.Counts()
+	switch {
+	case counts && c.Query != "":
+		d.errorf(d.line(c.Line, &c.Query), "%s: a count comparison takes no query (it compares compare.errors among compare.total): "+
+			"remove query, and put any threshold on it in a check of its own", what)
+	case counts && thresholds:
+		d.errorf(c.Line, "%s: min, max, min_ratio and max_ratio need a query, which a count comparison does not take: "+
+			"put them in a check of their own", what)
+	case counts:
+	case c.Query == "" && c.Compare != nil:
+		d.errorf(c.Line, "%s has no query: a sample comparison compares the query's values "+
+			"(or give compare.errors and compare.total to compare counts)", what)
+	case c.Query == "":
 		d.errorf(c.Line, "%s has no query", what)
 	}
 
-	if !d.given(&c.Min) && !d.given(&c.Max) && !d.given(&c.MinRatio) && !d.given(&c.MaxRatio) {
-		d.errorf(c.Line, "%s has no threshold: set min, max, min_ratio or max_ratio", what)
+	if !thresholds && !d.given(&c.Compare) {
+		d.errorf(c.Line, "%s has no threshold: set min, max, min_ratio or max_ratio, or compare", what)
 	}
 	if c.Min != nil && c.Max != nil && *c.Min > *c.Max {
 		d.errorf(d.line(c.Line, &c.Min), "%s: min %s is greater than max %s", what, formatNumber(*c.Min), formatNumber(*c.Max))
@@ -162,22 +181,35 @@ func (d *decoder) checkCheck(c *Check, names map[string]int) {
 		d.errorf(line, "%s: no_data must be inconclusive, fail or pass, got %q", what, c.NoData)
 	}
 
+	if l, ok := d.set(&c.Weight); !ok {
+		c.Weight = DefaultWeight
+	} else if c.Weight <= 0 {
+		d.errorf(l, "%s: weight must be positive, got %s", what, formatNumber(c.Weight))
+	}
+
 	if c.Query != "" {
-		c.query = d.checkQuery(c, what, d.line(c.Line, &c.Query))
+		c.query = d.checkQuery(what, "query", c.Query, d.line(c.Line, &c.Query), false)
 	}
 }
 
-// checkQuery parses the query's template, renders it with sample data, and
-// parses the result as PromQL, so that a typo shows at load time rather
-// than as a query error in the middle of a deploy.
-func (d *decoder) checkQuery(c *Check, what string, line int) *template.Template {
-	t, err := newQueryTemplate("query", c.Query)
+// checkQuery parses a query template (a check's query, or a comparison's
+// errors or total: name), renders it with sample data, and parses the
+// result as PromQL, so that a typo shows at load time rather than as a
+// query error in the middle of a deploy. counting says whether the
+// template may use .Range, which is filled only for errors and total.
+func (d *decoder) checkQuery(what, name, text string, line int, counting bool) *template.Template {
+	t, err := newQueryTemplate(name, text)
 	if err != nil {
 		d.errorf(line, "%s: bad template: %s", what, templateMessage(err))
 		return nil
 	}
-	if fieldsUsed(t).host {
-		d.errorf(line, "%s: a query cannot use .Host: it runs once for all hosts", what)
+	used := fieldsUsed(t)
+	if used.host {
+		d.errorf(line, "%s: a %s cannot use .Host: it runs once for all hosts", what, name)
+		return nil
+	}
+	if used.rng && !counting {
+		d.errorf(line, "%s: a %s cannot use .Range: it is filled only in compare.errors and compare.total, the span they count", what, name)
 		return nil
 	}
 	q, err := execute(t, sampleData(t, ""))
@@ -187,8 +219,8 @@ func (d *decoder) checkQuery(c *Check, what string, line int) *template.Template
 	}
 	expr, err := promql.ParseExpr(q)
 	if err != nil {
-		msg := fmt.Sprintf("%s: query is not valid PromQL: %v", what, err)
-		if q != c.Query {
+		msg := fmt.Sprintf("%s: %s is not valid PromQL: %v", what, name, err)
+		if q != text {
 			msg += fmt.Sprintf(" (in the query rendered with sample data: %s)", q)
 		}
 		d.errorf(line, "%s", msg)
@@ -197,9 +229,9 @@ func (d *decoder) checkQuery(c *Check, what string, line int) *template.Template
 	switch typ := expr.Type(); typ {
 	case parser.ValueTypeVector, parser.ValueTypeScalar:
 	case parser.ValueTypeMatrix:
-		d.errorf(line, "%s: query returns a range vector; a check needs an instant vector or a scalar (such as rate(x[5m]) rather than x[5m])", what)
+		d.errorf(line, "%s: %s returns a range vector; a check needs an instant vector or a scalar (such as rate(x[5m]) rather than x[5m])", what, name)
 	default:
-		d.errorf(line, "%s: query returns a %s; a check needs an instant vector or a scalar", what, typ)
+		d.errorf(line, "%s: %s returns a %s; a check needs an instant vector or a scalar", what, name, typ)
 	}
 	return t
 }
@@ -327,4 +359,193 @@ func (d *decoder) checkArgv(name string, words []string, line int) []*template.T
 		return nil
 	}
 	return ts
+}
+
+// labelName is a Prometheus label name that every server accepts.
+var labelName = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
+
+// checkCompare validates a check's comparison and fills in its defaults.
+// timing says whether the policy's window and interval are usable, for
+// the checks that need them.
+func (d *decoder) checkCompare(p *Policy, c *Check, timing bool) {
+	cmp := c.Compare
+	what := "check"
+	if c.Name != "" {
+		what = fmt.Sprintf("check %q", c.Name)
+	}
+	line := d.line(c.Line, &c.Compare)
+	counts := cmp.Counts()
+
+	if c.Each {
+		d.errorf(d.line(line, &c.Each), "%s: set each or compare, not both: each judges every series against a threshold, "+
+			"a comparison judges the query's series together (use canary to compare one version's series with the others)", what)
+	}
+	if !d.given(&cmp.With) {
+		d.errorf(line, "%s: compare.with is required: pre_deploy, canary, {offset: 7d} or {weeks: 3}", what)
+	}
+
+	switch {
+	case cmp.Errors != "" && cmp.Total == "" && !d.failed[&cmp.Total]:
+		d.errorf(d.line(line, &cmp.Errors), "%s: compare.errors needs compare.total: the requests the errors are counted among", what)
+	case cmp.Total != "" && cmp.Errors == "" && !d.failed[&cmp.Errors]:
+		d.errorf(d.line(line, &cmp.Total), "%s: compare.total needs compare.errors: the errors counted among the requests", what)
+	}
+	if cmp.Errors != "" {
+		cmp.errors = d.checkQuery(what, "compare.errors", cmp.Errors, d.line(line, &cmp.Errors), true)
+	}
+	if cmp.Total != "" {
+		cmp.total = d.checkQuery(what, "compare.total", cmp.Total, d.line(line, &cmp.Total), true)
+	}
+
+	if l, ok := d.set(&cmp.Direction); ok {
+		switch {
+		case cmp.Direction != DirectionIncrease && cmp.Direction != DirectionDecrease && cmp.Direction != DirectionEither:
+			d.errorf(l, "%s: compare.direction must be increase, decrease or either, got %q", what, cmp.Direction)
+		case counts && cmp.Direction != DirectionIncrease:
+			d.errorf(l, "%s: compare.direction of a count comparison is always increase (a higher error rate); leave it out", what)
+		}
+	} else if counts {
+		cmp.Direction = DirectionIncrease
+	} else if !d.failed[&cmp.Direction] {
+		d.errorf(line, "%s: compare.direction is required for a sample comparison: the bad direction, increase, decrease or either", what)
+	}
+
+	if l, ok := d.set(&cmp.Margin); ok && cmp.Margin != nil {
+		switch m := *cmp.Margin; {
+		case m < 0:
+			d.errorf(l, "%s: compare.margin must not be negative, got %s", what, formatNumber(m))
+		case m >= 1 && cmp.Direction == DirectionDecrease:
+			d.errorf(l, "%s: compare.margin %s can never be exceeded by a decrease (a value cannot fall by 100%% or more): use a margin below 1", what, formatNumber(m))
+		}
+	} else if !d.failed[&cmp.Margin] {
+		d.errorf(line, "%s: compare.margin is required: the smallest shift that counts, relative to the before side, "+
+			"such as 0.2 for 20%% (0: any significant shift counts)", what)
+	}
+
+	if l, ok := d.set(&cmp.Confidence); !ok {
+		cmp.Confidence = DefaultConfidence
+	} else if cmp.Confidence <= 0.5 || cmp.Confidence >= 1 {
+		d.errorf(l, "%s: compare.confidence must be above 0.5 and below 1, such as 0.95 or 0.99, got %s", what, formatNumber(cmp.Confidence))
+	}
+
+	step := true
+	if l, ok := d.set(&cmp.Step); !ok {
+		cmp.Step = min(DefaultCompareStep, p.Interval)
+	} else if cmp.Step <= 0 {
+		d.errorf(l, "%s: compare.step must be positive, got %s", what, cmp.Step)
+		step = false
+	} else if timing && cmp.Step > p.Interval {
+		d.errorf(l, "%s: compare.step %s is longer than the interval %s: a look could find no new sample", what, cmp.Step, p.Interval)
+		step = false
+	}
+
+	// Lookback is accepted but not used with offset, weeks and canary,
+	// whose before side is the after side's span, moved or beside it.
+	lookback := true
+	if l, ok := d.set(&cmp.Lookback); !ok {
+		cmp.Lookback = p.Window
+	} else if cmp.Lookback <= 0 {
+		d.errorf(l, "%s: compare.lookback must be positive, got %s", what, cmp.Lookback)
+		lookback = false
+	}
+
+	if l, ok := d.set(&cmp.MinSamples); ok && counts {
+		d.errorf(l, "%s: compare.min_samples is for sample comparisons; a count comparison waits for min_total requests", what)
+	} else if ok && cmp.MinSamples < 1 {
+		d.errorf(l, "%s: compare.min_samples must be at least 1, got %d", what, cmp.MinSamples)
+	} else if !ok && !counts {
+		cmp.MinSamples = DefaultMinSamples
+	}
+	if l, ok := d.set(&cmp.MinTotal); ok && !counts {
+		d.errorf(l, "%s: compare.min_total is for count comparisons (errors and total); a sample comparison waits for min_samples", what)
+	} else if ok && cmp.MinTotal < 1 {
+		d.errorf(l, "%s: compare.min_total must be at least 1, got %d", what, cmp.MinTotal)
+	} else if !ok && counts {
+		cmp.MinTotal = DefaultMinTotal
+	}
+
+	if l, ok := d.set(&cmp.CanaryLabel); ok {
+		switch {
+		case cmp.With.Kind != WithCanary && d.given(&cmp.With):
+			d.errorf(l, "%s: compare.canary_label is only for with: canary", what)
+		case !labelName.MatchString(cmp.CanaryLabel):
+			d.errorf(l, "%s: compare.canary_label must be a label name such as version, got %q", what, cmp.CanaryLabel)
+		}
+	} else if cmp.With.Kind == WithCanary {
+		cmp.CanaryLabel = DefaultCanaryLabel
+	}
+
+	if !timing || !step || d.failed[&cmp.MinSamples] {
+		return
+	}
+	// A comparison that can never see enough samples would end every run
+	// inconclusive; say so now rather than after a window of waiting.
+	samples := func(span model.Duration) int { return int(span/cmp.Step) + 1 }
+	if !counts && cmp.MinSamples >= 1 {
+		after := p.Window - p.InitialDelay
+		if after < 0 || samples(after) < cmp.MinSamples {
+			d.errorf(d.line(line, &cmp.MinSamples, &cmp.Step), "%s: compare.min_samples %d is never reached: the window %s after initial_delay %s holds at most %d samples at step %s",
+				what, cmp.MinSamples, p.Window, p.InitialDelay, max(0, samples(max(0, after))), cmp.Step)
+		} else if cmp.With.Kind == WithPreDeploy && lookback && samples(cmp.Lookback) < cmp.MinSamples {
+			d.errorf(d.line(line, &cmp.Lookback, &cmp.MinSamples, &cmp.Step), "%s: compare.min_samples %d is never reached before the deploy: lookback %s holds %d samples at step %s",
+				what, cmp.MinSamples, cmp.Lookback, samples(cmp.Lookback), cmp.Step)
+		}
+	}
+	// The before side is the after side's span moved back; moved back by
+	// less than the window, it would take in time after the deploy.
+	if back := cmp.With.back(); back > 0 && back < p.Window {
+		d.errorf(d.line(line, &cmp.With), "%s: compare.with goes back %s, less than the window %s: the before side would include time after the deploy",
+			what, back, p.Window)
+	}
+}
+
+// back is how far the before side lies behind the after side, for offset
+// and weeks; 0 for the others.
+func (w CompareWith) back() model.Duration {
+	switch w.Kind {
+	case WithOffset:
+		return w.Offset
+	case WithWeeks:
+		return model.Duration(7 * 24 * time.Hour)
+	}
+	return 0
+}
+
+// checkScore validates a policy's score and on_marginal.
+func (d *decoder) checkScore(p *Policy) {
+	if s := p.Score; s != nil {
+		pass, passOK := d.set(&s.Pass)
+		marginal, marginalOK := d.set(&s.Marginal)
+		line := d.line(p.Line, &p.Score)
+		if !passOK && !d.failed[&s.Pass] {
+			d.errorf(line, "score.pass is required: the score (0 to 100) a run needs at the window's end to pass")
+		}
+		if !marginalOK && !d.failed[&s.Marginal] {
+			d.errorf(line, "score.marginal is required: the score (0 to 100, at most pass) below which the run fails at once; at or above it but below pass the run is marginal")
+		}
+		for _, f := range []struct {
+			v    float64
+			ok   bool
+			line int
+			name string
+		}{{s.Pass, passOK, pass, "pass"}, {s.Marginal, marginalOK, marginal, "marginal"}} {
+			if f.ok && (f.v < 0 || f.v > 100) {
+				d.errorf(f.line, "score.%s must be from 0 to 100, got %s", f.name, formatNumber(f.v))
+			}
+		}
+		if passOK && marginalOK && s.Marginal > s.Pass {
+			d.errorf(marginal, "score.marginal %s is greater than score.pass %s", formatNumber(s.Marginal), formatNumber(s.Pass))
+		}
+	}
+	l, ok := d.set(&p.OnMarginal)
+	switch {
+	case !ok:
+		p.OnMarginal = DefaultOnMarginal
+	case p.OnMarginal == OnMarginalAsk:
+		d.errorf(l, "on_marginal: ask needs `watcher approve` (not built yet); use keep or rollback")
+	case p.OnMarginal != OnMarginalKeep && p.OnMarginal != OnMarginalRollback:
+		d.errorf(l, "on_marginal must be keep or rollback, got %q", p.OnMarginal)
+	case p.OnMarginal == OnMarginalRollback && p.Score == nil && !d.failed[&p.Score]:
+		d.errorf(l, "on_marginal: rollback needs a score: only a scored policy's run can end marginal (set score: {pass: 80, marginal: 50}, or leave on_marginal out)")
+	}
 }
