@@ -1,4 +1,4 @@
-// Command verdicts simulates comparison checks (CONTRACT 7.1) on
+// Command verdicts simulates comparison checks (README "Comparisons") on
 // synthetic metrics and replays published failure cases of other canary
 // judges, printing false-rollback rates, detection power and looks to
 // detection. Deterministic (fixed seeds).

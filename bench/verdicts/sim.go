@@ -10,7 +10,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/stats"
 )
 
-// plan is a check's schedule: the policy keys of CONTRACT 7.1 that shape
+// plan is a check's schedule: the policy keys of README "Comparisons" that shape
 // the samples.
 type plan struct {
 	lookbackSteps int // lookback / step: the before sample's size

@@ -27,7 +27,7 @@ type Policy struct {
 	Checks         []*Check `yaml:"checks"`
 
 	// Score, when set, judges the run by the weight of its checks that did
-	// not fail instead of failing it on any failed check (CONTRACT 7.2).
+	// not fail instead of failing it on any failed check (README "Scores").
 	Score *Score `yaml:"score"`
 	// OnMarginal says what a run that ends marginal leads to:
 	// OnMarginalKeep (the default) or OnMarginalRollback. Only with Score.
@@ -123,7 +123,7 @@ const (
 )
 
 // Compare is a check's statistical comparison of the deploy with what it
-// replaced (CONTRACT 7.1). It compares samples of the check's query, or,
+// replaced (README "Comparisons"). It compares samples of the check's query, or,
 // when Errors and Total are set, the error rate they count.
 type Compare struct {
 	With     CompareWith    `yaml:"with"`

@@ -1,4 +1,4 @@
-// Package stats is the arithmetic behind comparison verdicts (CONTRACT 7.1):
+// Package stats is the arithmetic behind comparison verdicts (README "Comparisons"):
 // is the after sample worse than the before sample by more than a practical
 // margin, are errors per request up by more than a margin, how much of the
 // error budget a look may spend, and was the baseline already moving the
