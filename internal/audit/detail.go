@@ -146,6 +146,9 @@ type MeasurementDetail struct {
 	Ratio        OptionalFloat  `json:"ratio,omitzero"`
 	BaselineTime time.Time      `json:"baseline_time,omitzero"`
 	Series       []SeriesDetail `json:"series,omitzero"`
+	// Comparison is there for a check that compares (README
+	// "Comparisons").
+	Comparison *ComparisonDetail `json:"comparison,omitempty"`
 }
 
 // Thresholds are a check's thresholds, those it sets.
@@ -274,6 +277,7 @@ func (d MeasurementDetail) Map() map[string]any {
 		}
 		m["series"] = series
 	}
+	d.comparisonMap(m)
 	return m
 }
 

@@ -421,7 +421,7 @@ func (c *Check) Describe(j Judgement, t Tally) string {
 	switch {
 	case len(j.Series) > 0: // each: the reason names the series
 		b.WriteString(": " + j.Reason)
-	case c.Compare != nil && !finite(j.Value): // the reason gives both sides and the shift
+	case c.Compare != nil: // the reason gives both sides and the shift
 		b.WriteString(": " + j.Reason)
 	case j.Outcome == Pass && !finite(j.Value):
 		b.WriteString(": " + j.Reason + ", counted as a pass (no_data: pass)")
@@ -438,7 +438,7 @@ func (c *Check) Describe(j Judgement, t Tally) string {
 	switch j.Outcome {
 	case Pass:
 		detail := j.Threshold
-		if !math.IsNaN(j.Ratio) && len(j.Series) == 0 {
+		if !math.IsNaN(j.Ratio) && len(j.Series) == 0 && c.Compare == nil {
 			detail = formatRatio(j.Ratio, nan) + " x baseline " + formatNumber(j.Baseline) + "; " + detail
 		}
 		if detail != "" {

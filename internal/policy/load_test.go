@@ -590,12 +590,12 @@ func TestLoadCompare(t *testing.T) {
 		// lookback: the window; step: 15s; confidence 0.95; min_samples 10.
 		{1, false, Compare{With: CompareWith{Kind: WithWeeks, Weeks: 3}, Lookback: dur(30 * time.Minute), Step: dur(15 * time.Second),
 			Direction: DirectionDecrease, Margin: float(0.1), Confidence: 0.95, MinSamples: 10}},
-		// counts: direction increase; min_total given, no min_samples.
-		{3, true, Compare{With: CompareWith{Kind: WithOffset, Offset: dur(24 * time.Hour)}, Lookback: dur(30 * time.Minute), Step: dur(15 * time.Second),
+		// counts: direction increase; min_total given, no min_samples; step 30s.
+		{3, true, Compare{With: CompareWith{Kind: WithOffset, Offset: dur(24 * time.Hour)}, Lookback: dur(30 * time.Minute), Step: dur(30 * time.Second),
 			Direction: DirectionIncrease, Margin: float(0.5), Confidence: 0.99, MinTotal: 200,
 			Errors: `sum(increase(checkout_errors_total{service="{{ .Service }}"}[{{ .Range }}]))`,
 			Total:  `sum(increase(checkout_requests_total{service="{{ .Service }}"}[{{ .Range }}]))`}},
-		{1, false, Compare{With: CompareWith{Kind: WithCanary}, CanaryLabel: "release", Lookback: dur(30 * time.Minute), Step: dur(15 * time.Second),
+		{1, false, Compare{With: CompareWith{Kind: WithCanary}, CanaryLabel: "release", Lookback: dur(30 * time.Minute), Step: dur(30 * time.Second),
 			Direction: DirectionIncrease, Margin: float(0), Confidence: 0.95, MinTotal: 100,
 			Errors: `sum by (release) (increase(checkout_errors_total[{{ .Range }}]))`,
 			Total:  `sum by (release) (increase(checkout_requests_total[{{ .Range }}]))`}},

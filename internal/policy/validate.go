@@ -431,6 +431,9 @@ func (d *decoder) checkCompare(p *Policy, c *Check, timing bool) {
 	step := true
 	if l, ok := d.set(&cmp.Step); !ok {
 		cmp.Step = min(DefaultCompareStep, p.Interval)
+		if counts {
+			cmp.Step = min(DefaultCountStep, p.Interval)
+		}
 	} else if cmp.Step <= 0 {
 		d.errorf(l, "%s: compare.step must be positive, got %s", what, cmp.Step)
 		step = false

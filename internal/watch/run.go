@@ -66,6 +66,7 @@ type checkState struct {
 	tally    policy.Tally
 	baseline []policy.Series
 	last     *MeasurementStatus
+	cmp      *compareState // for a check that compares
 }
 
 func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run, error) {
@@ -80,11 +81,22 @@ func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run
 		Labels:          d.Labels,
 	}
 	for _, c := range p.Checks {
-		q, err := c.RenderQuery(r.data)
-		if err != nil {
-			return nil, fmt.Errorf("check %q: %w", c.Name, err)
+		cs := &checkState{check: c}
+		var err error
+		if c.Query != "" {
+			if cs.query, err = c.RenderQuery(r.data); err != nil {
+				return nil, fmt.Errorf("check %q: %w", c.Name, err)
+			}
 		}
-		r.checks = append(r.checks, &checkState{check: c, query: q})
+		if c.Compare != nil {
+			if cs.cmp, err = newCompareState(c, r.data); err != nil {
+				return nil, fmt.Errorf("check %q: %w", c.Name, err)
+			}
+			if cs.query == "" {
+				cs.query = cs.cmp.errors // what the records name as the check's query
+			}
+		}
+		r.checks = append(r.checks, cs)
 	}
 	return r, nil
 }
@@ -157,6 +169,8 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 		vec    model.Vector
 		err    error
 		baseAt time.Time
+		sides  policy.Sides // of a comparison
+		cmpErr error
 		cut    bool
 	}
 	answers := make([]answer, len(r.checks))
@@ -164,8 +178,8 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 	var wg sync.WaitGroup
 	for i, cs := range r.checks {
 		wg.Go(func() {
-			a := &answers[i]
-			if c := cs.check; c.Baseline != nil {
+			a, c := &answers[i], cs.check
+			if c.Baseline != nil {
 				a.baseAt = cs.baselineTime(r, ts)
 				// A pre-deploy baseline is one moment, fetched once it has
 				// data; an offset baseline moves with the measurement.
@@ -173,12 +187,21 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 					cs.baseline = w.baseline(qctx, r, cs, a.baseAt)
 				}
 			}
-			a.vec, a.err = w.querier.Query(qctx, cs.query, ts)
-			if errors.Is(a.err, context.DeadlineExceeded) && ctx.Err() == nil {
-				if budget < timeout {
-					a.cut = true
-				} else {
-					a.err = fmt.Errorf("no answer within %s, the query timeout (prometheus.timeout, at most the policy's interval)", timeout.Round(time.Millisecond))
+			// A comparison's own queries replace the instant one unless
+			// the check has thresholds too.
+			if cs.cmp == nil || c.HasThresholds() {
+				a.vec, a.err = w.querier.Query(qctx, cs.query, ts)
+			}
+			if cs.cmp != nil {
+				a.sides, a.cmpErr = w.compareLook(qctx, r, cs, ts)
+			}
+			for _, err := range []*error{&a.err, &a.cmpErr} {
+				if errors.Is(*err, context.DeadlineExceeded) && ctx.Err() == nil {
+					if budget < timeout {
+						a.cut = true
+					} else {
+						*err = fmt.Errorf("no answer within %s, the query timeout (prometheus.timeout, at most the policy's interval)", timeout.Round(time.Millisecond))
+					}
 				}
 			}
 		})
@@ -196,7 +219,18 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 			continue
 		}
 		vec, qerr, baseAt := answers[i].vec, answers[i].err, answers[i].baseAt
-		j := c.Judge(policy.SeriesOf(vec), cs.baseline, qerr)
+		var j policy.Judgement
+		var cr *policy.Comparison
+		switch {
+		case cs.cmp == nil:
+			j = c.Judge(policy.SeriesOf(vec), cs.baseline, qerr)
+		case c.HasThresholds():
+			var jc policy.Judgement
+			jc, cr = c.JudgeCompare(answers[i].sides, answers[i].cmpErr)
+			j = policy.Combine(c.Judge(policy.SeriesOf(vec), cs.baseline, qerr), jc)
+		default:
+			j, cr = c.JudgeCompare(answers[i].sides, answers[i].cmpErr)
+		}
 		r.mu.Lock()
 		cs.tally.Add(j.Outcome)
 		tally := cs.tally
@@ -206,7 +240,9 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 		}
 		r.mu.Unlock()
 		w.metrics.measurements.WithLabelValues(string(j.Outcome)).Inc()
-		detail := measurementDetail(cs, j, tally, vec, ts, baseAt).Map()
+		md := measurementDetail(cs, j, tally, vec, ts, baseAt)
+		md.Comparison = comparisonDetail(cs, cr, answers[i].sides)
+		detail := md.Map()
 		// A record that cannot be written must not hide a failure: the
 		// verdict still counts it (fail safe, not fail open).
 		msgID := fmt.Sprintf("%s.m%d.%d", r.ID, i, ts.UnixMilli())

@@ -1,0 +1,499 @@
+package watch
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/stats"
+)
+
+// A comparison's samples come from range queries at its step, on a grid
+// of multiples of the step since the Unix epoch. The after side grows look
+// by look: each look fetches only the steps since the last one, so every
+// run measuring the same query at the same time asks Prometheus the same
+// range (sharedQuerier makes that one request), and a run's state is the
+// samples it judged, not a query per step. A run resumed by another
+// process starts with nothing and fetches its whole span at its first
+// look.
+
+// week is the shift of a {weeks: N} comparison's before spans.
+const week = 7 * 24 * time.Hour
+
+// datum is one step of a comparison's data: a sample, or a step's errors
+// (v) and requests (total).
+type datum struct {
+	v, total float64
+}
+
+// compareState is what a run has gathered of one check's comparison.
+type compareState struct {
+	query, errors, total string // rendered, .Range the step
+
+	after  []datum
+	before [][]datum // one span per source: weeks 1..N, or one
+	// fetched is the last after step fetched; zero until the first.
+	fetched time.Time
+	// haveBefore: the pre_deploy span has been fetched (it does not move).
+	haveBefore bool
+}
+
+func newCompareState(c *policy.Check, data policy.TemplateData) (*compareState, error) {
+	st := &compareState{}
+	cmp := c.Compare
+	data.Range = model.Duration(cmp.Step).String()
+	var err error
+	if cmp.Counts() {
+		if st.errors, err = c.RenderErrors(data); err != nil {
+			return nil, err
+		}
+		if st.total, err = c.RenderTotal(data); err != nil {
+			return nil, err
+		}
+	} else if st.query, err = c.RenderQuery(data); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// gridFloor is the last step of the grid at or before t.
+func gridFloor(t time.Time, step time.Duration) time.Time {
+	ns := t.UnixNano()
+	m := ns % int64(step)
+	if m < 0 {
+		m += int64(step)
+	}
+	return time.Unix(0, ns-m).UTC()
+}
+
+// gridCeil is the first step of the grid at or after t.
+func gridCeil(t time.Time, step time.Duration) time.Time {
+	f := gridFloor(t, step)
+	if f.Before(t) {
+		return f.Add(step)
+	}
+	return f
+}
+
+// afterStart is the first step of a comparison's after side: from the
+// deploy plus initial_delay; a count's step (the errors of the span
+// before it) must not reach back before the deploy.
+func afterStart(c *policy.Check, p *policy.Policy, deploy time.Time) time.Time {
+	step := time.Duration(c.Compare.Step)
+	from := deploy.Add(time.Duration(p.InitialDelay))
+	if c.Compare.Counts() && from.Before(deploy.Add(step)) {
+		from = deploy.Add(step)
+	}
+	return gridCeil(from, step)
+}
+
+// compareLooks numbers the look at ts among the looks of the window that
+// can be judged: those whose after side has at least need steps (a sample
+// comparison's min_samples, a count comparison's stats.MinSteps). look is
+// 0 for a time that is not one of them, which then may pass and never fail
+// (stats.LookAlpha).
+func compareLooks(p *policy.Policy, start, after time.Time, step time.Duration, need int, ts time.Time) (look, looks int) {
+	first, interval, end := window(p, start)
+	for t := first; !t.After(end); t = t.Add(interval) {
+		if n := stepsBetween(after, gridFloor(t, step), step); n >= need {
+			looks++
+			if t.Equal(ts) {
+				look = looks
+			}
+		}
+		if interval <= 0 {
+			break
+		}
+	}
+	return look, looks
+}
+
+// stepsBetween counts the grid steps from..to, both included.
+func stepsBetween(from, to time.Time, step time.Duration) int {
+	if to.Before(from) {
+		return 0
+	}
+	return int(to.Sub(from)/step) + 1
+}
+
+// compareLook gathers what a look at ts sees of cs's comparison.
+func (w *Watcher) compareLook(ctx context.Context, r *Run, cs *checkState, ts time.Time) (policy.Sides, error) {
+	return cs.cmp.look(ctx, w.querier, lookAt{policy: r.Policy, check: cs.check, start: r.Start, deploy: r.deployTime(), version: r.Deploy.Version}, ts)
+}
+
+// lookAt is what a look at a comparison needs to know of its run.
+type lookAt struct {
+	policy  *policy.Policy
+	check   *policy.Check
+	start   time.Time // the run's start, which its looks' times follow
+	deploy  time.Time // when the deploy happened
+	version string    // the deploy's version, for canary
+}
+
+// look gathers what a look at ts sees of the comparison, fetching what
+// it has not seen yet from q. The state moves on only when every query
+// answered: a failed one is fetched again at the next look.
+func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.Time) (policy.Sides, error) {
+	c, p, deploy := at.check, at.policy, at.deploy
+	cmp := c.Compare
+	step := time.Duration(cmp.Step)
+	first := afterStart(c, p, deploy)
+	end := gridFloor(ts, step)
+	from := first
+	if !st.fetched.IsZero() {
+		from = st.fetched.Add(step)
+	}
+
+	after := st.after
+	before := slices.Clone(st.before)
+	fetched, haveBefore := st.fetched, st.haveBefore
+	err := func() error {
+		if cmp.With.Kind == policy.WithPreDeploy && !haveBefore {
+			b, err := st.fetchSide(ctx, q, at, gridCeil(deploy.Add(-time.Duration(cmp.Lookback)), step), gridFloor(deploy, step), step)
+			if err != nil {
+				return err
+			}
+			before, haveBefore = [][]datum{b}, true
+		}
+		if from.After(end) {
+			return nil
+		}
+		switch cmp.With.Kind {
+		case policy.WithCanary:
+			a, b, err := st.fetchCanary(ctx, q, at, from, end, step)
+			if err != nil {
+				return err
+			}
+			after = append(after, a...)
+			before = appendSpan(before, 0, b)
+		default:
+			a, err := st.fetchSide(ctx, q, at, from, end, step)
+			if err != nil {
+				return err
+			}
+			after = append(after, a...)
+			var shifts []time.Duration
+			switch cmp.With.Kind {
+			case policy.WithOffset:
+				shifts = []time.Duration{time.Duration(cmp.With.Offset)}
+			case policy.WithWeeks:
+				for k := 1; k <= cmp.With.Weeks; k++ {
+					shifts = append(shifts, time.Duration(k)*week)
+				}
+			}
+			for i, d := range shifts {
+				b, err := st.fetchSide(ctx, q, at, from.Add(-d), end.Add(-d), step)
+				if err != nil {
+					return err
+				}
+				before = appendSpan(before, i, b)
+			}
+		}
+		fetched = end
+		return nil
+	}()
+	if err != nil {
+		return policy.Sides{}, err
+	}
+	st.after, st.before, st.fetched, st.haveBefore = after, before, fetched, haveBefore
+
+	need := cmp.MinSamples
+	if cmp.Counts() {
+		need = stats.MinSteps
+	}
+	in := st.sides()
+	in.Look, in.Looks = compareLooks(p, at.start, first, step, need, ts)
+	return in, nil
+}
+
+// appendSpan appends b to span i of before, which it grows as needed.
+func appendSpan(before [][]datum, i int, b []datum) [][]datum {
+	for len(before) <= i {
+		before = append(before, nil)
+	}
+	before[i] = append(before[i], b...)
+	return before
+}
+
+// sides is what the state holds, as the judge takes it: the before spans
+// pooled in order.
+func (st *compareState) sides() policy.Sides {
+	var in policy.Sides
+	if st.query != "" {
+		in.After = values(st.after)
+		for _, b := range st.before {
+			in.Before = append(in.Before, values(b)...)
+		}
+		return in
+	}
+	in.ErrorsAfter, in.TotalAfter = splitCounts(st.after)
+	for _, b := range st.before {
+		e, t := splitCounts(b)
+		in.ErrorsBefore, in.TotalBefore = append(in.ErrorsBefore, e...), append(in.TotalBefore, t...)
+	}
+	return in
+}
+
+func values(ps []datum) []float64 {
+	out := make([]float64, len(ps))
+	for i, p := range ps {
+		out[i] = p.v
+	}
+	return out
+}
+
+func splitCounts(ps []datum) (errs, totals []float64) {
+	errs, totals = make([]float64, len(ps)), make([]float64, len(ps))
+	for i, p := range ps {
+		errs[i], totals[i] = p.v, p.total
+	}
+	return errs, totals
+}
+
+// fetchSide fetches the steps from..to of the check's comparison data,
+// one datum per step.
+func (st *compareState) fetchSide(ctx context.Context, q Querier, at lookAt, from, to time.Time, step time.Duration) ([]datum, error) {
+	a, b, err := st.fetch(ctx, q, at, from, to, step, false)
+	return append(a, b...), err
+}
+
+// fetchCanary fetches the steps from..to split into the canary's series
+// (label canary_label equal to the deploy's version) and the others'.
+func (st *compareState) fetchCanary(ctx context.Context, q Querier, at lookAt, from, to time.Time, step time.Duration) (canary, others []datum, err error) {
+	return st.fetch(ctx, q, at, from, to, step, true)
+}
+
+func (st *compareState) fetch(ctx context.Context, q Querier, at lookAt, from, to time.Time, step time.Duration, split bool) (in, out []datum, err error) {
+	c := at.check
+	var isCanary func(model.Metric) bool
+	if split {
+		label, version := model.LabelName(c.Compare.CanaryLabel), model.LabelValue(at.version)
+		isCanary = func(m model.Metric) bool { return m[label] == version }
+	}
+	if st.query != "" {
+		m, err := q.QueryRange(ctx, st.query, from, to, step)
+		if err != nil {
+			return nil, nil, err
+		}
+		return samplePoints(m, c.Aggregate, isCanary)
+	}
+	em, err := q.QueryRange(ctx, st.errors, from, to, step)
+	if err != nil {
+		return nil, nil, fmt.Errorf("compare.errors: %w", err)
+	}
+	tm, err := q.QueryRange(ctx, st.total, from, to, step)
+	if err != nil {
+		return nil, nil, fmt.Errorf("compare.total: %w", err)
+	}
+	in, out = countPoints(em, tm, isCanary)
+	return in, out, nil
+}
+
+// samplePoints turns a range query's series into samples in time order.
+// Several series are reduced per step by aggregate; without it, a canary
+// comparison pools its sides' series (every series a sample at each
+// step), any other takes one series only: several are an error, as for an
+// instant query. isCanary, when set, splits the series into the canary's
+// (in) and the others' (out).
+func samplePoints(m model.Matrix, aggregate string, isCanary func(model.Metric) bool) (in, out []datum, err error) {
+	if isCanary == nil && aggregate == "" && len(m) > 1 {
+		return nil, nil, fmt.Errorf("query returned %d series; set aggregate (min, max, avg, sum) or compare with canary", len(m))
+	}
+	var mi, mo model.Matrix
+	for _, s := range m {
+		if isCanary != nil && isCanary(s.Metric) {
+			mi = append(mi, s)
+		} else {
+			mo = append(mo, s)
+		}
+	}
+	return reduceSteps(mi, aggregate), reduceSteps(mo, aggregate), nil
+}
+
+// reduceSteps lays out the series' values step by step: at each step
+// reduced to one by how, or, without how, all of them.
+func reduceSteps(m model.Matrix, how string) []datum {
+	byTime := map[model.Time][]float64{}
+	for _, s := range m {
+		for _, v := range s.Values {
+			byTime[v.Timestamp] = append(byTime[v.Timestamp], float64(v.Value))
+		}
+	}
+	times := make([]model.Time, 0, len(byTime))
+	for t := range byTime {
+		times = append(times, t)
+	}
+	slices.Sort(times)
+	var out []datum
+	for _, t := range times {
+		vs := byTime[t]
+		if how != "" {
+			out = append(out, datum{v: policy.AggregateValues(how, vs)})
+			continue
+		}
+		for _, v := range vs {
+			out = append(out, datum{v: v})
+		}
+	}
+	return out
+}
+
+// countPoints pairs errors and requests step by step, each summed over
+// its series (a step where either query has nothing is left out: no step
+// counts errors without their requests).
+func countPoints(errs, totals model.Matrix, isCanary func(model.Metric) bool) (in, out []datum) {
+	type key struct {
+		t      model.Time
+		canary bool
+	}
+	sum := func(m model.Matrix) map[key]float64 {
+		sums := map[key]float64{}
+		for _, s := range m {
+			k := key{canary: isCanary != nil && isCanary(s.Metric)}
+			for _, v := range s.Values {
+				k.t = v.Timestamp
+				sums[k] += float64(v.Value)
+			}
+		}
+		return sums
+	}
+	es, ts := sum(errs), sum(totals)
+	keys := make([]key, 0, len(ts))
+	for k := range ts {
+		if _, ok := es[k]; ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, func(a, b key) int { return int(a.t - b.t) })
+	for _, k := range keys {
+		p := datum{v: es[k], total: ts[k]}
+		if k.canary {
+			in = append(in, p)
+		} else {
+			out = append(out, p)
+		}
+	}
+	return in, out
+}
+
+// comparisonDetail is what a measurement record says of a comparison.
+func comparisonDetail(cs *checkState, cr *policy.Comparison, in policy.Sides) *audit.ComparisonDetail {
+	if cr == nil {
+		return nil
+	}
+	c := cs.check
+	cmp := c.Compare
+	d := &audit.ComparisonDetail{
+		With: withText(cmp.With), Kind: "samples", Direction: cmp.Direction,
+		ErrorsQuery: cs.cmp.errors, TotalQuery: cs.cmp.total,
+		Confidence: cmp.Confidence, Look: cr.Look, Looks: cr.Looks, Alpha: cr.Alpha,
+		NotJudged: cr.NotJudged,
+	}
+	if cmp.Margin != nil {
+		d.Margin = *cmp.Margin
+	}
+	judged := cr.NotJudged == ""
+	if s := cr.Samples; s != nil {
+		d.Test, d.Worse, d.Level = s.Test, s.Worse, s.Level
+		d.After = audit.SideDetail{N: s.NAfter, Median: jsonFloat(s.MedianAfter), Samples: chartSamples(in.After)}
+		d.Before = audit.SideDetail{N: s.NBefore, Median: jsonFloat(s.MedianBefore), Samples: chartSamples(in.Before)}
+		d.MarginValue = audit.Some(jsonFloat(s.Margin))
+		if judged {
+			d.P = jsonFloat(s.P)
+			d.Shift, d.ShiftLow, d.ShiftHigh = audit.Some(jsonFloat(s.Shift)), audit.Some(jsonFloat(s.Low)), audit.Some(jsonFloat(s.High))
+		}
+	}
+	if n := cr.Counts; n != nil {
+		d.Kind, d.Test, d.Worse, d.Level = "counts", n.Test, n.Worse, n.Level
+		side := func(e, t int64, rate, disp float64, steps int) audit.SideDetail {
+			sd := audit.SideDetail{N: steps, Errors: &e, Total: &t, Dispersion: disp}
+			if t > 0 {
+				sd.Rate = jsonFloat(rate)
+			}
+			return sd
+		}
+		d.After = side(n.ErrorsAfter, n.TotalAfter, n.RateAfter, n.DispersionAfter, len(in.TotalAfter))
+		d.Before = side(n.ErrorsBefore, n.TotalBefore, n.RateBefore, n.DispersionBefore, len(in.TotalBefore))
+		if judged {
+			d.P = jsonFloat(n.P)
+			d.Ratio, d.RatioLow, d.RatioHigh = audit.Some(jsonFloat(n.Ratio)), audit.Some(jsonFloat(n.Low)), audit.Some(jsonFloat(n.High))
+		}
+	}
+	if t := cr.Trend; t != nil {
+		d.Trend = &audit.TrendDetail{Early: jsonFloat(t.MedianBefore), Late: jsonFloat(t.MedianAfter), P: t.P, Worse: t.Worse}
+	}
+	if t := cr.CountTrend; t != nil {
+		d.Trend = &audit.TrendDetail{Early: jsonFloat(t.RateBefore), Late: jsonFloat(t.RateAfter), P: t.P, Worse: t.Worse}
+	}
+	return d
+}
+
+// withText names what a comparison compares with, for records.
+func withText(w policy.CompareWith) string {
+	switch w.Kind {
+	case policy.WithOffset:
+		return "offset " + w.Offset.String()
+	case policy.WithWeeks:
+		return fmt.Sprintf("weeks %d", w.Weeks)
+	}
+	return w.Kind
+}
+
+// chartSamples picks at most audit.ChartSamples values, evenly in time
+// order, for a chart of the two sides.
+func chartSamples(vs []float64) []*float64 {
+	if len(vs) == 0 {
+		return nil
+	}
+	n := min(len(vs), audit.ChartSamples)
+	out := make([]*float64, n)
+	for i := range n {
+		out[i] = jsonFloat(vs[int(math.Round(float64(i)*float64(len(vs)-1)/float64(max(n-1, 1))))])
+	}
+	return out
+}
+
+// Preview is a comparison replayed over past data, look by look, as a run
+// would have judged it.
+type Preview struct {
+	At        time.Time // the deciding look: the first that failed, else the last
+	Looks     int       // looks taken, up to and including At
+	Judgement policy.Judgement
+	Detail    *audit.ComparisonDetail
+}
+
+// PreviewComparison replays check c of p (which must compare) for a
+// deploy of version that happened at deployed, as a run that started then
+// would have looked at it: every look of the window up to until (or the
+// window's end), each evaluated at its own time, stopping at the first
+// that fails. It is what `watcher check --prometheus.url` shows.
+func PreviewComparison(ctx context.Context, q Querier, p *policy.Policy, c *policy.Check, data policy.TemplateData, deployed, until time.Time) (Preview, error) {
+	if c.Compare == nil {
+		return Preview{}, fmt.Errorf("check %q does not compare", c.Name)
+	}
+	st, err := newCompareState(c, data)
+	if err != nil {
+		return Preview{}, err
+	}
+	at := lookAt{policy: p, check: c, start: deployed, deploy: deployed, version: data.Version}
+	first, interval, end := window(p, deployed)
+	var pv Preview
+	for ts := first; !ts.After(end) && !ts.After(until); ts = ts.Add(interval) {
+		in, err := st.look(ctx, q, at, ts)
+		j, cr := c.JudgeCompare(in, err)
+		pv = Preview{At: ts, Looks: pv.Looks + 1, Judgement: j, Detail: comparisonDetail(&checkState{check: c, cmp: st}, cr, in)}
+		if j.Outcome == policy.Fail || interval <= 0 {
+			break
+		}
+	}
+	if pv.Looks == 0 {
+		return pv, fmt.Errorf("no look of the window (first at %s) is before %s", first.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339))
+	}
+	return pv, nil
+}

@@ -1,0 +1,190 @@
+package watch
+
+import (
+	"context"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/model"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/policy"
+)
+
+func TestGrid(t *testing.T) {
+	step := 15 * time.Second
+	at := time.Date(2026, 12, 4, 10, 0, 7, 0, time.UTC)
+	if got, want := gridFloor(at, step), time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC); !got.Equal(want) {
+		t.Errorf("gridFloor(%s) = %s, want %s", at, got, want)
+	}
+	if got, want := gridCeil(at, step), time.Date(2026, 12, 4, 10, 0, 15, 0, time.UTC); !got.Equal(want) {
+		t.Errorf("gridCeil(%s) = %s, want %s", at, got, want)
+	}
+	on := time.Date(2026, 12, 4, 10, 0, 15, 0, time.UTC)
+	if !gridFloor(on, step).Equal(on) || !gridCeil(on, step).Equal(on) {
+		t.Errorf("a time on the grid moved: floor %s, ceil %s", gridFloor(on, step), gridCeil(on, step))
+	}
+	before := time.Unix(-7, 0)
+	if got := gridFloor(before, step); !got.Equal(time.Unix(-15, 0)) {
+		t.Errorf("gridFloor(%s) = %s, want 15s before the epoch", before, got)
+	}
+}
+
+// TestCompareLooks: looks are numbered among those whose after side has
+// enough samples, and a time off the plan is look 0.
+func TestCompareLooks(t *testing.T) {
+	p := &policy.Policy{Window: model.Duration(10 * time.Minute), Interval: model.Duration(time.Minute), InitialDelay: model.Duration(time.Minute)}
+	start := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	after := start.Add(time.Minute)
+	step := 15 * time.Second
+	// Looks at 10:01..10:10; the after side has 1, 5, 9, ... samples: 10
+	// samples from 10:03 (at 10:03:15 exactly 10, but looks are on the
+	// minute: 10:03 has 9, 10:04 has 13).
+	cases := []struct {
+		ts          time.Time
+		look, looks int
+	}{
+		{start.Add(4 * time.Minute), 1, 7},
+		{start.Add(10 * time.Minute), 7, 7},
+		{start.Add(3 * time.Minute), 0, 7},
+		{start.Add(4*time.Minute + time.Second), 0, 7},
+	}
+	for _, c := range cases {
+		look, looks := compareLooks(p, start, after, step, 10, c.ts)
+		if look != c.look || looks != c.looks {
+			t.Errorf("look at %s = %d of %d, want %d of %d", c.ts.Format("15:04:05"), look, looks, c.look, c.looks)
+		}
+	}
+}
+
+// comparePolicy is one policy with one check; deployAt is when scripts
+// switch from the before to the after data.
+func comparePolicy(check string) string {
+	return "policies:\n" + policyYAML("shop-compare", shopMatch, `
+window: 3s
+interval: 300ms`, check)
+}
+
+// shifting answers noise around before until deployAt, and around after
+// from then on.
+func shifting(deployAt time.Time, before, after float64) script {
+	return func(_ context.Context, _ string, _ int, ts time.Time) (model.Vector, error) {
+		r := rand.New(rand.NewPCG(uint64(ts.UnixMilli()), 1))
+		v := before
+		if !ts.Before(deployAt) {
+			v = after
+		}
+		return vec(v * (1 + 0.1*(r.Float64()-0.5))), nil
+	}
+}
+
+func TestComparePreDeploy(t *testing.T) {
+	t.Parallel()
+	check := `
+- name: latency-vs-before
+  query: latency_seconds{service="{{ .Service }}"}
+  compare:
+    with: pre_deploy
+    lookback: 10s
+    step: 100ms
+    direction: increase
+    margin: 0.2
+    min_samples: 5`
+	for _, c := range []struct {
+		name   string
+		after  float64
+		kind   string
+		reason string
+	}{
+		{"shift", 2, audit.RunFailed, "worse by more than 20%"},
+		{"noise", 1, audit.RunPassed, "window closed healthy"},
+		{"under the margin", 1.1, audit.RunPassed, "window closed healthy"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			deployAt := time.Now()
+			h := newHarness(t, comparePolicy(check), shifting(deployAt, 1, c.after))
+			h.publish(deployEvent("d-cmp", "shop", "production", "v2", "time", deployAt.UTC().Format(time.RFC3339Nano)))
+			v := h.waitFor("d-cmp", verdictKinds...)
+			if v.Kind != c.kind || !strings.Contains(v.Message, c.reason) {
+				t.Fatalf("verdict %s: %s; want %s with %q", v.Kind, v.Message, c.kind, c.reason)
+			}
+			ms := h.rec.ofDeploy("d-cmp", audit.Measurement)
+			if len(ms) == 0 {
+				t.Fatal("no measurements")
+			}
+			last := ms[len(ms)-1]
+			d, ok := last.Detail["comparison"].(*audit.ComparisonDetail)
+			if !ok {
+				t.Fatalf("measurement %q has no comparison detail: %#v", last.Message, last.Detail)
+			}
+			if d.Kind != "samples" || d.With != "pre_deploy" || d.Before.N < 90 || d.After.N < 5 || d.Looks == 0 || d.Test == "" {
+				t.Errorf("comparison detail %+v", d)
+			}
+			if c.kind == audit.RunFailed && (!d.Worse || d.P == nil || *d.P > d.Alpha) {
+				t.Errorf("failing measurement: worse %v, p %v, alpha %v", d.Worse, d.P, d.Alpha)
+			}
+			// The after side is fetched look by look: no step twice.
+			calls := h.q.callsFor("latency_seconds")
+			var afterCalls []queryCall
+			for _, q := range calls {
+				if q.Start.IsZero() {
+					t.Errorf("instant query %q at %s: a comparison alone needs none", q.Query, q.TS)
+				}
+				if !q.Start.Before(deployAt) {
+					afterCalls = append(afterCalls, q)
+				}
+			}
+			for i := 1; i < len(afterCalls); i++ {
+				if !afterCalls[i].Start.After(afterCalls[i-1].TS) {
+					t.Errorf("range %s..%s overlaps the one before, ..%s", afterCalls[i].Start, afterCalls[i].TS, afterCalls[i-1].TS)
+				}
+			}
+		})
+	}
+}
+
+// TestCompareCounts: new errors where there were none fail the check; the
+// same error rate before and after passes.
+func TestCompareCounts(t *testing.T) {
+	t.Parallel()
+	check := `
+- name: payment-errors
+  compare:
+    with: pre_deploy
+    errors: sum(increase(errors_total{service="{{ .Service }}"}[{{ .Range }}]))
+    total: sum(increase(requests_total{service="{{ .Service }}"}[{{ .Range }}]))
+    lookback: 10s
+    step: 100ms
+    margin: 0.5
+    min_total: 200`
+	for _, c := range []struct {
+		name                string
+		errBefore, errAfter float64
+		kind                string
+	}{
+		{"new errors", 0, 3, audit.RunFailed},
+		{"steady errors", 1, 1, audit.RunPassed},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			deployAt := time.Now()
+			h := newHarness(t, comparePolicy(check), byQuery(map[string]script{
+				"errors_total":   shifting(deployAt, c.errBefore, c.errAfter),
+				"requests_total": always(100),
+			}))
+			h.publish(deployEvent("d-cnt", "shop", "production", "v2", "time", deployAt.UTC().Format(time.RFC3339Nano)))
+			v := h.waitFor("d-cnt", verdictKinds...)
+			if v.Kind != c.kind {
+				t.Fatalf("verdict %s: %s; want %s", v.Kind, v.Message, c.kind)
+			}
+			ms := h.rec.ofDeploy("d-cnt", audit.Measurement)
+			d, ok := ms[len(ms)-1].Detail["comparison"].(*audit.ComparisonDetail)
+			if !ok || d.Kind != "counts" || d.After.Total == nil || *d.After.Total == 0 || d.ErrorsQuery == "" || !strings.Contains(d.ErrorsQuery, "[100ms]") {
+				t.Fatalf("comparison detail %+v", d)
+			}
+		})
+	}
+}
