@@ -44,7 +44,7 @@ var (
 	// DefaultCountStep is a count comparison's step: each step's errors
 	// and requests are increase() over the step, which needs two scrapes
 	// of the counters inside it (30s covers a 15s scrape interval).
-	DefaultCountStep = model.Duration(30 * time.Second)
+	DefaultCountStep   = model.Duration(30 * time.Second)
 	DefaultConfidence  = 0.95
 	DefaultMinSamples  = 10
 	DefaultMinTotal    = 100
