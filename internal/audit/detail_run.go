@@ -61,6 +61,31 @@ type VerdictDetail struct {
 	// inconclusive deploy.
 	OnInconclusive string        `json:"on_inconclusive,omitempty"`
 	SupersededBy   *SupersededBy `json:"superseded_by,omitempty"`
+	// Score is a scored policy's score when the run was decided.
+	Score *ScoreDetail `json:"score,omitempty"`
+	// OnMarginal is the policy's on_marginal, on a run.marginal record.
+	OnMarginal string `json:"on_marginal,omitempty"`
+}
+
+// ScoreDetail is a scored run's score: 100 x (weight of the checks not
+// failed) / (weight of the checks judged), and what went into it.
+type ScoreDetail struct {
+	Score    float64 `json:"score"`
+	Pass     float64 `json:"pass"`
+	Marginal float64 `json:"marginal"`
+	// Checks are the policy's checks that are not dry-run, each with its
+	// weight and whether it counted (judged) and failed.
+	Checks []ScoreCheck `json:"checks"`
+}
+
+// ScoreCheck is one check's part in a score.
+type ScoreCheck struct {
+	Check    string  `json:"check"`
+	Weight   float64 `json:"weight"`
+	Critical bool    `json:"critical,omitempty"`
+	// State is ok, failed, inconclusive (left out of the score) or
+	// unjudged (no pass or fail yet: left out too).
+	State string `json:"state"`
 }
 
 // SupersededBy is the newer deploy that ended a run.
@@ -135,15 +160,21 @@ func (d VerdictDetail) Map() map[string]any {
 	if d.SupersededBy != nil {
 		m["superseded_by"] = map[string]any{"deploy_id": d.SupersededBy.DeployID, "version": d.SupersededBy.Version}
 	}
+	if d.Score != nil {
+		m["score"] = d.Score
+	}
+	if d.OnMarginal != "" {
+		m["on_marginal"] = d.OnMarginal
+	}
 	return m
 }
 
 // Verdict is r's detail when r is a verdict record (run.passed,
-// run.failed, run.inconclusive, run.superseded).
+// run.failed, run.inconclusive, run.marginal, run.superseded).
 func (r Record) Verdict() (VerdictDetail, bool) {
 	var d VerdictDetail
 	switch r.Kind {
-	case RunPassed, RunFailed, RunInconclusive, RunSuperseded:
+	case RunPassed, RunFailed, RunInconclusive, RunMarginal, RunSuperseded:
 		return d, r.decode(r.Kind, &d)
 	}
 	return d, false

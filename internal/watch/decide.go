@@ -99,7 +99,7 @@ func (w *Watcher) settle(ctx context.Context, r *Run, mv move) {
 		checks[i] = r.checks[c]
 	}
 	detail := mv.detail
-	if mv.verdict == VerdictInconclusive || mv.verdict == VerdictFailed {
+	if mv.verdict == VerdictInconclusive || mv.verdict == VerdictFailed || mv.verdict == VerdictMarginal {
 		detail.Checks = checkDetails(checks)
 	}
 	if mv.rollback {

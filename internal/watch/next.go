@@ -155,6 +155,16 @@ func nextMove(s runSnapshot, p *policy.Policy, now time.Time) move {
 			blind = append(blind, i)
 		}
 	}
+	if p.Score != nil {
+		// A scored run fails at once on a critical check, or when its
+		// score falls below marginal; other failures wait for the score
+		// at the window's end.
+		sc := scoreOf(s, p)
+		if mv, ok := sc.failNow(s, p); ok {
+			return mv
+		}
+		failed = nil
+	}
 	switch {
 	case len(failed) > 0:
 		return move{kind: moveDecide, verdict: VerdictFailed, record: audit.RunFailed,
@@ -207,6 +217,13 @@ func closeMove(s runSnapshot, p *policy.Policy, sk skipped) move {
 	detail := audit.VerdictDetail{SkippedMeasurements: sk.n}
 	if sk.n > 0 {
 		what = fmt.Sprintf("%d measurements from %s skipped: %s", sk.n, sk.from.UTC().Format(time.RFC3339Nano), sk.why)
+	}
+	if p.Score != nil && sk.n == 0 {
+		// Inconclusive checks are left out of a score; only a run with
+		// no check judged at all is inconclusive.
+		if sc := scoreOf(s, p); sc.judged > 0 {
+			return sc.closeMove(s, p)
+		}
 	}
 	if len(blind) > 0 {
 		reason := blindReason(s, p, blind)

@@ -237,3 +237,106 @@ func TestNextMove(t *testing.T) {
 		})
 	}
 }
+
+// TestNextMoveScored: a scored policy (README "Scores") fails at once on a
+// critical check or below marginal, leaves inconclusive and dry-run checks
+// out, and at the window's end passes, ends marginal (on_marginal) or fails
+// by its score.
+func TestNextMoveScored(t *testing.T) {
+	t0 := time.Unix(1_800_000_000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	check := func(name string, weight float64, critical bool) *policy.Check {
+		return &policy.Check{Name: name, Weight: weight, Critical: critical}
+	}
+	// errors (3, critical), latency (2), orders (2), apdex (1): 8 in all.
+	pol := func(onMarginal string) *policy.Policy {
+		return &policy.Policy{Name: "p", Window: model.Duration(10 * time.Second), Interval: model.Duration(time.Second),
+			InitialDelay: model.Duration(2 * time.Second), OnInconclusive: policy.OnInconclusiveKeep,
+			Score: &policy.Score{Pass: 80, Marginal: 50}, OnMarginal: onMarginal,
+			Checks: []*policy.Check{check("errors", 3, true), check("latency", 2, false), check("orders", 2, false), check("apdex", 1, false)}}
+	}
+	keep, rollback := pol(policy.OnMarginalKeep), pol(policy.OnMarginalRollback)
+	ok, failed, blind, none := policy.Tally{Pass: 9}, policy.Tally{Pass: 5, Fail: 1}, policy.Tally{Inconclusive: 9}, policy.Tally{}
+	snap := func(next time.Time, measured bool, tallies ...policy.Tally) runSnapshot {
+		s := runSnapshot{Start: t0, Since: t0, DueThen: at(2), Next: next, QueryTimeout: time.Second, Verdict: VerdictPending, Measured: measured}
+		for _, tl := range tallies {
+			s.Checks = append(s.Checks, checkProgress{Tally: tl})
+		}
+		return s
+	}
+	for _, tc := range []struct {
+		name     string
+		p        *policy.Policy
+		s        runSnapshot
+		now      time.Time
+		kind     moveKind
+		verdict  string
+		record   string
+		rollback bool
+		checks   []int
+		score    float64 // of the verdict's detail; -1: none
+		reason   []string
+	}{
+		{name: "a non-critical failure above marginal: measure on", p: keep,
+			s: snap(at(5), true, ok, failed, ok, ok), now: at(4.1), kind: moveWait, score: -1},
+		{name: "a critical failure fails at once whatever the score", p: keep,
+			s: snap(at(5), true, failed, ok, ok, ok), now: at(4.1), kind: moveDecide,
+			verdict: VerdictFailed, record: audit.RunFailed, rollback: true, checks: []int{0}, score: 62.5,
+			reason: []string{"check errors failed", "a critical check fails the run whatever the score (score 62.5 (weight 5 of 8 not failed)"}},
+		{name: "below marginal fails at once", p: keep,
+			s: snap(at(5), true, ok, failed, failed, failed), now: at(4.1), kind: moveDecide,
+			verdict: VerdictFailed, record: audit.RunFailed, rollback: true, checks: []int{1, 2, 3}, score: 37.5,
+			reason: []string{"score 37.5 below marginal 50: check latency failed"}},
+		{name: "at marginal exactly: measure on", p: keep,
+			s: snap(at(5), true, ok, failed, failed, ok), now: at(4.1), kind: moveWait, score: -1},
+		{name: "at the end, >= pass: passed", p: keep,
+			s: snap(at(11), false, ok, ok, ok, failed), now: at(10), kind: moveDecide,
+			verdict: VerdictPassed, record: audit.RunPassed, score: 87.5,
+			reason: []string{"window closed with score 87.5 >= pass 80", "check apdex failed"}},
+		{name: "at the end, marginal, on_marginal keep", p: keep,
+			s: snap(at(11), false, ok, failed, ok, ok), now: at(10), kind: moveDecide,
+			verdict: VerdictMarginal, record: audit.RunMarginal, checks: []int{1}, score: 75,
+			reason: []string{"window closed marginal, score 75 below pass 80 and >= marginal 50", "on_marginal: keep, nothing rolled back"}},
+		{name: "at the end, marginal, on_marginal rollback", p: rollback,
+			s: snap(at(11), false, ok, failed, ok, ok), now: at(10), kind: moveDecide,
+			verdict: VerdictMarginal, record: audit.RunMarginal, rollback: true, checks: []int{1}, score: 75,
+			reason: []string{"on_marginal: rollback"}},
+		{name: "inconclusive and unmeasured checks are left out", p: keep,
+			s: snap(at(11), false, ok, blind, none, failed), now: at(10), kind: moveDecide,
+			verdict: VerdictPassed, record: audit.RunPassed, score: 75, rollback: false,
+			reason: []string{"window closed with score 75 >= pass 75", "left out: latency unjudged, orders unjudged"}},
+		{name: "no check judged: inconclusive", p: keep,
+			s: snap(at(11), false, blind, blind, none, none), now: at(10), kind: moveDecide,
+			verdict: VerdictInconclusive, record: audit.RunInconclusive, checks: []int{0, 1, 2, 3}, score: -1,
+			reason: []string{"check errors is inconclusive"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Weight 3 of 4 judged is 75: that case passes at pass 75.
+			p := tc.p
+			if strings.HasPrefix(tc.name, "inconclusive and unmeasured") {
+				cp := *p
+				cp.Score = &policy.Score{Pass: 75, Marginal: 50}
+				p = &cp
+			}
+			got := nextMove(tc.s, p, tc.now)
+			if got.kind != tc.kind || got.verdict != tc.verdict || got.record != tc.record || got.rollback != tc.rollback {
+				t.Fatalf("move %s verdict %q record %q rollback %v (%s), want %s %q %q %v",
+					got.kind, got.verdict, got.record, got.rollback, got.reason, tc.kind, tc.verdict, tc.record, tc.rollback)
+			}
+			if !reflect.DeepEqual(got.checks, tc.checks) {
+				t.Errorf("deciding checks %v, want %v", got.checks, tc.checks)
+			}
+			switch sc := got.detail.Score; {
+			case tc.score < 0 && sc != nil:
+				t.Errorf("detail has a score %+v, want none", sc)
+			case tc.score >= 0 && (sc == nil || sc.Score != tc.score):
+				t.Errorf("detail score %+v, want %v", sc, tc.score)
+			}
+			for _, s := range tc.reason {
+				if !strings.Contains(got.reason, s) {
+					t.Errorf("reason %q does not say %q", got.reason, s)
+				}
+			}
+		})
+	}
+}

@@ -21,6 +21,7 @@ const (
 	VerdictPassed       = "passed"
 	VerdictFailed       = "failed"
 	VerdictInconclusive = "inconclusive"
+	VerdictMarginal     = "marginal" // a scored run between score.marginal and score.pass
 	VerdictSuperseded   = "superseded"
 )
 

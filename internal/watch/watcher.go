@@ -150,7 +150,7 @@ func (w *Watcher) init() {
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
 		}, []string{"result"}),
 	}
-	for _, v := range []string{VerdictPassed, VerdictFailed, VerdictInconclusive, VerdictSuperseded} {
+	for _, v := range []string{VerdictPassed, VerdictFailed, VerdictInconclusive, VerdictMarginal, VerdictSuperseded} {
 		w.metrics.runs.WithLabelValues(v)
 	}
 	for _, v := range []string{"started", "rejected", "skipped", "duplicate", "ignored"} {
