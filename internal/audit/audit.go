@@ -26,7 +26,7 @@ const (
 	RunPassed         = "run.passed"
 	RunFailed         = "run.failed"
 	RunInconclusive   = "run.inconclusive"
-	RunMarginal       = "run.marginal" // a scored run that ended between score.marginal and score.pass
+	RunMarginal       = "run.marginal"   // a scored run that ended between score.marginal and score.pass
 	RunSuperseded     = "run.superseded" // a newer deploy of the same service and environment took over
 	RollbackRequested = "rollback.requested"
 	RollbackHost      = "rollback.host"
