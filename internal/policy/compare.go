@@ -98,12 +98,11 @@ func (c *Check) JudgeCompare(in Sides, fetchErr error) (Judgement, *Comparison) 
 		return j, cr
 	}
 	shift := c.shiftText(res)
-	if !res.Worse {
-		j.Outcome = Pass
-		j.Reason = fmt.Sprintf("%s: shift %s, not worse by more than %s %s", sides, shift, percent(margin), lookText(res.P, cr))
-		return j, cr
-	}
-	if cmp.With.Kind == WithPreDeploy {
+	// The trend guard runs when the after side looks worse by more than
+	// the margin, significant or not: a baseline already moving the bad
+	// way also inflates the test's variance, so an incident that began
+	// before the deploy often fails to be significant and would pass.
+	if cmp.With.Kind == WithPreDeploy && (res.Worse || beyond(res, dir)) {
 		tr := stats.Trend(in.Before, dir, margin, alpha)
 		cr.Trend = &tr
 		if tr.Worse {
@@ -112,6 +111,11 @@ func (c *Check) JudgeCompare(in Sides, fetchErr error) (Judgement, *Comparison) 
 				sides, shift, dir, formatNumber(tr.MedianAfter), formatNumber(tr.MedianBefore), formatP(tr.P))
 			return j, cr
 		}
+	}
+	if !res.Worse {
+		j.Outcome = Pass
+		j.Reason = fmt.Sprintf("%s: shift %s, not worse by more than %s %s", sides, shift, percent(margin), lookText(res.P, cr))
+		return j, cr
 	}
 	j.Outcome = Fail
 	j.Reason = fmt.Sprintf("%s: shift %s, worse by more than %s %s", sides, shift, percent(margin), lookText(res.P, cr))
@@ -146,12 +150,7 @@ func (c *Check) judgeCounts(j Judgement, cr *Comparison, in Sides, margin, alpha
 		return j
 	}
 	ratio := fmt.Sprintf("rate x%s [x%s, x%s]", ratioNumber(res.Ratio), ratioNumber(res.Low), ratioNumber(res.High))
-	if !res.Worse {
-		j.Outcome = Pass
-		j.Reason = fmt.Sprintf("%s: %s, not worse by more than %s %s", sides, ratio, percent(margin), lookText(res.P, cr))
-		return j
-	}
-	if cmp.With.Kind == WithPreDeploy {
+	if cmp.With.Kind == WithPreDeploy && (res.Worse || res.Ratio > 1+margin) {
 		// The later half of the lookback against the earlier: errors
 		// already climbing before the deploy are not its fault.
 		h := len(in.ErrorsBefore) / 2
@@ -166,9 +165,26 @@ func (c *Check) judgeCounts(j Judgement, cr *Comparison, in Sides, margin, alpha
 			return j
 		}
 	}
+	if !res.Worse {
+		j.Outcome = Pass
+		j.Reason = fmt.Sprintf("%s: %s, not worse by more than %s %s", sides, ratio, percent(margin), lookText(res.P, cr))
+		return j
+	}
 	j.Outcome = Fail
 	j.Reason = fmt.Sprintf("%s: %s, worse by more than %s %s", sides, ratio, percent(margin), lookText(res.P, cr))
 	return j
+}
+
+// beyond reports whether the estimated shift is past the margin in the
+// bad direction, significant or not.
+func beyond(r stats.ShiftResult, dir stats.Direction) bool {
+	switch dir {
+	case stats.Decrease:
+		return r.Shift < -r.Margin
+	case stats.Either:
+		return math.Abs(r.Shift) > r.Margin
+	}
+	return r.Shift > r.Margin
 }
 
 // shiftText is the estimated shift and its interval, relative to the
