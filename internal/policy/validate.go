@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/rollback-watcher/watcher/internal/stats"
 )
 
 // promql parses queries at load time. Experimental functions are allowed:
@@ -492,6 +494,31 @@ func (d *decoder) checkCompare(p *Policy, c *Check, timing bool) {
 		} else if cmp.With.Kind == WithPreDeploy && lookback && samples(cmp.Lookback) < cmp.MinSamples {
 			d.errorf(d.line(line, &cmp.Lookback, &cmp.MinSamples, &cmp.Step), "%s: compare.min_samples %d is never reached before the deploy: lookback %s holds %d samples at step %s",
 				what, cmp.MinSamples, cmp.Lookback, samples(cmp.Lookback), cmp.Step)
+		}
+	}
+	// A count comparison judges bursts from per-step counts, which takes
+	// stats.MinSteps steps a side.
+	if counts {
+		after := p.Window - p.InitialDelay
+		if after < 0 || samples(after) < stats.MinSteps {
+			d.errorf(d.line(line, &cmp.Step), "%s: a count comparison needs %d steps after the deploy to judge how bursty errors are, and the window %s after initial_delay %s holds at most %d at step %s: use a shorter compare.step (at least twice the scrape interval) or a longer window",
+				what, stats.MinSteps, p.Window, p.InitialDelay, max(0, samples(max(0, after))), cmp.Step)
+		} else if cmp.With.Kind == WithPreDeploy && lookback && samples(cmp.Lookback) < stats.MinSteps {
+			d.errorf(d.line(line, &cmp.Lookback, &cmp.Step), "%s: a count comparison needs %d steps before the deploy, and lookback %s holds %d at step %s",
+				what, stats.MinSteps, cmp.Lookback, samples(cmp.Lookback), cmp.Step)
+		}
+	}
+	// Looks before the after side holds enough samples are inconclusive
+	// ("not judged yet"); an inconclusive_limit below their number would
+	// decide every run inconclusive before its first judged look.
+	if need := max(cmp.MinSamples, 1); c.InconclusiveLimit != nil && p.Interval > 0 {
+		if counts {
+			need = stats.MinSteps
+		}
+		early := int((model.Duration(need-1)*cmp.Step + p.Interval - 1) / p.Interval)
+		if early > *c.InconclusiveLimit {
+			d.errorf(d.line(line, &c.InconclusiveLimit), "%s: inconclusive_limit %d is below the %d looks that come before the comparison has %d steps after the deploy (each is inconclusive, not judged yet): raise inconclusive_limit to at least %d",
+				what, *c.InconclusiveLimit, early, need, early)
 		}
 	}
 	// The before side is the after side's span moved back; moved back by
