@@ -8,7 +8,6 @@ import (
 	"io"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -380,48 +379,6 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 		}
 		return tw.Flush()
 	}
-}
-
-// runTable shows one run as its measurements: what each check saw, against
-// what, and how it counted, then the verdict and what followed.
-func runTable(w io.Writer, runID string, recs []audit.Record) error {
-	if len(recs) == 0 {
-		return fmt.Errorf("no audit records for run %s", runID)
-	}
-	first := recs[0]
-	fmt.Fprintf(w, "run %s: %s %s in %s, policy %s\n\n", runID, first.Service, first.Version, first.Environment, dash(first.Policy))
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tCHECK\tVALUE\tBASELINE\tRATIO\tTHRESHOLD\tOUTCOME\tCOUNTS")
-	var others []audit.Record
-	for _, r := range recs {
-		if r.Kind != audit.Measurement {
-			others = append(others, r)
-			continue
-		}
-		// A detail that does not decode whole still shows what did.
-		d, _ := r.Measurement()
-		c := d.Counts
-		counts := fmt.Sprintf("pass %d fail %d inconclusive %d error %d", c.Pass, c.Fail, c.Inconclusive, c.Error)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), d.Check,
-			num(d.Value), num(d.Baseline.Value), num(d.Ratio.Value), dash(d.Threshold), d.Outcome, counts)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintln(w)
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	for _, r := range others {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), r.Kind, oneLine(r.Message))
-	}
-	return tw.Flush()
-}
-
-// num prints a measured number compactly, "-" when there is none.
-func num(v *float64) string {
-	if v == nil {
-		return "-"
-	}
-	return strconv.FormatFloat(*v, 'g', 6, 64)
 }
 
 func dash(s string) string {

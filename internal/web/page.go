@@ -153,6 +153,7 @@ type checkView struct {
 	Last, LastClass        string
 	LastReason             string
 	Counts                 string
+	Comparison             *comparisonView
 	Charts                 []chartView
 }
 

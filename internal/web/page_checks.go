@@ -33,6 +33,7 @@ func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time
 		dryRun                 bool
 		ms                     []measurement
 		counts                 *audit.Counts
+		cmp                    *comparisonView
 	}
 	var order []*check
 	byName := map[string]*check{}
@@ -66,6 +67,9 @@ func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time
 			at = rec.Time
 		}
 		c.ms = append(c.ms, measurement{at: at, value: d.Value, ratio: d.Ratio.Value, outcome: d.Outcome, reason: d.Reason, msg: rec.Message})
+		if d.Comparison != nil {
+			c.cmp = &comparisonView{d: d.Comparison, Time: clock(at, now), Outcome: d.Outcome, OutcomeClass: outcomeClass(d.Outcome)}
+		}
 	}
 	// The watcher's latest measurement of each check, for checks the
 	// records do not show (not read, or not yet in the stream).
@@ -90,6 +94,11 @@ func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time
 	var out []checkView
 	for _, c := range order {
 		cv := checkView{Name: c.name, Threshold: c.threshold, Query: c.query, DryRun: c.dryRun}
+		if c.cmp != nil {
+			// Only the latest comparison is drawn: its lines and chart.
+			c.cmp.Lines, c.cmp.Chart = ComparisonLines(c.cmp.d), buildCompareChart(c.cmp.d)
+			cv.Comparison = c.cmp
+		}
 		if n := len(c.ms); n > 0 {
 			last := c.ms[n-1]
 			cv.LastClass = outcomeClass(last.outcome)
