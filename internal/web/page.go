@@ -443,6 +443,8 @@ func verdictText(v string) (text, class string) {
 		return "failed", "bad"
 	case watch.VerdictInconclusive:
 		return "inconclusive", "warn"
+	case watch.VerdictMarginal:
+		return "marginal", "warn"
 	case watch.VerdictSuperseded:
 		return "superseded", "muted"
 	case "":

@@ -190,3 +190,17 @@ func TestMarginBand(t *testing.T) {
 		t.Errorf("a band without a margin value")
 	}
 }
+
+// TestVerdictText: every verdict a run can end with has its words and
+// colour; marginal is a warning, not an unknown.
+func TestVerdictText(t *testing.T) {
+	for v, want := range map[string][2]string{
+		watch.VerdictPassed: {"passed", "ok"}, watch.VerdictFailed: {"failed", "bad"},
+		watch.VerdictInconclusive: {"inconclusive", "warn"}, watch.VerdictMarginal: {"marginal", "warn"},
+		watch.VerdictSuperseded: {"superseded", "muted"}, watch.VerdictPending: {"validating", "info"},
+	} {
+		if text, class := verdictText(v); text != want[0] || class != want[1] {
+			t.Errorf("verdictText(%q) = %q, %q, want %q, %q", v, text, class, want[0], want[1])
+		}
+	}
+}
