@@ -93,19 +93,20 @@ func renderCompare(c *policy.Check, data policy.TemplateData) error {
 	return err
 }
 
-// lookWhen says which look the preview's judgement is, relative to the
-// deploy: the first that failed, else the last one, which is the
-// window's end or, while the window would still be open, the last look
-// before now.
+// lookWhen says when, after the deploy, the look was that the preview's
+// judgement comes from: the first that failed, else the last one, which
+// is the window's end or, while the window would still be open, the last
+// look before now. (The judgement's own "look N of M" counts only the
+// looks that can be judged.)
 func lookWhen(p *policy.Policy, pv watch.Preview, deployed, now time.Time) string {
-	when := fmt.Sprintf("look %d at +%s", pv.Looks, model.Duration(pv.At.Sub(deployed).Round(time.Second)))
+	at := "+" + model.Duration(pv.At.Sub(deployed).Round(time.Second)).String()
 	switch end := deployed.Add(time.Duration(p.Window)); {
 	case pv.Judgement.Outcome == policy.Fail:
-		return "first failed at " + when
+		return "first failed at " + at
 	case end.After(now):
-		return fmt.Sprintf("%s, the last before now (the window runs to +%s)", when, p.Window)
+		return fmt.Sprintf("at %s, the last look before now (the window runs to +%s)", at, p.Window)
 	default:
-		return when + ", the window's end"
+		return "at " + at + ", the window's end"
 	}
 }
 

@@ -517,9 +517,9 @@ func TestCheckAgainstPrometheus(t *testing.T) {
 		// replayed from then, have nothing to judge.
 		`comparisons as if version "trial" had been deployed at `,
 		"orders-compare  -      -         -      compare with pre_deploy over 10m: decrease > 20% at 95%",
-		"inconclusive  look 21 at +10m, the window's end: not judged yet: 0 samples since the deploy, min_samples 10",
+		"inconclusive  at +10m, the window's end: not judged yet: 0 samples since the deploy, min_samples 10",
 		"error-counts    -      -         -      compare error rate with pre_deploy over 10m: increase > 50% at 95%",
-		"inconclusive  look 21 at +10m, the window's end: not judged yet: 0 requests since the deploy, min_total 100",
+		"inconclusive  at +10m, the window's end: not judged yet: 0 requests since the deploy, min_total 100",
 		"its match is a glob; give --service and --environment",
 	} {
 		if !strings.Contains(out, want) {
