@@ -84,11 +84,11 @@ func addCheck(app *kingpin.Application, cmds map[string]func(context.Context, *e
 	cmd.Flag("config.file", "Configuration file whose rule_files to check when no file is given.").StringVar(&f.file)
 	cmd.Arg("rules", "Rule files or globs (default: the config file's rule_files, else "+DefaultRules+").").StringsVar(&f.rules)
 	var tf trialFlags
-	cmd.Flag("prometheus.url", "Also run every check's query on this Prometheus now, as if a deploy had just happened, and print what each check would get.").
+	cmd.Flag("prometheus.url", "Also run every check's query on this Prometheus now, as if a deploy had just happened, and print what each check would get; comparisons are replayed as if the deploy had happened an hour ago.").
 		IsSetByUser(&f.promSet).StringVar(&f.promURL)
 	cmd.Flag("service", "With --prometheus.url: the service templates see (default: the policy's match when it is not a glob).").StringVar(&tf.service)
 	cmd.Flag("environment", "With --prometheus.url: the environment templates see (default: as --service).").StringVar(&tf.environment)
-	cmd.Flag("version", "With --prometheus.url: the version templates see.").Default("trial").StringVar(&tf.version)
+	cmd.Flag("version", "With --prometheus.url: the version templates see, and the one a canary comparison looks for in its canary_label.").Default("trial").StringVar(&tf.version)
 	cmds["check"] = func(ctx context.Context, e *env) error {
 		cfg, err := e.load(&f)
 		if err != nil {

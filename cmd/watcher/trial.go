@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/prometheus/common/model"
 
 	"github.com/rollback-watcher/watcher/internal/config"
 	"github.com/rollback-watcher/watcher/internal/policy"
@@ -23,14 +21,19 @@ type trialFlags struct {
 
 // trial runs every check's query now, as if a deploy had just happened, and
 // prints what each would get: a way to try a policy before trusting it with
-// production. It fails (exit 1) when a query fails, since a run would only
-// ever record errors for it.
+// production. A comparison is replayed instead as if the deploy had
+// happened previewAgo ago, since it needs time after the deploy. It fails
+// (exit 1) when a query fails, since a run would only ever record errors
+// for it; a check that would fail is no fault of the rules.
 func trial(ctx context.Context, e *env, cfg *config.Config, set *policy.Set, tf trialFlags) error {
 	prom, err := promclient.New(cfg.Prometheus)
 	if err != nil {
 		return usageErr("%v", err)
 	}
 	now := time.Now()
+	// On a whole minute, so that the looks (on multiples of the interval)
+	// come at round times after it.
+	deployed := now.Add(-previewAgo).Truncate(time.Minute)
 	errors := 0
 	for _, p := range set.Policies {
 		svc, env := pick(tf.service, p.Match.Service), pick(tf.environment, p.Match.Environment)
@@ -39,53 +42,23 @@ func trial(ctx context.Context, e *env, cfg *config.Config, set *policy.Set, tf 
 			continue
 		}
 		fmt.Fprintf(e.stdout, "\n%s (%s:%d) for service %s in %s:\n", p.Name, p.File, p.Line, svc, env)
+		if slices.ContainsFunc(p.Checks, func(c *policy.Check) bool { return c.Compare != nil }) {
+			printComparisonNote(e.stdout, deployed, tf.version)
+		}
 		data := policy.TemplateData{Service: svc, Environment: env, Version: tf.version, PreviousVersion: "previous", Labels: map[string]string{}}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  CHECK\tVALUE\tBASELINE\tRATIO\tTHRESHOLD\tOUTCOME\tREASON")
 		for _, c := range p.Checks {
-			if c.Compare != nil && c.Compare.Counts() {
-				if !trialCounts(ctx, tw, prom, c, data, now) {
-					errors++
-				}
-				continue
+			ok := true
+			if c.Compare == nil || c.HasThresholds() {
+				ok = trialThresholds(ctx, tw, prom, c, data, now)
 			}
-			q, err := c.RenderQuery(data)
-			if err != nil {
-				fmt.Fprintf(tw, "  %s\t-\t-\t-\t%s\terror\t%v\n", c.Name, c.Threshold(), err)
-				errors++
-				continue
-			}
-			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			vec, qerr := prom.Query(tctx, q, now)
-			var base []policy.Series
-			if c.Baseline != nil && qerr == nil {
-				at := now // pre_deploy: the deploy is now
-				if c.Baseline.Kind != policy.BaselinePreDeploy {
-					at = now.Add(-time.Duration(c.Baseline.Offset))
-				}
-				if bv, err := prom.Query(tctx, q, at); err == nil {
-					base = policy.SeriesOf(bv)
-				}
-			}
-			cancel()
-			j := c.Judge(policy.SeriesOf(vec), base, qerr)
-			if j.Outcome == policy.Error {
-				errors++
-			}
-			outcome, reason := string(j.Outcome), j.Reason
 			if c.Compare != nil {
-				// Judge weighs only the thresholds; the comparison's verdict
-				// needs both sides' samples, which the preview does not fetch.
-				reason += "; " + comparisonNotPreviewed
-				if c.Min == nil && c.Max == nil && c.MinRatio == nil && c.MaxRatio == nil && j.Outcome != policy.Error {
-					outcome, reason = "-", "value now; "+comparisonNotPreviewed
-				}
+				ok = previewComparison(ctx, tw, prom, p, c, data, deployed, now) && ok
 			}
-			if c.DryRun {
-				outcome += " (dry-run)"
+			if !ok {
+				errors++
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, fmtNum(j.Value), fmtNum(j.Baseline), fmtNum(j.Ratio),
-				c.Threshold(), outcome, oneLine(reason))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
@@ -97,37 +70,36 @@ func trial(ctx context.Context, e *env, cfg *config.Config, set *policy.Set, tf 
 	return nil
 }
 
-const comparisonNotPreviewed = "the comparison is not previewed yet"
-
-// trialCounts runs a count comparison's errors and total over the last
-// hour and prints them as the error rate, so that a query the server
-// refuses shows now. It reports whether both queries ran.
-func trialCounts(ctx context.Context, tw io.Writer, prom *promclient.Client, c *policy.Check, data policy.TemplateData, now time.Time) bool {
-	data.Range = "1h"
-	var sums [2]float64
-	for i, render := range []func(policy.TemplateData) (string, error){c.RenderErrors, c.RenderTotal} {
-		q, err := render(data)
-		var vec model.Vector
-		if err == nil {
-			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			vec, err = prom.Query(tctx, q, now)
-			cancel()
+// trialThresholds runs c's query now and prints how its thresholds judge
+// the value. It reports whether the query ran.
+func trialThresholds(ctx context.Context, tw io.Writer, prom *promclient.Client, c *policy.Check, data policy.TemplateData, now time.Time) bool {
+	threshold := thresholdsOnly(c)
+	q, err := c.RenderQuery(data)
+	if err != nil {
+		fmt.Fprintf(tw, "  %s\t-\t-\t-\t%s\terror\t%v\n", c.Name, threshold, err)
+		return false
+	}
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	vec, qerr := prom.Query(tctx, q, now)
+	var base []policy.Series
+	if c.Baseline != nil && qerr == nil {
+		at := now // pre_deploy: the deploy is now
+		if c.Baseline.Kind != policy.BaselinePreDeploy {
+			at = now.Add(-time.Duration(c.Baseline.Offset))
 		}
-		if err != nil {
-			fmt.Fprintf(tw, "  %s\t-\t-\t-\t%s\terror\t%s\n", c.Name, c.Threshold(), oneLine(err.Error()))
-			return false
-		}
-		for _, s := range vec {
-			sums[i] += float64(s.Value)
+		if bv, err := prom.Query(tctx, q, at); err == nil {
+			base = policy.SeriesOf(bv)
 		}
 	}
-	rate := math.NaN()
-	if sums[1] > 0 {
-		rate = sums[0] / sums[1]
+	cancel()
+	j := c.Judge(policy.SeriesOf(vec), base, qerr)
+	outcome := string(j.Outcome)
+	if c.DryRun {
+		outcome += " (dry-run)"
 	}
-	fmt.Fprintf(tw, "  %s\t%s\t-\t-\t%s\t-\t%s errors of %s in the last 1h; %s\n", c.Name, fmtNum(rate), c.Threshold(),
-		fmtNum(sums[0]), fmtNum(sums[1]), comparisonNotPreviewed)
-	return true
+	fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Name, fmtNum(j.Value), fmtNum(j.Baseline), fmtNum(j.Ratio),
+		threshold, outcome, oneLine(j.Reason))
+	return j.Outcome != policy.Error
 }
 
 // pick is the flag's value, else the match when it names one thing.
