@@ -83,8 +83,14 @@ func (c *Check) JudgeCompare(in Sides, fetchErr error) (Judgement, *Comparison) 
 	if res.MedianBefore != 0 {
 		j.Ratio = res.MedianAfter / res.MedianBefore
 	}
+	med := func(v float64, n int) string {
+		if n == 0 {
+			return "-"
+		}
+		return formatNumber(v)
+	}
 	sides := fmt.Sprintf("median %s after vs %s before (%d vs %d samples)",
-		formatNumber(res.MedianAfter), formatNumber(res.MedianBefore), res.NAfter, res.NBefore)
+		med(res.MedianAfter, res.NAfter), med(res.MedianBefore, res.NBefore), res.NAfter, res.NBefore)
 	switch {
 	case res.NAfter < cmp.MinSamples:
 		cr.NotJudged = fmt.Sprintf("not judged yet: %d samples since the deploy, min_samples %d", res.NAfter, cmp.MinSamples)

@@ -71,7 +71,7 @@ func TestJudgeCompare(t *testing.T) {
 		{"too few samples after: not judged yet", sampleCheck(WithPreDeploy), Sides{After: noisy(9, 5, 1), Before: noisy(120, 1, 2), Look: 1, Looks: 10},
 			nil, Inconclusive, []string{"not judged yet: 9 samples since the deploy, min_samples 10"}},
 		{"no history before: not judged", sampleCheck(WithOffset), Sides{After: noisy(30, 5, 1), Look: 1, Looks: 10},
-			nil, Inconclusive, []string{"0 samples before, min_samples 10"}},
+			nil, Inconclusive, []string{"0 samples before, min_samples 10", "after vs - before (30 vs 0 samples)"}},
 		{"a baseline already climbing: not blamed on the deploy", sampleCheck(WithPreDeploy), Sides{After: noisy(30, 2, 1), Before: climbing, Look: 3, Looks: 10},
 			nil, Inconclusive, []string{"the baseline was already moving increase before the deploy", "not blamed on the deploy"}},
 		{"a failed query is an error", sampleCheck(WithPreDeploy), Sides{}, errors.New("boom"), Error, []string{"query failed: boom"}},

@@ -472,7 +472,7 @@ type Preview struct {
 // deploy of version that happened at deployed, as a run that started then
 // would have looked at it: every look of the window up to until (or the
 // window's end), each evaluated at its own time, stopping at the first
-// that fails. It is what `watcher check --prometheus.url` shows.
+// that fails or errs. It is what `watcher check --prometheus.url` shows.
 func PreviewComparison(ctx context.Context, q Querier, p *policy.Policy, c *policy.Check, data policy.TemplateData, deployed, until time.Time) (Preview, error) {
 	if c.Compare == nil {
 		return Preview{}, fmt.Errorf("check %q does not compare", c.Name)
@@ -488,7 +488,7 @@ func PreviewComparison(ctx context.Context, q Querier, p *policy.Policy, c *poli
 		in, err := st.look(ctx, q, at, ts)
 		j, cr := c.JudgeCompare(in, err)
 		pv = Preview{At: ts, Looks: pv.Looks + 1, Judgement: j, Detail: comparisonDetail(&checkState{check: c, cmp: st}, cr, in)}
-		if j.Outcome == policy.Fail || interval <= 0 {
+		if j.Outcome == policy.Fail || j.Outcome == policy.Error || interval <= 0 {
 			break
 		}
 	}
