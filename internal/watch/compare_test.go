@@ -11,6 +11,7 @@ import (
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
 func TestGrid(t *testing.T) {
@@ -186,5 +187,71 @@ func TestCompareCounts(t *testing.T) {
 				t.Fatalf("comparison detail %+v", d)
 			}
 		})
+	}
+}
+
+// TestComparisonResumesAfterCrash: a replica that takes over a comparing
+// run mid-window has none of its samples: it fetches the whole after span
+// (and the before side) at its first look, and judges the run on all of
+// it.
+func TestComparisonResumesAfterCrash(t *testing.T) {
+	t.Parallel()
+	rules := comparePolicy(`
+- name: latency-vs-before
+  query: latency_seconds{service="{{ .Service }}"}
+  compare:
+    with: pre_deploy
+    lookback: 10s
+    step: 100ms
+    direction: increase
+    margin: 0.2
+    min_samples: 15`)
+	h := newHarness(t, rules, always(0)) // never used: the replicas measure
+	h.stop()
+	deployAt := time.Now()
+	// Twice as slow from the deploy on; replica a crashes before it has
+	// the 15 samples (1.5s) a judgement needs.
+	s := shifting(deployAt, 1, 2)
+	lease := 600 * time.Millisecond
+	_, rec1, crash := h.replica("a", lease, s)
+	h.publish(deployEvent("d-cmp-resume", "shop", "production", "v2", "time", deployAt.UTC().Format(time.RFC3339Nano)))
+	testutil.Eventually(t, 10*time.Second, "2 measurements by replica a", func() bool {
+		return len(rec1.ofDeploy("d-cmp-resume", audit.Measurement)) >= 2
+	})
+	crash()
+
+	wb, rec2, _ := h.replica("b", lease, s)
+	var v []audit.Record
+	testutil.Eventually(t, 15*time.Second, "the run decided by replica b", func() bool {
+		v = rec2.ofDeploy("d-cmp-resume", verdictKinds...)
+		return len(v) > 0
+	})
+	if v[0].Kind != audit.RunFailed {
+		for _, r := range append(rec1.ofDeploy("d-cmp-resume"), rec2.ofDeploy("d-cmp-resume")...) {
+			t.Log(r.Kind, r.Message)
+		}
+		t.Fatalf("verdict %s: %s; want %s", v[0].Kind, v[0].Message, audit.RunFailed)
+	}
+	calls := wb.Querier.(*fakeQuerier).callsFor("latency_seconds")
+	var after []queryCall
+	for _, c := range calls {
+		if !c.Start.Before(deployAt) {
+			after = append(after, c)
+		}
+	}
+	if len(after) == 0 || after[0].Start.After(deployAt.Add(100*time.Millisecond)) {
+		t.Fatalf("replica b's first after-side range %v: want it to start at the deploy, its samples gone with replica a", after)
+	}
+	for _, r := range rec1.ofDeploy("d-cmp-resume", audit.Measurement) {
+		if r.Detail["outcome"] != "inconclusive" {
+			t.Fatalf("replica a judged before it crashed: %s", r.Message)
+		}
+	}
+	ms := rec2.ofDeploy("d-cmp-resume", audit.Measurement)
+	d, ok := ms[0].Detail["comparison"].(*audit.ComparisonDetail)
+	eval := ms[0].Detail["eval_time"].(time.Time)
+	if since := int(eval.Sub(deployAt) / (100 * time.Millisecond)); !ok || d.Before.N < 90 || d.After.N < since-1 {
+		t.Errorf("replica b's first comparison at %s after the deploy has %d samples after and %d before: want every step since the deploy (%d) and the whole lookback",
+			eval.Sub(deployAt), d.After.N, d.Before.N, since)
 	}
 }
