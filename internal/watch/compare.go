@@ -122,11 +122,6 @@ func stepsBetween(from, to time.Time, step time.Duration) int {
 	return int(to.Sub(from)/step) + 1
 }
 
-// compareLook gathers what a look at ts sees of cs's comparison.
-func (w *Watcher) compareLook(ctx context.Context, r *Run, cs *checkState, ts time.Time) (policy.Sides, error) {
-	return cs.cmp.look(ctx, w.querier, lookAt{policy: r.Policy, check: cs.check, start: r.Start, deploy: r.deployTime(), version: r.Deploy.Version}, ts)
-}
-
 // lookAt is what a look at a comparison needs to know of its run.
 type lookAt struct {
 	policy  *policy.Policy

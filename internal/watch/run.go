@@ -156,23 +156,32 @@ type Querier interface {
 	QueryRange(ctx context.Context, query string, start, end time.Time, step time.Duration) (model.Matrix, error)
 }
 
-// measure takes one measurement of every check at ts, counts it in the
-// check's tally and records it in the audit; nextMove judges the tallies.
-//
-// The checks' queries run at once, all within budget (the query timeout,
-// or less when the run is near its deadline): one slow check must not
-// leave the others no time, nor make the step take a timeout per check.
-// A query cut short by a budget below the timeout did not fail, the run ran
-// out of time: that check's measurement is not taken (neither recorded nor
-// counted), and cut says so.
-func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, timeout time.Duration) (cut bool, err error) {
+// taken is one check's measurement at a time: its judgement and what its
+// record needs, not yet counted in the check's tally.
+type taken struct {
+	j      policy.Judgement
+	cr     *policy.Comparison // of a check that compares
+	vec    model.Vector       // the instant query's answer
+	baseAt time.Time          // when the baseline was evaluated, for a check with one
+	sides  policy.Sides       // what a comparison judged
+	// cut: a query was cut short by a budget below the timeout; the
+	// measurement is not taken (neither counted nor recorded).
+	cut bool
+	// noBaseline says why the baseline could not be had, if so.
+	noBaseline error
+}
+
+// take measures every check of r at ts and judges each measurement: the
+// measurement that `watcher run` records and `watcher backtest` replays.
+// Queries go to q, all within budget (the query timeout, or less when the
+// run is near its deadline): one slow check must not leave the others no
+// time, nor make the step take a timeout per check. A query cut short by a
+// budget below the timeout did not fail, the run ran out of time: that
+// check's measurement is marked cut.
+func (r *Run) take(ctx context.Context, q Querier, ts time.Time, budget, timeout time.Duration) ([]taken, error) {
 	type answer struct {
-		vec    model.Vector
-		err    error
-		baseAt time.Time
-		sides  policy.Sides // of a comparison
-		cmpErr error
-		cut    bool
+		taken
+		err, cmpErr error
 	}
 	answers := make([]answer, len(r.checks))
 	qctx, cancel := context.WithTimeout(ctx, budget)
@@ -185,16 +194,17 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 				// A pre-deploy baseline is one moment, fetched once it has
 				// data; an offset baseline moves with the measurement.
 				if c.Baseline.Kind != policy.BaselinePreDeploy || cs.baseline == nil {
-					cs.baseline = w.baseline(qctx, r, cs, a.baseAt)
+					cs.baseline, a.noBaseline = fetchBaseline(qctx, q, cs.query, a.baseAt)
 				}
 			}
 			// A comparison's own queries replace the instant one unless
 			// the check has thresholds too.
 			if cs.cmp == nil || c.HasThresholds() {
-				a.vec, a.err = w.querier.Query(qctx, cs.query, ts)
+				a.vec, a.err = q.Query(qctx, cs.query, ts)
 			}
 			if cs.cmp != nil {
-				a.sides, a.cmpErr = w.compareLook(qctx, r, cs, ts)
+				at := lookAt{policy: r.Policy, check: c, start: r.Start, deploy: r.deployTime(), version: r.Deploy.Version}
+				a.sides, a.cmpErr = cs.cmp.look(qctx, q, at, ts)
 			}
 			for _, err := range []*error{&a.err, &a.cmpErr} {
 				if errors.Is(*err, context.DeadlineExceeded) && ctx.Err() == nil {
@@ -210,51 +220,76 @@ func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, tim
 	wg.Wait()
 	cancel()
 	if ctx.Err() != nil {
-		return false, ctx.Err()
+		return nil, ctx.Err()
 	}
+	out := make([]taken, len(r.checks))
 	for i, cs := range r.checks {
-		c := cs.check
-		if answers[i].cut {
+		a, c := &answers[i], cs.check
+		switch {
+		case a.cut:
+		case cs.cmp == nil:
+			a.j = c.Judge(policy.SeriesOf(a.vec), cs.baseline, a.err)
+		case c.HasThresholds():
+			var jc policy.Judgement
+			jc, a.cr = c.JudgeCompare(a.sides, a.cmpErr)
+			a.j = policy.Combine(c.Judge(policy.SeriesOf(a.vec), cs.baseline, a.err), jc)
+		default:
+			a.j, a.cr = c.JudgeCompare(a.sides, a.cmpErr)
+		}
+		out[i] = a.taken
+	}
+	return out, nil
+}
+
+// count counts check i's measurement m at ts in its tally and returns the
+// record it makes: message and detail.
+func (r *Run) count(i int, m taken, ts time.Time) (string, audit.MeasurementDetail) {
+	cs := r.checks[i]
+	c, j := cs.check, m.j
+	r.mu.Lock()
+	cs.tally.Add(j.Outcome)
+	tally := cs.tally
+	cs.last = &MeasurementStatus{
+		Check: c.Name, Time: ts, Value: jsonFloat(j.Value), Outcome: string(j.Outcome),
+		Threshold: j.Threshold, Reason: j.Reason, DryRun: c.DryRun,
+	}
+	r.mu.Unlock()
+	md := measurementDetail(cs, j, tally, m.vec, ts, m.baseAt)
+	md.Comparison = comparisonDetail(cs, m.cr, m.sides)
+	if md.Comparison != nil && j.Outcome == policy.Pass && m.cr.Look < m.cr.Looks {
+		// The chart's samples ride on the looks people read: a
+		// failure, a doubt, the last look. A passing look on the way
+		// keeps its numbers and leaves them out: 10,000 runs write a
+		// record every interval.
+		md.Comparison.After.Samples, md.Comparison.Before.Samples = nil, nil
+	}
+	return c.Describe(j, tally), md
+}
+
+// measure takes one measurement of every check at ts (take), counts it in
+// the check's tally and records it in the audit; nextMove judges the
+// tallies. cut says a measurement was cut by the run's deadline.
+func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, timeout time.Duration) (cut bool, err error) {
+	ms, err := r.take(ctx, w.querier, ts, budget, timeout)
+	if err != nil {
+		return false, err
+	}
+	for i, m := range ms {
+		c := r.checks[i].check
+		if m.noBaseline != nil {
+			w.logger.Debug("baseline unavailable", "run", r.ID, "check", c.Name, "at", m.baseAt, "err", m.noBaseline)
+		}
+		if m.cut {
 			w.logger.Debug("measurement skipped: the run's catch-up deadline cut its query", "run", r.ID, "check", c.Name, "eval_time", ts, "budget", budget)
 			cut = true
 			continue
 		}
-		vec, qerr, baseAt := answers[i].vec, answers[i].err, answers[i].baseAt
-		var j policy.Judgement
-		var cr *policy.Comparison
-		switch {
-		case cs.cmp == nil:
-			j = c.Judge(policy.SeriesOf(vec), cs.baseline, qerr)
-		case c.HasThresholds():
-			var jc policy.Judgement
-			jc, cr = c.JudgeCompare(answers[i].sides, answers[i].cmpErr)
-			j = policy.Combine(c.Judge(policy.SeriesOf(vec), cs.baseline, qerr), jc)
-		default:
-			j, cr = c.JudgeCompare(answers[i].sides, answers[i].cmpErr)
-		}
-		r.mu.Lock()
-		cs.tally.Add(j.Outcome)
-		tally := cs.tally
-		cs.last = &MeasurementStatus{
-			Check: c.Name, Time: ts, Value: jsonFloat(j.Value), Outcome: string(j.Outcome),
-			Threshold: j.Threshold, Reason: j.Reason, DryRun: c.DryRun,
-		}
-		r.mu.Unlock()
-		w.metrics.measurements.WithLabelValues(string(j.Outcome)).Inc()
-		md := measurementDetail(cs, j, tally, vec, ts, baseAt)
-		md.Comparison = comparisonDetail(cs, cr, answers[i].sides)
-		if md.Comparison != nil && j.Outcome == policy.Pass && cr.Look < cr.Looks {
-			// The chart's samples ride on the looks people read: a
-			// failure, a doubt, the last look. A passing look on the way
-			// keeps its numbers and leaves them out: 10,000 runs write
-			// a record every interval.
-			md.Comparison.After.Samples, md.Comparison.Before.Samples = nil, nil
-		}
-		detail := md.Map()
+		msg, md := r.count(i, m, ts)
+		w.metrics.measurements.WithLabelValues(string(m.j.Outcome)).Inc()
 		// A record that cannot be written must not hide a failure: the
 		// verdict still counts it (fail safe, not fail open).
 		msgID := fmt.Sprintf("%s.m%d.%d", r.ID, i, ts.UnixMilli())
-		if rerr := w.recordID(ctx, r, msgID, audit.Measurement, c.Describe(j, tally), detail); rerr != nil && err == nil {
+		if rerr := w.recordID(ctx, r, msgID, audit.Measurement, msg, md.Map()); rerr != nil && err == nil {
 			err = rerr
 		}
 	}
@@ -306,16 +341,18 @@ func (cs *checkState) baselineTime(r *Run, ts time.Time) time.Time {
 	return ts.Add(-time.Duration(cs.check.Baseline.Offset))
 }
 
-// baseline evaluates a check's query at the baseline time. A failure leaves
-// it unset: this measurement is inconclusive ("no baseline") and a
-// pre-deploy baseline is tried again at the next one.
-func (w *Watcher) baseline(ctx context.Context, r *Run, cs *checkState, at time.Time) []policy.Series {
-	vec, err := w.querier.Query(ctx, cs.query, at)
-	if err != nil || len(vec) == 0 {
-		w.logger.Debug("baseline unavailable", "run", r.ID, "check", cs.check.Name, "at", at, "series", len(vec), "err", err)
-		return nil
+// fetchBaseline evaluates a check's query at the baseline time. A failure
+// (or no data) leaves it unset: this measurement is inconclusive ("no
+// baseline") and a pre-deploy baseline is tried again at the next one.
+func fetchBaseline(ctx context.Context, q Querier, query string, at time.Time) ([]policy.Series, error) {
+	vec, err := q.Query(ctx, query, at)
+	if err != nil {
+		return nil, err
 	}
-	return policy.SeriesOf(vec)
+	if len(vec) == 0 {
+		return nil, errors.New("no data")
+	}
+	return policy.SeriesOf(vec), nil
 }
 
 // jsonFloat turns NaN and Inf, which JSON cannot carry, into null.
