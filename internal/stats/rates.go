@@ -112,6 +112,15 @@ func rates(ea, ta, eb, tb int64, da, db, margin, alpha float64) RateResult {
 		DispersionAfter: da, DispersionBefore: db,
 		Level: 1 - 2*alpha, Margin: margin, P: 1,
 	}
+	// Each side's rate is set even when the other side cannot be judged:
+	// the record shows what the before side was while the after side
+	// waits for its first requests.
+	if ta > 0 {
+		res.RateAfter = float64(ea) / float64(ta)
+	}
+	if tb > 0 {
+		res.RateBefore = float64(eb) / float64(tb)
+	}
 	switch {
 	case ta == 0 && tb == 0:
 		res.Note = "no requests on either side"
@@ -123,8 +132,6 @@ func rates(ea, ta, eb, tb int64, da, db, margin, alpha float64) RateResult {
 		res.Note = "no requests before the deploy"
 		return res
 	}
-	res.RateAfter = float64(ea) / float64(ta)
-	res.RateBefore = float64(eb) / float64(tb)
 	switch {
 	case eb > 0:
 		res.Ratio = res.RateAfter / res.RateBefore

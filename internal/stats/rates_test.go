@@ -223,3 +223,16 @@ func TestRateResultJSON(t *testing.T) {
 		t.Errorf("recorded as %s", b)
 	}
 }
+
+// TestRatesOneSideEmpty: with no requests after the deploy yet, the
+// before side's rate is still reported (and the look not judged).
+func TestRatesOneSideEmpty(t *testing.T) {
+	errs, totals := []float64{2, 3, 1, 4, 0, 2, 3, 1, 2, 2}, []float64{100, 100, 100, 100, 100, 100, 100, 100, 100, 100}
+	r := RatesSeries(nil, nil, errs, totals, 0.5, 0.05)
+	if r.RateBefore != 0.02 || r.RateAfter != 0 || r.Worse || r.P != 1 {
+		t.Errorf("rate before %v after %v worse %v p %v, want 0.02, 0, false, 1", r.RateBefore, r.RateAfter, r.Worse, r.P)
+	}
+	if r := Rates(5, 100, 0, 0, 0.5, 0.05); r.RateAfter != 0.05 || r.Note == "" {
+		t.Errorf("rate after %v note %q, want 0.05 and a note", r.RateAfter, r.Note)
+	}
+}
