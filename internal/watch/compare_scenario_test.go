@@ -21,6 +21,10 @@ import (
 // nothing back.
 const blameless = "blameless"
 
+// mixed is a deploy of a scored policy that is worse on one check and not
+// on the others: its run ends marginal, kept (on_marginal: keep).
+const mixed = "mixed"
+
 // detectWithin is how many judged looks a bad deploy may take to fail: the
 // shifts here are several times the margin, which the first judged look
 // sees; the rest is slack for a loaded machine, where a step may miss a
@@ -39,7 +43,9 @@ type cmpScenario struct {
 	// history backfills the trace's first minutes into Prometheus, for a
 	// lookback longer than cmpLead.
 	history bool
-	check   func(t *testing.T, o *outcome)
+	// policy is more of the policy's keys (a score), YAML.
+	policy string
+	check  func(t *testing.T, o *outcome)
 }
 
 // The checks the scenarios use: a latency against the 20s before the
@@ -308,6 +314,22 @@ func cmpScenarios() []cmpScenario {
 				wantContains(t, "deciding measurement", o.deciding(t).Message, "worse by more than 20%")
 			},
 		},
+		{
+			// 30% slower: within the loose check's margin (50%, weight 3),
+			// past the strict one's (5%, weight 1). Score 75: marginal.
+			name: "cmp-scored-marginal", deploy: mixed, want: audit.RunMarginal,
+			checks: strings.Replace(latencyVsBefore, "margin: 0.2", "margin: 0.5", 1) + "\n  weight: 3" +
+				strings.NewReplacer("name: latency-vs-before", "name: latency-strict", "margin: 0.2", "margin: 0.05").Replace(latencyVsBefore),
+			policy: "score: {pass: 80, marginal: 50}\non_marginal: keep",
+			trace:  latencyTrace(7, flat(0.25, 0.325)),
+			check: func(t *testing.T, o *outcome) {
+				wantContains(t, "run.marginal", o.verdict.Message, "window closed marginal, score 75 below pass 80", "check latency-strict failed", "on_marginal: keep")
+				d, ok := o.verdict.Verdict()
+				if !ok || d.Score == nil || d.Score.Score != 75 {
+					t.Errorf("verdict detail score %+v, want 75", d.Score)
+				}
+			},
+		},
 	}
 }
 
@@ -330,6 +352,9 @@ func (sc *cmpScenario) test(t *testing.T, b *backend, deploy time.Time, report f
 	defer func() { report(r) }()
 
 	timing := fmt.Sprintf("window: %s\ninterval: %s", model.Duration(cmpWindow), model.Duration(cmpInterval))
+	if sc.policy != "" {
+		timing += "\n" + sc.policy
+	}
 	rules := "policies:\n" + policyYAML(sc.name, fmt.Sprintf("{service: %s, environment: production}", sc.name), timing, sc.checks)
 	h := newPromHarness(t, rules, b.q)
 	if late := time.Since(deploy); late > 0 {
@@ -380,7 +405,7 @@ func (sc *cmpScenario) test(t *testing.T, b *backend, deploy time.Time, report f
 		if d.NotJudged == "" && (d.Look < 1 || d.Look > d.Looks || d.P == nil) {
 			t.Errorf("judged measurement %q: look %d of %d, p %v", m.Message, d.Look, d.Looks, d.P)
 		}
-		if sc.deploy != bad && m.Detail["outcome"] == "fail" {
+		if (sc.deploy == good || sc.deploy == blameless) && m.Detail["outcome"] == "fail" {
 			t.Errorf("measurement %q failed: the deploy is not to blame", m.Message)
 		}
 	}
@@ -402,10 +427,11 @@ func (sc *cmpScenario) test(t *testing.T, b *backend, deploy time.Time, report f
 }
 
 // TestCompareScenarios: the comparison verdicts of issue 12 against a real
-// Prometheus. Eleven deploys share one Prometheus and one deploy time: their
+// Prometheus. The deploys share one Prometheus and one deploy time: their
 // series play from cmpLead before it, a real Watcher judges each, and the
 // summary states the goal: no good deploy rolled back, no blameless one
-// either, and every bad one caught within detectWithin judged looks.
+// either, every bad one caught within detectWithin judged looks, and a
+// scored policy's mixed deploy kept as marginal.
 func TestCompareScenarios(t *testing.T) {
 	t.Parallel()
 	table := cmpScenarios()
@@ -441,7 +467,7 @@ func TestCompareScenarios(t *testing.T) {
 	var out strings.Builder
 	tw := tabwriter.NewWriter(&out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "scenario\tdeploy\texpected\tgot\trollback requests\tfailed at judged look\tmeasurements to the failure")
-	var goods, falseRollbacks, bads, caught, blamelesses, spared int
+	var goods, falseRollbacks, bads, caught, blamelesses, spared, mixeds, marginal int
 	var looks []int
 	for _, r := range rows {
 		look, meas := "-", "-"
@@ -456,6 +482,11 @@ func TestCompareScenarios(t *testing.T) {
 			if r.requests == 0 && r.asWanted {
 				spared++
 			}
+		case mixed:
+			mixeds++
+			if r.requests == 0 && r.asWanted {
+				marginal++
+			}
 		case bad:
 			bads++
 			look, meas = fmt.Sprint(r.look), fmt.Sprint(r.measurements)
@@ -467,10 +498,10 @@ func TestCompareScenarios(t *testing.T) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.name, r.deploy, r.want, r.got, r.requests, look, meas)
 	}
 	tw.Flush()
-	headline := fmt.Sprintf("false rollbacks on good deploys: %d of %d; bad deploys caught within %d judged looks: %d of %d; median looks to detection: %d (judged looks, interval %s, step %s); blameless deploys kept, none failed: %d of %d",
-		falseRollbacks, goods, detectWithin, caught, bads, medianInt(looks), cmpInterval, cmpStep, spared, blamelesses)
+	headline := fmt.Sprintf("false rollbacks on good deploys: %d of %d; bad deploys caught within %d judged looks: %d of %d; median looks to detection: %d (judged looks, interval %s, step %s); blameless deploys kept, none failed: %d of %d; mixed deploys of a scored policy kept as marginal: %d of %d",
+		falseRollbacks, goods, detectWithin, caught, bads, medianInt(looks), cmpInterval, cmpStep, spared, blamelesses, marginal, mixeds)
 	t.Logf("comparison scenario summary:\n%s%s", out.String(), headline)
-	if falseRollbacks > 0 || caught < bads || spared < blamelesses || len(rows) != len(table) {
+	if falseRollbacks > 0 || caught < bads || spared < blamelesses || marginal < mixeds || len(rows) != len(table) {
 		t.Errorf("%s; %d of %d scenarios reported", headline, len(rows), len(table))
 	}
 }

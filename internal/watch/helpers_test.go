@@ -229,7 +229,7 @@ func (r *recorder) ofDeploy(id string, kinds ...string) []audit.Record {
 }
 
 // verdictKinds are the records that end a run.
-var verdictKinds = []string{audit.RunPassed, audit.RunFailed, audit.RunInconclusive, audit.RunSuperseded}
+var verdictKinds = []string{audit.RunPassed, audit.RunFailed, audit.RunInconclusive, audit.RunMarginal, audit.RunSuperseded}
 
 // harness is a Watcher consuming from a real embedded NATS server.
 type harness struct {
