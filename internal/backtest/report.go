@@ -108,7 +108,7 @@ func writeSummary(w io.Writer, results []Result, s Summary) error {
 	fmt.Fprintf(tw, "  precision\t%s\t(%d of %d rollbacks were of bad deploys)\n", fraction(s.Precision), s.Caught, s.Caught+s.FalseRollbacks)
 	fmt.Fprintf(tw, "  recall\t%s\t(%d of %d bad deploys caught)\n", fraction(s.Recall), s.Caught, s.Caught+s.Misses)
 	if s.MedianDetection != nil {
-		fmt.Fprintf(tw, "  median time to detection\t%s\t(deploy to decision, over the %d bad deploys caught)\n", s.MedianDetection.Round(time.Second), s.Caught)
+		fmt.Fprintf(tw, "  median time to detection\t%s\t(deploy to decision, over the %s caught)\n", s.MedianDetection.Round(time.Second), plural(s.Caught, "bad deploy"))
 	} else {
 		fmt.Fprintf(tw, "  median time to detection\t-\t(no bad deploy caught)\n")
 	}
@@ -188,4 +188,11 @@ func dash(s string) string {
 // oneLine keeps a row on one line whatever a message holds.
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return strconv.Itoa(n) + " " + what + "s"
 }
