@@ -84,3 +84,9 @@ bench-runs:
 .PHONY: demo
 demo: build deps
 	./scripts/demo.sh
+
+# Backtest (bench/backtest, figures in BENCHMARKS.md): 1,000 past deploys
+# with 5 checks each replayed on a real Prometheus backfilled by promtool.
+.PHONY: bench-backtest
+bench-backtest:
+	$(GO) run ./bench/backtest $(BENCHFLAGS)

@@ -92,6 +92,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 	addHistory(app, cmds)
 	addActivate(app, cmds)
 	addDrill(app, cmds)
+	addBacktest(app, cmds)
 	app.Command("version", "Print version and build information.")
 	cmds["version"] = func(_ context.Context, e *env) error {
 		fmt.Fprintln(e.stdout, version.Print("watcher"))

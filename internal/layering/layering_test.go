@@ -167,6 +167,13 @@ var layers = []rule{
 				"internal/watch", "internal/rollback"),
 			walls("alerts request rollbacks; they run nothing on hosts", noRemoteExec...),
 			testsOnly)},
+	// Layer 4 too: replaying past deploys with the deciding side's own
+	// code, never the executing side's.
+	{pkg: "internal/backtest", layer: 4, role: "backtest: replaying the policies over past deploys",
+		forbid: join(
+			walls("a backtest says what the policies would have done; it never executes a rollback", "internal/rollback"),
+			walls("a backtest replays decisions; it runs nothing on hosts", noRemoteExec...),
+			testsOnly)},
 
 	// Layer 5: the HTTP surface reads runs and the audit, and hands the
 	// webhook to alerts.
