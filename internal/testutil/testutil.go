@@ -201,6 +201,9 @@ scrape_configs:
 	cmd := exec.Command(bin,
 		"--config.file="+cfgFile,
 		"--storage.tsdb.path="+filepath.Join(dir, "data"),
+		// Backfilled history of several weeks ({weeks: N} comparisons,
+		// backtests) must outlive the default 15 days.
+		"--storage.tsdb.retention.time=90d",
 		"--web.listen-address="+addr,
 		"--web.enable-lifecycle",
 	)
