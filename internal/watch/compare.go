@@ -29,6 +29,7 @@ const week = 7 * 24 * time.Hour
 // datum is one step of a comparison's data: a sample, or a step's errors
 // (v) and requests (total).
 type datum struct {
+	t        model.Time // the step's time; for a span moved back, the after step it stands for
 	v, total float64
 }
 
@@ -187,6 +188,9 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 				if err != nil {
 					return err
 				}
+				for j := range b {
+					b[j].t += model.Time(d.Milliseconds())
+				}
 				before = appendSpan(before, i, b)
 			}
 		}
@@ -222,6 +226,10 @@ func (st *compareState) sides() policy.Sides {
 	var in policy.Sides
 	if st.query != "" {
 		in.After = values(st.after)
+		if len(st.before) >= 3 {
+			in.Before = stepMedians(st.before)
+			return in
+		}
 		for _, b := range st.before {
 			in.Before = append(in.Before, values(b)...)
 		}
@@ -233,6 +241,38 @@ func (st *compareState) sides() policy.Sides {
 		in.ErrorsBefore, in.TotalBefore = append(in.ErrorsBefore, e...), append(in.TotalBefore, t...)
 	}
 	return in
+}
+
+// stepMedians pools the spans of a {weeks: N} comparison (N >= 3) step by
+// step: each step's value is the median of that step's value in the N
+// weeks. One odd week (a holiday, an incident a week ago) then moves no
+// step, where pooling the weeks' samples would put a third of the before
+// side at the holiday's level.
+func stepMedians(spans [][]datum) []float64 {
+	byTime := map[model.Time][]float64{}
+	for _, span := range spans {
+		for _, d := range span {
+			if !math.IsNaN(d.v) && !math.IsInf(d.v, 0) {
+				byTime[d.t] = append(byTime[d.t], d.v)
+			}
+		}
+	}
+	times := make([]model.Time, 0, len(byTime))
+	for t := range byTime {
+		times = append(times, t)
+	}
+	slices.Sort(times)
+	out := make([]float64, len(times))
+	for i, t := range times {
+		vs := byTime[t]
+		slices.Sort(vs)
+		if n := len(vs); n%2 == 1 {
+			out[i] = vs[n/2]
+		} else {
+			out[i] = (vs[n/2-1] + vs[n/2]) / 2
+		}
+	}
+	return out
 }
 
 func values(ps []datum) []float64 {
@@ -329,11 +369,11 @@ func reduceSteps(m model.Matrix, how string) []datum {
 	for _, t := range times {
 		vs := byTime[t]
 		if how != "" {
-			out = append(out, datum{v: policy.AggregateValues(how, vs)})
+			out = append(out, datum{t: t, v: policy.AggregateValues(how, vs)})
 			continue
 		}
 		for _, v := range vs {
-			out = append(out, datum{v: v})
+			out = append(out, datum{t: t, v: v})
 		}
 	}
 	return out
@@ -367,7 +407,7 @@ func countPoints(errs, totals model.Matrix, isCanary func(model.Metric) bool) (i
 	}
 	slices.SortFunc(keys, func(a, b key) int { return int(a.t - b.t) })
 	for _, k := range keys {
-		p := datum{v: es[k], total: ts[k]}
+		p := datum{t: k.t, v: es[k], total: ts[k]}
 		if k.canary {
 			in = append(in, p)
 		} else {

@@ -2,7 +2,9 @@ package watch
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -253,5 +255,69 @@ func TestComparisonResumesAfterCrash(t *testing.T) {
 	if since := int(eval.Sub(deployAt) / (100 * time.Millisecond)); !ok || d.Before.N < 90 || d.After.N < since-1 {
 		t.Errorf("replica b's first comparison at %s after the deploy has %d samples after and %d before: want every step since the deploy (%d) and the whole lookback",
 			eval.Sub(deployAt), d.After.N, d.Before.N, since)
+	}
+}
+
+// TestCompareWeeksHoliday: three weeks back, one of them a holiday with a
+// fifth of the orders. The weeks are pooled step by step by their median,
+// so the holiday moves nothing: an ordinary day passes, and a deploy that
+// drops orders to the holiday's level fails.
+func TestCompareWeeksHoliday(t *testing.T) {
+	t.Parallel()
+	check := `
+- name: orders-vs-weeks
+  query: orders_per_second{service="{{ .Service }}"}
+  compare:
+    with: {weeks: 3}
+    step: 100ms
+    direction: decrease
+    margin: 0.2
+    min_samples: 5`
+	for _, c := range []struct {
+		name  string
+		after float64
+		kind  string
+	}{{"ordinary day", 100, audit.RunPassed}, {"orders drop", 20, audit.RunFailed}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			deployAt := time.Now()
+			holiday := deployAt.Add(-week) // the week before: a holiday
+			h := newHarness(t, comparePolicy(check), func(_ context.Context, _ string, _ int, ts time.Time) (model.Vector, error) {
+				r := rand.New(rand.NewPCG(uint64(ts.UnixMilli()), 3))
+				v := 100.0
+				switch {
+				case !ts.Before(deployAt):
+					v = c.after
+				case ts.After(holiday.Add(-time.Hour)) && ts.Before(holiday.Add(time.Hour)):
+					v = 20
+				}
+				return vec(v * (1 + 0.1*(r.Float64()-0.5))), nil
+			})
+			h.publish(deployEvent("d-weeks", "shop", "production", "v2", "time", deployAt.UTC().Format(time.RFC3339Nano)))
+			v := h.waitFor("d-weeks", verdictKinds...)
+			if v.Kind != c.kind {
+				t.Fatalf("verdict %s: %s; want %s", v.Kind, v.Message, c.kind)
+			}
+			ms := h.rec.ofDeploy("d-weeks", audit.Measurement)
+			d, ok := ms[len(ms)-1].Detail["comparison"].(*audit.ComparisonDetail)
+			if !ok || d.With != "weeks 3" || d.Before.Median == nil || *d.Before.Median < 90 {
+				t.Fatalf("comparison %+v: want the before median near 100, the holiday outvoted", d)
+			}
+		})
+	}
+}
+
+func TestStepMedians(t *testing.T) {
+	span := func(vs ...float64) []datum {
+		out := make([]datum, len(vs))
+		for i, v := range vs {
+			out[i] = datum{t: model.Time(i * 1000), v: v}
+		}
+		return out
+	}
+	got := stepMedians([][]datum{span(100, 101, 102), span(20, 21, math.NaN()), span(98, 99, 100, 7)})
+	want := []float64{98, 99, 101, 7}
+	if !slices.Equal(got, want) {
+		t.Errorf("stepMedians = %v, want %v", got, want)
 	}
 }
