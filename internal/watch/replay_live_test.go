@@ -12,6 +12,7 @@ import (
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/events"
+	promclient "github.com/rollback-watcher/watcher/internal/promclient"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
@@ -25,8 +26,10 @@ const (
 	// before it) plus a scrape or two.
 	rlLead = 13 * time.Second
 	// rlLate is how late the event of the deploy that says its own time
-	// arrives.
-	rlLate = 700 * time.Millisecond
+	// arrives: past the next measurement time, so that a replay started
+	// at the deploy's time instead of the event's arrival would take one
+	// measurement more.
+	rlLate = 1700 * time.Millisecond
 	// rlIngest is the least time between the last scrape before a
 	// measurement and the measurement, in this test (see
 	// startReplayBackend).
@@ -151,38 +154,68 @@ func replayLiveDeploys() []struct {
 	}
 }
 
-// startReplayBackend starts an exporter and a Prometheus scraping it
-// whose scrapes come at least rlIngest before each measurement time.
+// rlTargets is how many exporters the test's Prometheus scrapes, each at
+// its own phase, for startReplayBackend to choose from.
+const rlTargets = 8
+
+// startReplayBackend starts a Prometheus scraping rlTargets exporters and
+// returns the backend of the one whose scrapes come longest (and at least
+// rlIngest) before each measurement time.
 //
 // A live measurement at ts asks Prometheus at ts, as soon as ts comes: a
 // scrape stamped a few milliseconds before ts may not be in its database
-// yet (the scrape is stamped when it starts and committed when the
-// exporter has answered), and the live run judges without it while a
-// replay, later, sees it. That difference is real, and the report of
-// issue 13 says what it takes to remove it; this test compares the code
-// paths, so it keeps its scrapes clear of the measurement times.
-// Prometheus scrapes a target at a phase fixed by the target's address,
-// so a new exporter gets another phase.
+// yet (a scrape is stamped when it starts and committed once the exporter
+// has answered), and the live run judges without it while a replay,
+// later, sees it. That difference is real; this test compares the code
+// paths, so it keeps the scrapes of the exporter it plays on clear of the
+// measurement times. Prometheus scrapes each target at a phase of its
+// own, fixed by the target's address; the phase can drift by 100ms or so
+// in Prometheus's first half minute, later scrapes coming later, which
+// the longest gap leaves room for.
 func startReplayBackend(t *testing.T) *backend {
 	t.Helper()
-	for try := 1; ; try++ {
-		b := startBackend(t)
+	exps := make(map[string]*testutil.Exporter, rlTargets)
+	var urls []string
+	for range rlTargets {
+		e := testutil.NewExporter(t)
+		exps[e.URL] = e
+		urls = append(urls, e.URL)
+	}
+	prom := testutil.StartPrometheus(t, urls...)
+	q, err := promclient.New(promclient.Options{URL: prom.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	vec, err := q.Query(ctx, `timestamp(up{job="test"})`, time.Now())
+	if err != nil || len(vec) != rlTargets {
+		t.Fatalf("reading the scrape phases: %v (%v)", err, vec)
+	}
+	var best *backend
+	var bestGap time.Duration
+	var gaps []string
+	for _, s := range vec {
+		scrape := time.UnixMilli(int64(math.Round(float64(s.Value) * 1000)))
 		// Measurement times are multiples of rlInterval, and so of the
-		// scrape interval: every one is gap after the last scrape.
-		gap := time.Duration(-b.scrape.UnixNano()) % scrapeInterval
+		// scrape interval: every one comes gap after a scrape.
+		gap := time.Duration(-scrape.UnixNano()) % scrapeInterval
 		if gap < 0 {
 			gap += scrapeInterval
 		}
-		if gap >= rlIngest && gap <= scrapeInterval-20*time.Millisecond {
-			t.Logf("scrapes come %s before each measurement time (try %d)", gap, try)
-			return b
+		gaps = append(gaps, gap.String())
+		// The next scrape must not be stamped at the measurement time
+		// either (timestamps are whole milliseconds).
+		if gap > bestGap && gap <= scrapeInterval-20*time.Millisecond {
+			best = &backend{exp: exps[string(s.Metric["instance"])], prom: prom, q: q, scrape: scrape}
+			bestGap = gap
 		}
-		if try == 5 {
-			t.Fatalf("after %d Prometheus starts, scrapes still come %s before the measurement times, want at least %s", try, gap, rlIngest)
-		}
-		t.Logf("scrapes would come %s before each measurement time: starting another exporter and Prometheus", gap)
-		b.prom.Stop()
 	}
+	if best == nil || bestGap < rlIngest {
+		t.Fatalf("no exporter is scraped at least %s before the measurement times: %v", rlIngest, gaps)
+	}
+	t.Logf("the exporter played on is scraped %s before each measurement time (of %v)", bestGap, gaps)
+	return best
 }
 
 // liveRun is what a deploy's live run left in the audit.
@@ -262,9 +295,30 @@ func TestReplayMatchesLive(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	testutil.Eventually(t, 10*time.Second, "Prometheus to have scraped past the windows", func() bool {
-		v, err := b.q.Query(ctx, `timestamp(up{job="test"})`, time.Now())
+		v, err := b.q.Query(ctx, fmt.Sprintf(`timestamp(up{job="test",instance=%q})`, b.exp.URL), time.Now())
 		return err == nil && len(v) == 1 && time.UnixMilli(int64(math.Round(float64(v[0].Value)*1000))).After(last)
 	})
+
+	// How long before each live measurement the last scrape was stamped,
+	// as Prometheus has it now: the test chose the exporter for its gap,
+	// but the phase of its scrapes can drift.
+	gaps := map[time.Time]time.Duration{}
+	minGap := scrapeInterval
+	for _, lr := range live {
+		for _, m := range lr.meas {
+			ts := detailTime(t, m, "eval_time")
+			if _, ok := gaps[ts]; ok {
+				continue
+			}
+			v, err := b.q.Query(ctx, fmt.Sprintf(`timestamp(up{job="test",instance=%q})`, b.exp.URL), ts)
+			if err != nil || len(v) != 1 {
+				t.Fatalf("the last scrape before %s: %v (%v)", ts, err, v)
+			}
+			gaps[ts] = ts.Sub(time.UnixMilli(int64(math.Round(float64(v[0].Value) * 1000))))
+			minGap = min(minGap, gaps[ts])
+		}
+	}
+	t.Logf("the last scrape before a measurement came at least %s before it", minGap)
 
 	for _, d := range deploys {
 		t.Run(d.svc, func(t *testing.T) {
@@ -289,14 +343,16 @@ func TestReplayMatchesLive(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			compareReplay(t, lr, got)
+			compareReplay(t, lr, got, gaps)
 		})
 	}
 }
 
 // compareReplay checks that a replay r decided as the live run lr did,
-// measurement by measurement.
-func compareReplay(t *testing.T, lr *liveRun, r Replayed) {
+// measurement by measurement. gaps are how long before each measurement
+// time the last scrape was stamped: a measurement that differs soon after
+// a scrape may be one the live run took before that scrape was in.
+func compareReplay(t *testing.T, lr *liveRun, r Replayed, gaps map[time.Time]time.Duration) {
 	t.Helper()
 	if r.Record != lr.verdict.Kind || !strings.HasPrefix(lr.verdict.Message, r.Reason) {
 		t.Errorf("verdict:\n  live   %s: %s\n  replay %s: %s", lr.verdict.Kind, lr.verdict.Message, r.Record, r.Reason)
@@ -325,8 +381,8 @@ func compareReplay(t *testing.T, lr *liveRun, r Replayed) {
 		if lt.Equal(m.Time) && l.Detail["check"] == m.Check && l.Message == m.Message && sameDetail(t, l, m.Detail) {
 			continue
 		}
-		t.Errorf("measurement %d differs:\n  live   %s %s %s: %s\n  replay %s %s %s: %s\n%s", i,
-			lt.Format("15:04:05.000"), l.Detail["check"], l.Detail["outcome"], l.Message,
+		t.Errorf("measurement %d differs (the last scrape before it was stamped %s before it):\n  live   %s %s %s: %s\n  replay %s %s %s: %s\n%s", i,
+			gaps[lt], lt.Format("15:04:05.000"), l.Detail["check"], l.Detail["outcome"], l.Message,
 			m.Time.Format("15:04:05.000"), m.Check, m.Outcome, m.Message, detailDiff(t, l, m.Detail))
 	}
 	if t.Failed() || len(r.Measurements) == 0 {
