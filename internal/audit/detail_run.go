@@ -20,13 +20,17 @@ const (
 
 // RunStartedDetail is the detail of a run.started record.
 type RunStartedDetail struct {
-	Format           string            `json:"format"`
-	PreviousVersion  string            `json:"previous_version"`
-	Hosts            []string          `json:"hosts"`
-	Labels           map[string]string `json:"labels"`
-	DeployTime       time.Time         `json:"deploy_time"`
-	FirstMeasurement time.Time         `json:"first_measurement"`
-	WindowEnd        time.Time         `json:"window_end"`
+	Format          string            `json:"format"`
+	PreviousVersion string            `json:"previous_version"`
+	Hosts           []string          `json:"hosts"`
+	Labels          map[string]string `json:"labels"`
+	DeployTime      time.Time         `json:"deploy_time"`
+	// Start is when the run's window opened (the event's arrival): its
+	// measurements fall on the interval's grid from it, which a backtest
+	// of the same deploy follows.
+	Start            time.Time `json:"start,omitzero"`
+	FirstMeasurement time.Time `json:"first_measurement"`
+	WindowEnd        time.Time `json:"window_end"`
 	// PolicyFile is where the policy is written, file:line.
 	PolicyFile string `json:"policy_file"`
 	Replica    string `json:"replica"`
@@ -34,11 +38,15 @@ type RunStartedDetail struct {
 
 // Map is d as the watcher keeps it in memory.
 func (d RunStartedDetail) Map() map[string]any {
-	return map[string]any{
+	m := map[string]any{
 		"format": d.Format, "previous_version": d.PreviousVersion, "hosts": d.Hosts, "labels": d.Labels,
 		"deploy_time": d.DeployTime, "first_measurement": d.FirstMeasurement, "window_end": d.WindowEnd,
 		"policy_file": d.PolicyFile, "replica": d.Replica,
 	}
+	if !d.Start.IsZero() {
+		m["start"] = d.Start
+	}
+	return m
 }
 
 // RunStarted is r's detail when r is a run.started record.

@@ -154,7 +154,7 @@ func replay(ctx context.Context, o Options, q watch.Querier, d Deploy) Result {
 	// The live run started a moment before its run.started record: its
 	// window's end places it to the millisecond, so that its measurements
 	// fall on the same grid times, while the policy's window is the same.
-	if w := time.Duration(p.Window); !d.liveWindowEnd.IsZero() {
+	if w := time.Duration(p.Window); !d.liveStart && !d.liveWindowEnd.IsZero() {
 		if s := d.liveWindowEnd.Add(-w); !s.After(d.Start) && d.Start.Sub(s) < time.Minute {
 			start = s
 		}

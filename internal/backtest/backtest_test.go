@@ -354,6 +354,13 @@ func TestFromAudit(t *testing.T) {
 		t.Errorf("d-1 from its run.started: time %s, labels %v, window end %s", d.Event.Time, d.Event.Labels, d.liveWindowEnd)
 	}
 
+	// A run.started that records its run's start gives it as it is.
+	withStart := rec(0, audit.RunStarted, "r9", "d-9", "v9", audit.RunStartedDetail{
+		DeployTime: t0.Add(-time.Second), Start: t0.Add(-70 * time.Millisecond), WindowEnd: t0.Add(10*time.Minute - 70*time.Millisecond)})
+	if got := FromAudit([]audit.Record{withStart}, t0.Add(-time.Minute), t0.Add(time.Minute)); len(got) != 1 || !got[0].Start.Equal(t0.Add(-70*time.Millisecond)) || !got[0].liveStart {
+		t.Errorf("deploy from a run.started with its start: %+v, want start %s", got, t0.Add(-70*time.Millisecond))
+	}
+
 	// The live run's start, placed by its window's end, is where the
 	// replay starts: 50ms before its record.
 	set := loadRules(t, shopRules)

@@ -47,6 +47,9 @@ type Deploy struct {
 	// liveWindowEnd is when the live run's window closed (the audit's
 	// run.started says), which places its start exactly.
 	liveWindowEnd time.Time
+	// liveStart: Start is the live run's own, recorded in its run.started
+	// (older records have only its window's end to place it by).
+	liveStart bool
 	// skipped is the audit's reason the watcher did not validate it.
 	skipped string
 }
@@ -198,7 +201,11 @@ func FromAudit(recs []audit.Record, from, to time.Time) []Deploy {
 			}
 			ev := events.Deploy{ID: r.DeployID, Service: r.Service, Environment: r.Environment, Version: r.Version,
 				PreviousVersion: det.PreviousVersion, Hosts: det.Hosts, Labels: det.Labels, Time: det.DeployTime, Format: det.Format}
-			ru := &run{d: Deploy{Event: ev, Start: r.Time, liveWindowEnd: det.WindowEnd}}
+			start := r.Time
+			if !det.Start.IsZero() {
+				start = det.Start
+			}
+			ru := &run{d: Deploy{Event: ev, Start: start, liveWindowEnd: det.WindowEnd, liveStart: !det.Start.IsZero()}}
 			runs = append(runs, ru)
 			byRun[r.RunID] = ru
 			if r.DeployID != "" {

@@ -83,15 +83,20 @@ func gridCeil(t time.Time, step time.Duration) time.Time {
 }
 
 // afterStart is the first step of a comparison's after side: from the
-// deploy plus initial_delay; a count's step (the errors of the span
-// before it) must not reach back before the deploy.
+// deploy plus initial_delay, and after the deploy: a sample evaluated at
+// the deploy's own time is the last one before it, and a count's step
+// (the errors of the span before it) must not reach back before it.
 func afterStart(c *policy.Check, p *policy.Policy, deploy time.Time) time.Time {
 	step := time.Duration(c.Compare.Step)
 	from := deploy.Add(time.Duration(p.InitialDelay))
 	if c.Compare.Counts() && from.Before(deploy.Add(step)) {
 		from = deploy.Add(step)
 	}
-	return gridCeil(from, step)
+	first := gridCeil(from, step)
+	if !first.After(deploy) {
+		first = first.Add(step)
+	}
+	return first
 }
 
 // compareLooks numbers the look at ts among the looks of the window that

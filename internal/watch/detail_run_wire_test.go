@@ -40,9 +40,9 @@ func TestRunDetailsWire(t *testing.T) {
 	}{
 		{"started", audit.RunStarted,
 			audit.RunStartedDetail{Format: d.Format, PreviousVersion: d.PreviousVersion, Hosts: d.Hosts, Labels: d.Labels, DeployTime: d.Time,
-				FirstMeasurement: at.Add(time.Minute), WindowEnd: at.Add(time.Hour), PolicyFile: "shop.yml:3", Replica: "r1"},
+				Start: at, FirstMeasurement: at.Add(time.Minute), WindowEnd: at.Add(time.Hour), PolicyFile: "shop.yml:3", Replica: "r1"},
 			map[string]any{"format": d.Format, "previous_version": d.PreviousVersion, "hosts": d.Hosts, "labels": d.Labels,
-				"deploy_time": d.Time, "first_measurement": at.Add(time.Minute), "window_end": at.Add(time.Hour), "policy_file": "shop.yml:3",
+				"deploy_time": d.Time, "start": at, "first_measurement": at.Add(time.Minute), "window_end": at.Add(time.Hour), "policy_file": "shop.yml:3",
 				"replica": "r1"},
 			func(r audit.Record) (any, bool) { return r.RunStarted() }},
 		{"started, bare deploy", audit.RunStarted,

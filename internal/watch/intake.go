@@ -185,7 +185,7 @@ func (w *Watcher) recordStarted(ctx context.Context, run *Run) error {
 			d.Service, d.Version, d.Environment, p.Name, len(run.checks), interval, end.Format(time.RFC3339)),
 		audit.RunStartedDetail{
 			Format: d.Format, PreviousVersion: d.PreviousVersion, Hosts: d.Hosts, Labels: d.Labels,
-			DeployTime: d.Time, FirstMeasurement: first, WindowEnd: end, PolicyFile: fmt.Sprintf("%s:%d", p.File, p.Line),
+			DeployTime: d.Time, Start: run.Start.UTC(), FirstMeasurement: first, WindowEnd: end, PolicyFile: fmt.Sprintf("%s:%d", p.File, p.Line),
 			Replica: run.owner,
 		}.Map())
 }
