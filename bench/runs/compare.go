@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -164,15 +165,17 @@ const (
 
 var reqKindNames = [reqKinds]string{"instant", "range: steps since the last look", "range: first look since the deploy", "range: pre_deploy span"}
 
-// tally counts the requests that reach Prometheus per interval of wall
-// time (a look's requests leave within moments of its evaluation time), by
+// tally counts the requests that reach Prometheus per evaluation time, by
 // kind, with the distinct requests and distinct resolved queries among
-// them. The sets of a finished interval are dropped for their counts, so
-// that the benchmark's own bookkeeping stays out of the memory measured.
+// them: a look's ranges end at its evaluation time (the step divides the
+// interval); a pre_deploy span, whose look is not known here, counts at
+// the interval of wall time it leaves in. Requests and queries are kept
+// as hashes, and a bucket's sets are dropped for their counts once it is
+// old, so that the benchmark's own bookkeeping stays out of the memory
+// measured.
 type tally struct {
 	q                  watch.Querier
 	interval, lookback time.Duration
-	step               time.Duration
 
 	mu      sync.Mutex
 	open    map[int64]*bucket
@@ -182,8 +185,8 @@ type tally struct {
 
 type bucket struct {
 	bucketCounts
-	keys    map[string]struct{}
-	queries map[string]struct{}
+	keys    map[uint64]struct{}
+	queries map[uint64]struct{}
 }
 
 type bucketCounts struct {
@@ -199,24 +202,39 @@ func (b bucketCounts) total() int {
 	return t
 }
 
-func (t *tally) note(kind int, key, query string) {
-	now := time.Now()
-	at := now.Truncate(t.interval).UnixMilli()
+// keepOpen is how long a bucket takes late requests: longer than any lag
+// seen.
+const keepOpen = 5 * time.Minute
+
+func hash(parts ...any) uint64 {
+	h := fnv.New64a()
+	fmt.Fprint(h, parts...)
+	return h.Sum64()
+}
+
+func (t *tally) note(kind int, at time.Time, key, query uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.started {
 		return
 	}
-	b := t.open[at]
+	k := at.UnixMilli()
+	b := t.open[k]
 	if b == nil {
-		b = &bucket{keys: map[string]struct{}{}, queries: map[string]struct{}{}}
-		t.open[at] = b
-		// Requests of an interval leave well within the next one.
-		for k, ob := range t.open {
-			if k < at-t.interval.Milliseconds() {
+		if _, ok := t.done[k]; ok {
+			// Later than keepOpen: counted, though no longer told apart.
+			c := t.done[k]
+			c.n[kind]++
+			t.done[k] = c
+			return
+		}
+		b = &bucket{keys: map[uint64]struct{}{}, queries: map[uint64]struct{}{}}
+		t.open[k] = b
+		for ok, ob := range t.open {
+			if time.Since(time.UnixMilli(ok)) > keepOpen {
 				ob.distinctReqs, ob.distinctQs = len(ob.keys), len(ob.queries)
-				t.done[k] = ob.bucketCounts
-				delete(t.open, k)
+				t.done[ok] = ob.bucketCounts
+				delete(t.open, ok)
 			}
 		}
 	}
@@ -231,7 +249,7 @@ func (t *tally) start() {
 	t.mu.Unlock()
 }
 
-// counts are the finished intervals' counts, by the interval's start.
+// counts are the buckets' counts, by evaluation time.
 func (t *tally) counts() map[int64]bucketCounts {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -248,31 +266,32 @@ func (t *tally) counts() map[int64]bucketCounts {
 }
 
 func (t *tally) Query(ctx context.Context, q string, ts time.Time) (model.Vector, error) {
-	t.note(reqInstant, fmt.Sprint("i", q, ts.UnixMilli()), q)
+	t.note(reqInstant, ts, hash("i", q, ts.UnixMilli()), hash(q))
 	return t.q.Query(ctx, q, ts)
 }
 
 func (t *tally) QueryRange(ctx context.Context, q string, start, end time.Time, step time.Duration) (model.Matrix, error) {
-	kind := reqBefore
-	onGrid := end.Truncate(t.interval).Equal(end) && time.Since(end) < 2*t.interval
-	switch {
-	case end.Sub(start) >= t.lookback-step:
-	case onGrid && end.Sub(start) == t.interval-step:
-		kind = reqLook
-	case onGrid:
-		kind = reqFirst
+	kind, at := reqBefore, time.Now().Truncate(t.interval)
+	span := end.Sub(start)
+	if end.Truncate(t.interval).Equal(end) && span < t.lookback-step {
+		kind, at = reqFirst, end
+		if span == t.interval-step {
+			kind = reqLook
+		}
 	}
-	t.note(kind, fmt.Sprint("r", q, start.UnixMilli(), end.UnixMilli(), step), q)
+	t.note(kind, at, hash("r", q, start.UnixMilli(), end.UnixMilli(), step), hash(q))
 	return t.q.QueryRange(ctx, q, start, end, step)
 }
 
-// lagHist is a histogram of lags at 1 ms up to a minute (the last bucket
-// takes the rest), allocated up front so that it stays out of the memory
-// measured.
+// lagHist is a histogram of lags at 10 ms up to 10 minutes (the last
+// bucket takes the rest), allocated up front so that it stays out of the
+// memory measured.
 type lagHist [60001]int64
 
+const lagRes = 10 * time.Millisecond
+
 func (h *lagHist) add(d time.Duration) {
-	i := min(max(int(d/time.Millisecond), 0), len(h)-1)
+	i := min(max(int(d/lagRes), 0), len(h)-1)
 	h[i]++
 }
 
@@ -294,10 +313,10 @@ func (h *lagHist) pct(p float64) time.Duration {
 	for i, c := range h {
 		seen += c
 		if seen > want {
-			return time.Duration(i) * time.Millisecond
+			return time.Duration(i) * lagRes
 		}
 	}
-	return time.Minute
+	return time.Duration(len(h)) * lagRes
 }
 
 // judged records the measurements of the -compare runs: lag by phase
@@ -314,37 +333,40 @@ type judged struct {
 	n          int64
 }
 
+// Record reads the measurement detail's map as the watcher built it
+// (audit.MeasurementDetail.Map): decoding every record from JSON would
+// cost the benchmark as much CPU as the watcher spends judging.
 func (j *judged) Record(ctx context.Context, r audit.Record) error {
 	err := j.a.Record(ctx, r)
 	if r.Kind != audit.Measurement {
 		return err
 	}
 	now := time.Now()
-	d, ok := r.Measurement()
-	if !ok {
-		return err
-	}
+	evalTime, _ := r.Detail["eval_time"].(time.Time)
+	check, _ := r.Detail["check"].(string)
+	outcome, _ := r.Detail["outcome"].(string)
+	cmp, _ := r.Detail["comparison"].(*audit.ComparisonDetail)
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.n++
-	if j.steadyFrom.IsZero() || d.EvalTime.Before(j.steadyFrom) {
-		j.ramp.add(now.Sub(d.EvalTime))
+	if j.steadyFrom.IsZero() || evalTime.Before(j.steadyFrom) {
+		j.ramp.add(now.Sub(evalTime))
 		return err
 	}
-	j.steady.add(now.Sub(d.EvalTime))
-	o := j.outcomes[d.Check]
+	j.steady.add(now.Sub(evalTime))
+	o := j.outcomes[check]
 	if o == nil {
 		o = new([4]int)
-		j.outcomes[d.Check] = o
+		j.outcomes[check] = o
 	}
-	switch d.Outcome {
+	switch outcome {
 	case "pass":
 		o[0]++
 	case "fail":
 		o[1]++
 	default:
 		o[2]++
-		if d.Comparison != nil && d.Comparison.NotJudged != "" {
+		if cmp != nil && cmp.NotJudged != "" {
 			o[3]++
 		}
 	}
@@ -356,7 +378,7 @@ func compareRuns(dir, promURL string, promReady time.Time, runs, teams int, inte
 	if err := os.WriteFile(rules, []byte(compareRules(interval, f)), 0o600); err != nil {
 		return err
 	}
-	q := &tally{interval: interval, lookback: f.lookback, step: f.step, open: map[int64]*bucket{}, done: map[int64]bucketCounts{}}
+	q := &tally{interval: interval, lookback: f.lookback, open: map[int64]*bucket{}, done: map[int64]bucketCounts{}}
 	aud := &judged{ramp: new(lagHist), steady: new(lagHist), outcomes: map[string]*[4]int{}}
 	env, err := startWatcher(dir, promURL, rules, func(p watch.Querier) watch.Querier { q.q = p; return q },
 		func(a watch.Auditor) watch.Auditor { aud.a = a; return aud })
@@ -421,6 +443,11 @@ func compareRuns(dir, promURL string, promReady time.Time, runs, teams int, inte
 		}
 	}
 
+	// Requests of the last evaluation times may still be on their way.
+	aud.mu.Lock()
+	late := aud.steady.pct(0.99)
+	aud.mu.Unlock()
+	time.Sleep(min(late, 2*time.Minute))
 	counts := q.counts()
 	var keys []int64
 	for k := range counts {
