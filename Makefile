@@ -78,6 +78,13 @@ bench-fleet:
 bench-runs:
 	$(GO) run ./bench/runs $(BENCHFLAGS)
 
+# The same 10,000 runs with comparison checks (pre_deploy, canary and
+# counts; README "Comparisons"), deployed over 2 minutes and watched until
+# the first are near the end of their 10m window (about 11 minutes).
+.PHONY: bench-runs-compare
+bench-runs-compare:
+	$(GO) run ./bench/runs -compare -intervals 40 -events 0 $(BENCHFLAGS)
+
 # The demo: a good and a bad release of a sample service, the bad one
 # rolled back, the history and the status page shown, everything stopped
 # and removed at the end (about 90 seconds).

@@ -6,11 +6,14 @@
 //   - 10,000 concurrent validation runs: memory per run, Prometheus
 //     requests per evaluation time against the number of distinct resolved
 //     queries, and how late measurements are recorded (lag);
+//   - with -compare, the same with comparison checks (README "Comparisons"):
+//     runs deployed over a few minutes, range and instant requests per
+//     interval, heap per run as the samples accumulate, lag (compare.go);
 //   - deploy events ingested durably (run stored, run.started in the audit,
 //     event acked) per second, against the raw JetStream publish rate
-//     measured in the same run.
+//     measured in the same run (-events 0 leaves it out).
 //
-// `make bench-runs`; figures in BENCHMARKS.md.
+// `make bench-runs`, `make bench-runs-compare`; figures in BENCHMARKS.md.
 package main
 
 import (
@@ -51,6 +54,12 @@ func main() {
 	intervals := flag.Int("intervals", 3, "intervals to measure once every run is active")
 	events := flag.Int("events", 20000, "deploy events for the ingest rate")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run here")
+	var cmp compareFlags
+	flag.BoolVar(&cmp.on, "compare", false, "runs of a policy with comparison checks (pre_deploy, canary, counts) instead of one threshold check")
+	flag.DurationVar(&cmp.spread, "spread", 2*time.Minute, "with -compare: deploys spread evenly over this span")
+	flag.DurationVar(&cmp.step, "step", 5*time.Second, "with -compare: compare.step of the comparisons")
+	flag.DurationVar(&cmp.lookback, "lookback", 2*time.Minute, "with -compare: compare.lookback of the pre_deploy comparisons")
+	flag.DurationVar(&cmp.window, "window", 10*time.Minute, "with -compare: the policy's window")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -61,14 +70,14 @@ func main() {
 		_ = pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*runs, *teams, *interval, *intervals, *events); err != nil {
+	if err := run(*runs, *teams, *interval, *intervals, *events, cmp); err != nil {
 		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench/runs:", err)
 		os.Exit(1)
 	}
 }
 
-func run(runs, teams int, interval time.Duration, intervals, events int) error {
+func run(runs, teams int, interval time.Duration, intervals, events int, cmp compareFlags) error {
 	dir, err := os.MkdirTemp("", "bench-runs-")
 	if err != nil {
 		return err
@@ -79,15 +88,27 @@ func run(runs, teams int, interval time.Duration, intervals, events int) error {
 	if err := buildNATSServer(dir); err != nil {
 		return err
 	}
-	promURL, stopProm, err := startPrometheus(dir, teams)
+	var extra []prometheus.Collector
+	if cmp.on {
+		extra = append(extra, newServiceMetrics(teams))
+	}
+	promURL, stopProm, err := startPrometheus(dir, teams, extra...)
 	if err != nil {
 		return err
 	}
+	promReady := time.Now()
 	defer stopProm()
-	if runs > 0 {
+	if cmp.on && runs > 0 {
+		if err := compareRuns(dir, promURL, promReady, runs, teams, interval, intervals, cmp); err != nil {
+			return err
+		}
+	} else if runs > 0 {
 		if err := concurrentRuns(dir, promURL, runs, teams, interval, intervals); err != nil {
 			return err
 		}
+	}
+	if events <= 0 {
+		return nil
 	}
 	return ingest(dir, events)
 }
@@ -138,11 +159,6 @@ func (l *lagging) Record(ctx context.Context, r audit.Record) error {
 }
 
 func concurrentRuns(dir, promURL string, runs, teams int, interval time.Duration, intervals int) error {
-	srv, js, stop, err := startNATS(filepath.Join(dir, "nats-runs"))
-	if err != nil {
-		return err
-	}
-	defer stop()
 	rules := filepath.Join(dir, "runs.yml")
 	if err := os.WriteFile(rules, fmt.Appendf(nil, `policies:
   - name: orders
@@ -159,25 +175,15 @@ func concurrentRuns(dir, promURL string, runs, teams int, interval time.Duration
 `, model.Duration(interval)), 0o600); err != nil {
 		return err
 	}
-	set, err := policy.Load(rules)
+	q := &counting{byTS: map[int64]int{}}
+	aud := &lagging{}
+	env, err := startWatcher(dir, promURL, rules, func(p watch.Querier) watch.Querier { q.q = p; return q },
+		func(a watch.Auditor) watch.Auditor { aud.a = a; return aud })
 	if err != nil {
 		return err
 	}
-	prom, err := promclient.New(promclient.Options{URL: promURL})
-	if err != nil {
-		return err
-	}
-	q := &counting{q: prom, byTS: map[int64]int{}}
-	aud := &lagging{a: &audit.Publisher{JS: js}}
-	w := &watch.Watcher{JS: js, Policies: func() *policy.Set { return set }, Querier: q, Audit: aud,
-		Logger: slog.New(slog.DiscardHandler)}
-	w.Register(prometheus.NewRegistry())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer func() { cancel(); w.Wait() }()
-	if err := w.Start(ctx); err != nil {
-		return err
-	}
-	_ = srv
+	defer env.stop()
+	w, js := env.w, env.js
 
 	before := memInUse()
 	start := time.Now()
@@ -246,6 +252,40 @@ func concurrentRuns(dir, promURL string, runs, teams int, interval time.Duration
 	fmt.Printf("  measurements recorded: %d; lag (recorded - evaluation time): p50 %s, p99 %s, max %s\n\n",
 		len(lags), pct(0.5), pct(0.99), pct(1))
 	return nil
+}
+
+// watcherEnv is a watcher on a nats-server of its own.
+type watcherEnv struct {
+	w    *watch.Watcher
+	js   jetstream.JetStream
+	stop func()
+}
+
+// startWatcher starts a watcher of the policies in rules, asking
+// Prometheus at promURL through wrapQ and recording through wrapA.
+func startWatcher(dir, promURL, rules string, wrapQ func(watch.Querier) watch.Querier, wrapA func(watch.Auditor) watch.Auditor) (*watcherEnv, error) {
+	set, err := policy.Load(rules)
+	if err != nil {
+		return nil, err
+	}
+	prom, err := promclient.New(promclient.Options{URL: promURL})
+	if err != nil {
+		return nil, err
+	}
+	_, js, stopNATS, err := startNATS(filepath.Join(dir, "nats-runs"))
+	if err != nil {
+		return nil, err
+	}
+	w := &watch.Watcher{JS: js, Policies: func() *policy.Set { return set }, Querier: wrapQ(prom), Audit: wrapA(&audit.Publisher{JS: js}),
+		Logger: slog.New(slog.DiscardHandler)}
+	w.Register(prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := w.Start(ctx); err != nil {
+		cancel()
+		stopNATS()
+		return nil, err
+	}
+	return &watcherEnv{w: w, js: js, stop: func() { cancel(); w.Wait(); stopNATS() }}, nil
 }
 
 func activeRuns(w *watch.Watcher) []watch.RunStatus { a, _ := w.Runs(); return a }
@@ -420,10 +460,11 @@ func startNATS(dir string) (*exec.Cmd, jetstream.JetStream, func(), error) {
 	return srv, js, func() { nc.Close(); kill() }, nil
 }
 
-// startPrometheus serves bench_orders{team} for teams and starts the real
-// Prometheus scraping it every second.
-func startPrometheus(dir string, teams int) (string, func(), error) {
+// startPrometheus serves bench_orders{team} for teams (and extra) and
+// starts the real Prometheus scraping it every second.
+func startPrometheus(dir string, teams int, extra ...prometheus.Collector) (string, func(), error) {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(extra...)
 	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "bench_orders", Help: "orders per minute"}, []string{"team"})
 	reg.MustRegister(g)
 	for i := range teams {
