@@ -25,7 +25,7 @@
 // whatever the dependence between the two.
 //
 // The rank test's p-value is exact (the permutation distribution of the
-// tied rank sum) when the samples hold at most 50 values in all, and the
+// tied rank sum) when the samples hold at most 30 values in all, and the
 // normal approximation with continuity correction beyond; the median
 // test's hypergeometric tail is exact at any size.
 //

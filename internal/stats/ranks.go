@@ -1,15 +1,15 @@
 package stats
 
 import (
+	"cmp"
 	"math"
 	"slices"
-	"sort"
 )
 
 // exactLimit is the largest pooled sample size given exact permutation
 // p-values; above it the normal approximation is within a few percent of
 // them and the exact distribution would cost too much per look.
-const exactLimit = 50
+const exactLimit = 30
 
 // clean drops NaN and ±Inf values, keeping the order, and counts them.
 func clean(xs []float64) (kept []float64, dropped int) {
@@ -47,7 +47,7 @@ func midranks(xs []float64) (rank2 []int, ties float64) {
 	for i := range idx {
 		idx[i] = i
 	}
-	sort.Slice(idx, func(a, b int) bool { return xs[idx[a]] < xs[idx[b]] })
+	slices.SortFunc(idx, func(a, b int) int { return cmp.Compare(xs[a], xs[b]) })
 	rank2 = make([]int, n)
 	for i := 0; i < n; {
 		j := i

@@ -278,29 +278,152 @@ func medianUpper(pooled []float64, m int, factor float64) float64 {
 // sided at alpha, clamped to the range of the differences.
 func hodgesLehmann(y, x []float64, alpha, factor float64) (est, low, high float64) {
 	m, n := len(y), len(x)
-	d := make([]float64, 0, m*n)
-	for _, a := range y {
-		for _, b := range x {
-			d = append(d, a-b)
-		}
-	}
-	mn := len(d)
-	est = nth(d, mn/2)
+	d := newDiffs(y, x)
+	mn := m * n
+	est = d.nth(mn / 2)
 	if mn%2 == 0 {
-		est = (est + nth(d, mn/2-1)) / 2
+		est = (est + d.nth(mn/2-1)) / 2
 	}
 	N := m + n
-	pooled := append(slices.Clone(y), x...)
-	_, ties := midranks(pooled)
+	ties := tieTerm(d.y, d.x)
 	fmn := float64(mn)
 	v := fmn / 12 * (float64(N+1) - ties/float64(N*(N-1))) * factor
 	k := 0 // at level 0, every difference is in the interval
 	if alpha > 0 {
 		z := distuv.UnitNormal.Quantile(1 - min(alpha, 0.5))
 		k = int(math.Floor(fmn/2 - z*math.Sqrt(max(v, 0))))
-		k = min(max(k, 0), (len(d)-1)/2)
+		k = min(max(k, 0), (mn-1)/2)
 	}
-	return est, nth(d, k), nth(d, len(d)-1-k)
+	return est, d.nth(k), d.nth(mn - 1 - k)
+}
+
+// tieTerm is midranks' sum(t^3 - t) over the groups of t equal values of
+// the two sorted samples pooled, by merging them.
+func tieTerm(a, b []float64) float64 {
+	var ties float64
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		var v float64
+		switch {
+		case j >= len(b) || (i < len(a) && a[i] <= b[j]):
+			v = a[i]
+		default:
+			v = b[j]
+		}
+		t := 0
+		for i < len(a) && a[i] == v {
+			i++
+			t++
+		}
+		for j < len(b) && b[j] == v {
+			j++
+			t++
+		}
+		ft := float64(t)
+		ties += ft*ft*ft - ft
+	}
+	return ties
+}
+
+// diffs is the m x n pairwise differences y_i - x_j without building them:
+// with both samples sorted, row i (y_i minus x from its largest down) grows
+// along the row and down the columns, so the differences below a value
+// are counted row by row in O(m + n). A k-th smallest is then found by
+// narrowing each row's candidate columns around random pivots (Monahan's
+// selection for the Hodges-Lehmann estimator): O((m + n) log mn) expected,
+// where selecting among all m x n costs the whole matrix, a look at 120
+// after against 360 before samples a millisecond and 400 KB.
+type diffs struct {
+	y, x []float64 // sorted ascending
+	rnd  uint64
+}
+
+func newDiffs(y, x []float64) *diffs {
+	d := &diffs{y: slices.Clone(y), x: slices.Clone(x), rnd: 0x9e3779b97f4a7c15}
+	slices.Sort(d.y)
+	slices.Sort(d.x)
+	return d
+}
+
+// at is row i, column j: y_i minus the j-th largest x.
+func (d *diffs) at(i, j int) float64 { return d.y[i] - d.x[len(d.x)-1-j] }
+
+// below counts, per row, the columns whose difference is < v (or <= v
+// with orEqual) into cnt, and returns their sum. The count falls (or
+// stays) from row to row.
+func (d *diffs) below(v float64, orEqual bool, cnt []int) int {
+	n, total, j := len(d.x), 0, len(d.x)
+	for i := range d.y {
+		for j > 0 {
+			a := d.at(i, j-1)
+			if a < v || (orEqual && a == v) {
+				break
+			}
+			j--
+		}
+		cnt[i] = min(j, n)
+		total += cnt[i]
+	}
+	return total
+}
+
+// next is a xorshift step: pivots need no more than a cheap spread.
+func (d *diffs) next() uint64 {
+	d.rnd ^= d.rnd << 13
+	d.rnd ^= d.rnd >> 7
+	d.rnd ^= d.rnd << 17
+	return d.rnd
+}
+
+// nth returns the k-th smallest difference (0-based).
+func (d *diffs) nth(k int) float64 {
+	m, n := len(d.y), len(d.x)
+	lo, hi := make([]int, m), make([]int, m) // candidate columns of row i: [lo, hi)
+	for i := range hi {
+		hi[i] = n
+	}
+	lt, le := make([]int, m), make([]int, m)
+	for {
+		left := 0
+		for i := range lo {
+			left += hi[i] - lo[i]
+		}
+		if left <= 4*(m+n) {
+			// Few enough to select among directly.
+			below, cand := 0, make([]float64, 0, left)
+			for i := range lo {
+				below += lo[i]
+				for j := lo[i]; j < hi[i]; j++ {
+					cand = append(cand, d.at(i, j))
+				}
+			}
+			return nth(cand, k-below)
+		}
+		r := int(d.next() % uint64(left))
+		var pivot float64
+		for i := range lo {
+			if w := hi[i] - lo[i]; r < w {
+				pivot = d.at(i, lo[i]+r)
+				break
+			} else {
+				r -= w
+			}
+		}
+		nlt := d.below(pivot, false, lt)
+		nle := d.below(pivot, true, le)
+		switch {
+		case k < nlt:
+			for i := range hi {
+				hi[i] = min(hi[i], lt[i])
+			}
+		case k < nle:
+			return pivot
+		default:
+			for i := range lo {
+				lo[i] = max(lo[i], le[i])
+			}
+		}
+	}
 }
 
 // Trend reports, as a ShiftResult, whether the before sample (in time

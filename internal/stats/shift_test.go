@@ -406,3 +406,58 @@ func TestLevelZero(t *testing.T) {
 		t.Errorf("level 0.9: %+v", res)
 	}
 }
+
+// TestDiffsNth: the k-th pairwise difference found without building the
+// m x n differences is the one sorting them gives, for every k, with ties
+// (metrics are full of repeated values) and without.
+func TestDiffsNth(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for trial := range 60 {
+		m, n := 1+r.IntN(40), 1+r.IntN(90)
+		y, x := make([]float64, m), make([]float64, n)
+		for i := range y {
+			y[i] = float64(r.IntN(5 + trial))
+		}
+		for i := range x {
+			x[i] = float64(r.IntN(5+trial)) + r.Float64()*float64(trial%2)
+		}
+		var all []float64
+		for _, a := range y {
+			for _, b := range x {
+				all = append(all, a-b)
+			}
+		}
+		slices.Sort(all)
+		d := newDiffs(y, x)
+		for k := range all {
+			if got := d.nth(k); got != all[k] {
+				t.Fatalf("trial %d (%d x %d): nth(%d) = %v, want %v", trial, m, n, k, got, all[k])
+			}
+		}
+	}
+}
+
+// BenchmarkShift is a late look of a canary comparison: 120 samples after
+// against 360 before.
+func BenchmarkShift(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	after, before := make([]float64, 120), make([]float64, 360)
+	for i := range after {
+		after[i] = 1 + r.NormFloat64()*0.1
+	}
+	for i := range before {
+		before[i] = 1 + r.NormFloat64()*0.1
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		Shift(after, before, Increase, 0.2, 0.01)
+	}
+}
+
+func TestTieTerm(t *testing.T) {
+	a, b := []float64{0, 0, 1, 2, 2, 2}, []float64{0, 2, 3}
+	_, want := midranks(append(slices.Clone(a), b...))
+	if got := tieTerm(a, b); got != want {
+		t.Errorf("tieTerm = %v, want midranks' %v", got, want)
+	}
+}

@@ -33,12 +33,46 @@ type datum struct {
 	v, total float64
 }
 
+// span is a side's data as a run keeps it: the samples (or errors) in
+// time order, the requests of a count comparison, and the steps' times of
+// a {weeks: N} span only (they pair its steps with the other weeks'). 8
+// bytes a sample: 10,000 runs keep them all their window.
+type span struct {
+	v, total []float64
+	t        []model.Time
+}
+
+// add appends data to sp, growing it once to hold the more that is to come:
+// a side grows look by look to a size known from the start, and append's
+// doubling would leave a quarter of it unused on average.
+func (sp *span) add(data []datum, counts, timed bool, more int) {
+	need := len(sp.v) + len(data)
+	if need > cap(sp.v) {
+		sp.v = slices.Grow(sp.v, len(data)+more)
+		if counts {
+			sp.total = slices.Grow(sp.total, len(data)+more)
+		}
+		if timed {
+			sp.t = slices.Grow(sp.t, len(data)+more)
+		}
+	}
+	for _, d := range data {
+		sp.v = append(sp.v, d.v)
+		if counts {
+			sp.total = append(sp.total, d.total)
+		}
+		if timed {
+			sp.t = append(sp.t, d.t)
+		}
+	}
+}
+
 // compareState is what a run has gathered of one check's comparison.
 type compareState struct {
 	query, errors, total string // rendered, .Range the step
 
-	after  []datum
-	before [][]datum // one span per source: weeks 1..N, or one
+	after  span
+	before []span // one per source: weeks 1..N, or one
 	// fetched is the last after step fetched; zero until the first.
 	fetched time.Time
 	// haveBefore: the pre_deploy span has been fetched (it does not move).
@@ -151,34 +185,50 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 		from = st.fetched.Add(step)
 	}
 
+	// Fetched into copies of the span headers: appending never touches
+	// what st holds, so a failed look leaves it as it was.
 	after := st.after
 	before := slices.Clone(st.before)
 	fetched, haveBefore := st.fetched, st.haveBefore
+	counts, weeks := cmp.Counts(), cmp.With.Kind == policy.WithWeeks
+	_, _, windowEnd := window(p, at.start)
+	// more is how many values per step are still to come after this
+	// look, for data holding perStep values a step.
+	more := func(data []datum, steps int) int {
+		if steps <= 0 {
+			return 0
+		}
+		return len(data) / steps * stepsBetween(end.Add(step), gridFloor(windowEnd, step), step)
+	}
 	err := func() error {
 		if cmp.With.Kind == policy.WithPreDeploy && !haveBefore {
 			b, err := st.fetchSide(ctx, q, at, gridCeil(deploy.Add(-time.Duration(cmp.Lookback)), step), gridFloor(deploy, step), step)
 			if err != nil {
 				return err
 			}
-			before, haveBefore = [][]datum{b}, true
+			before = make([]span, 1)
+			before[0].add(b, counts, false, 0)
+			haveBefore = true
 		}
 		if from.After(end) {
 			return nil
 		}
+		steps := stepsBetween(from, end, step)
 		switch cmp.With.Kind {
 		case policy.WithCanary:
 			a, b, err := st.fetchCanary(ctx, q, at, from, end, step)
 			if err != nil {
 				return err
 			}
-			after = append(after, a...)
-			before = appendSpan(before, 0, b)
+			after.add(a, counts, false, more(a, steps))
+			before = growSpans(before, 1)
+			before[0].add(b, counts, false, more(b, steps))
 		default:
 			a, err := st.fetchSide(ctx, q, at, from, end, step)
 			if err != nil {
 				return err
 			}
-			after = append(after, a...)
+			after.add(a, counts, false, more(a, steps))
 			var shifts []time.Duration
 			switch cmp.With.Kind {
 			case policy.WithOffset:
@@ -188,6 +238,7 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 					shifts = append(shifts, time.Duration(k)*week)
 				}
 			}
+			before = growSpans(before, len(shifts))
 			for i, d := range shifts {
 				b, err := st.fetchSide(ctx, q, at, from.Add(-d), end.Add(-d), step)
 				if err != nil {
@@ -196,7 +247,7 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 				for j := range b {
 					b[j].t += model.Time(d.Milliseconds())
 				}
-				before = appendSpan(before, i, b)
+				before[i].add(b, counts, weeks, more(b, steps))
 			}
 		}
 		fetched = end
@@ -216,34 +267,40 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 	return in, nil
 }
 
-// appendSpan appends b to span i of before, which it grows as needed.
-func appendSpan(before [][]datum, i int, b []datum) [][]datum {
-	for len(before) <= i {
-		before = append(before, nil)
+// growSpans makes spans hold at least n.
+func growSpans(spans []span, n int) []span {
+	for len(spans) < n {
+		spans = append(spans, span{})
 	}
-	before[i] = append(before[i], b...)
-	return before
+	return spans
 }
 
 // sides is what the state holds, as the judge takes it: the before spans
-// pooled in order.
+// pooled in order (or, for 3 weeks or more of samples, step by step).
 func (st *compareState) sides() policy.Sides {
 	var in policy.Sides
 	if st.query != "" {
-		in.After = values(st.after)
+		in.After = st.after.v
 		if len(st.before) >= 3 {
 			in.Before = stepMedians(st.before)
 			return in
 		}
+		if len(st.before) == 1 {
+			in.Before = st.before[0].v
+			return in
+		}
 		for _, b := range st.before {
-			in.Before = append(in.Before, values(b)...)
+			in.Before = append(in.Before, b.v...)
 		}
 		return in
 	}
-	in.ErrorsAfter, in.TotalAfter = splitCounts(st.after)
+	in.ErrorsAfter, in.TotalAfter = st.after.v, st.after.total
+	if len(st.before) == 1 {
+		in.ErrorsBefore, in.TotalBefore = st.before[0].v, st.before[0].total
+		return in
+	}
 	for _, b := range st.before {
-		e, t := splitCounts(b)
-		in.ErrorsBefore, in.TotalBefore = append(in.ErrorsBefore, e...), append(in.TotalBefore, t...)
+		in.ErrorsBefore, in.TotalBefore = append(in.ErrorsBefore, b.v...), append(in.TotalBefore, b.total...)
 	}
 	return in
 }
@@ -253,12 +310,12 @@ func (st *compareState) sides() policy.Sides {
 // weeks. One odd week (a holiday, an incident a week ago) then moves no
 // step, where pooling the weeks' samples would put a third of the before
 // side at the holiday's level.
-func stepMedians(spans [][]datum) []float64 {
+func stepMedians(spans []span) []float64 {
 	byTime := map[model.Time][]float64{}
-	for _, span := range spans {
-		for _, d := range span {
-			if !math.IsNaN(d.v) && !math.IsInf(d.v, 0) {
-				byTime[d.t] = append(byTime[d.t], d.v)
+	for _, sp := range spans {
+		for i, v := range sp.v {
+			if !math.IsNaN(v) && !math.IsInf(v, 0) {
+				byTime[sp.t[i]] = append(byTime[sp.t[i]], v)
 			}
 		}
 	}
@@ -278,22 +335,6 @@ func stepMedians(spans [][]datum) []float64 {
 		}
 	}
 	return out
-}
-
-func values(ps []datum) []float64 {
-	out := make([]float64, len(ps))
-	for i, p := range ps {
-		out[i] = p.v
-	}
-	return out
-}
-
-func splitCounts(ps []datum) (errs, totals []float64) {
-	errs, totals = make([]float64, len(ps)), make([]float64, len(ps))
-	for i, p := range ps {
-		errs[i], totals[i] = p.v, p.total
-	}
-	return errs, totals
 }
 
 // fetchSide fetches the steps from..to of the check's comparison data,

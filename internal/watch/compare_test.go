@@ -308,45 +308,31 @@ func TestCompareWeeksHoliday(t *testing.T) {
 }
 
 func TestStepMedians(t *testing.T) {
-	span := func(vs ...float64) []datum {
-		out := make([]datum, len(vs))
-		for i, v := range vs {
-			out[i] = datum{t: model.Time(i * 1000), v: v}
+	sp := func(vs ...float64) span {
+		out := span{v: vs}
+		for i := range vs {
+			out.t = append(out.t, model.Time(i*1000))
 		}
 		return out
 	}
-	got := stepMedians([][]datum{span(100, 101, 102), span(20, 21, math.NaN()), span(98, 99, 100, 7)})
+	got := stepMedians([]span{sp(100, 101, 102), sp(20, 21, math.NaN()), sp(98, 99, 100, 7)})
 	want := []float64{98, 99, 101, 7}
 	if !slices.Equal(got, want) {
 		t.Errorf("stepMedians = %v, want %v", got, want)
 	}
 }
 
-// TestAfterStart: the after side begins after the deploy, at initial_delay
-// on the step grid; a count's first step does not reach back before it.
-func TestAfterStart(t *testing.T) {
-	m := 0.2
-	samples := &policy.Check{Compare: &policy.Compare{Step: model.Duration(15 * time.Second), Margin: &m}}
-	counts := &policy.Check{Compare: &policy.Compare{Step: model.Duration(30 * time.Second), Margin: &m, Errors: "e", Total: "t"}}
-	noDelay := &policy.Policy{}
-	delay := &policy.Policy{InitialDelay: model.Duration(time.Minute)}
-	onGrid := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
-	off := onGrid.Add(7 * time.Second)
-	for _, c := range []struct {
-		name   string
-		c      *policy.Check
-		p      *policy.Policy
-		deploy time.Time
-		want   time.Time
-	}{
-		{"samples, deploy on the grid: the next step, not the deploy's own", samples, noDelay, onGrid, onGrid.Add(15 * time.Second)},
-		{"samples, deploy off the grid", samples, noDelay, off, onGrid.Add(15 * time.Second)},
-		{"samples, initial_delay", samples, delay, off, onGrid.Add(75 * time.Second)},
-		{"counts: a whole step after the deploy", counts, noDelay, off, onGrid.Add(60 * time.Second)},
-		{"counts, deploy on the grid", counts, noDelay, onGrid, onGrid.Add(30 * time.Second)},
-	} {
-		if got := afterStart(c.c, c.p, c.deploy); !got.Equal(c.want) {
-			t.Errorf("%s: after side from +%s, want +%s", c.name, got.Sub(onGrid), c.want.Sub(onGrid))
-		}
+// TestSpanAdd: a side grows once to the size it will reach, and keeps the
+// times only where asked.
+func TestSpanAdd(t *testing.T) {
+	var sp span
+	sp.add([]datum{{t: 1, v: 1, total: 10}, {t: 2, v: 2, total: 20}}, true, false, 8)
+	if cap(sp.v) != 10 || cap(sp.total) != 10 || sp.t != nil {
+		t.Fatalf("after the first look: cap %d/%d, times %v; want 10, 10, none", cap(sp.v), cap(sp.total), sp.t)
+	}
+	before := &sp.v[0]
+	sp.add([]datum{{t: 3, v: 3, total: 30}}, true, false, 7)
+	if &sp.v[0] != before || !slices.Equal(sp.v, []float64{1, 2, 3}) || !slices.Equal(sp.total, []float64{10, 20, 30}) {
+		t.Errorf("second look reallocated or lost data: %v %v", sp.v, sp.total)
 	}
 }
