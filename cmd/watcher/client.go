@@ -326,11 +326,15 @@ func addHistory(app *kingpin.Application, cmds map[string]func(context.Context, 
 	cmd.Flag("service", "Only this service.").StringVar(&flt.Service)
 	cmd.Flag("environment", "Only this environment.").StringVar(&flt.Environment)
 	cmd.Flag("run", "Only this run.").StringVar(&flt.RunID)
+	cmd.Flag("kind", "Only records of this kind, or glob of kinds (run.failed, rollback.*); repeatable.").StringsVar(&flt.Kinds)
 	cmd.Flag("limit", "Newest N records (0: all).").Default("100").SetValue(intFlag{"limit", &flt.Limit})
 	cmd.Flag("json", "One JSON record per line, for scripts.").BoolVar(&asJSON)
 	var follow bool
 	cmd.Flag("follow", "Keep printing new records as they are written, until interrupted (like tail -f).").Short('f').BoolVar(&follow)
 	cmds["history"] = func(ctx context.Context, e *env) error {
+		if err := flt.ValidKinds(); err != nil {
+			return &exitError{code: 2, err: err}
+		}
 		ctx, js, closeNC, err := f.connect(ctx, e, "watcher history")
 		if err != nil {
 			return err

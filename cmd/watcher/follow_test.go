@@ -67,3 +67,42 @@ func TestHistoryFollow(t *testing.T) {
 		t.Errorf("--limit=2 printed the oldest record too:\n%s", got)
 	}
 }
+
+// TestHistoryKind: `history --kind` keeps the records of the kinds asked,
+// by name or glob, repeatable; a glob that cannot match is a usage error.
+func TestHistoryKind(t *testing.T) {
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules.yml")
+	writeFile(t, rules, `policies:
+  - name: other
+    match: {service: other}
+    window: 1m
+    checks: [{name: up, query: up, min: 1}]
+    rollback: {link: /srv/other/current}
+`)
+	w := startWatcher(t, "--rules="+rules, "--prometheus.url=http://127.0.0.1:1")
+	natsURL := "--nats.url=nats://" + w.nats
+	for _, svc := range []string{"shop", "other"} {
+		if code, _, errOut := cli(t, "publish", natsURL, "--service="+svc, "--environment=production", "--version=v1"); code != 0 {
+			t.Fatalf("publish: %s", errOut)
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, "a skipped and a started run", func() bool {
+		return len(history(t, w.nats, "--kind=run.skipped")) == 1 && len(history(t, w.nats, "--kind=run.started")) == 1
+	})
+	if got := kinds(history(t, w.nats, "--kind=run.started")); strings.Join(got, ",") != "run.started" {
+		t.Errorf("--kind=run.started: %v", got)
+	}
+	if got := kinds(history(t, w.nats, "--kind=run.*")); strings.Join(got, ",") != "run.skipped,run.started" {
+		t.Errorf("--kind=run.*: %v", got)
+	}
+	if got := kinds(history(t, w.nats, "--kind=run.skipped", "--kind=run.started")); len(got) != 2 {
+		t.Errorf("--kind twice: %v", got)
+	}
+	if got := history(t, w.nats, "--kind=rollback.*"); len(got) != 0 {
+		t.Errorf("--kind=rollback.*: %v", kinds(got))
+	}
+	if code, _, errOut := cli(t, "history", natsURL, "--kind=run.["); code != 2 || !strings.Contains(errOut, "glob of kinds") {
+		t.Errorf("--kind=run.[: exit %d, %q; want 2 and what a kind is", code, errOut)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"regexp"
 	"strings"
 	"time"
@@ -118,8 +119,40 @@ type Filter struct {
 	Service     string
 	Environment string
 	RunID       string
+	// Kinds keeps only records of these kinds, each a kind or a glob of
+	// kinds ("rollback.*"); none keeps every kind.
+	Kinds []string
 	// Limit keeps only the newest N matching records; 0 keeps all.
 	Limit int
+}
+
+// keeps reports whether f keeps r, beyond the subject it reads.
+func (f Filter) keeps(r Record) bool {
+	if f.RunID != "" && r.RunID != f.RunID {
+		return false
+	}
+	if (renamed(f.Service) && r.Service != f.Service) || (renamed(f.Environment) && r.Environment != f.Environment) {
+		return false // another invalid name under _invalid
+	}
+	if len(f.Kinds) == 0 {
+		return true
+	}
+	for _, k := range f.Kinds {
+		if ok, _ := path.Match(k, r.Kind); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidKinds checks f's kinds: each must be a kind glob that can match.
+func (f Filter) ValidKinds() error {
+	for _, k := range f.Kinds {
+		if _, err := path.Match(k, ""); err != nil {
+			return fmt.Errorf("--kind %q is not a kind or a glob of kinds such as rollback.*", k)
+		}
+	}
+	return nil
 }
 
 func (f Filter) subject() string {
@@ -201,11 +234,8 @@ func read(ctx context.Context, js jetstream.JetStream, f Filter) ([]Record, erro
 			if err := json.Unmarshal(msg.Data(), &r); err != nil {
 				continue // not ours; the stream may be shared
 			}
-			if f.RunID != "" && r.RunID != f.RunID {
+			if !f.keeps(r) {
 				continue
-			}
-			if (renamed(f.Service) && r.Service != f.Service) || (renamed(f.Environment) && r.Environment != f.Environment) {
-				continue // another invalid name under _invalid
 			}
 			out = append(out, r)
 			if f.Limit > 0 && len(out) > 2*f.Limit {

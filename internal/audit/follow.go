@@ -58,8 +58,7 @@ func Follow(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Recor
 			return fmt.Errorf("following the audit stream: %w", err)
 		}
 		var r Record
-		keep := json.Unmarshal(msg.Data(), &r) == nil && (f.RunID == "" || r.RunID == f.RunID) &&
-			!(renamed(f.Service) && r.Service != f.Service) && !(renamed(f.Environment) && r.Environment != f.Environment)
+		keep := json.Unmarshal(msg.Data(), &r) == nil && f.keeps(r)
 		md, _ := msg.Metadata()
 		if catchingUp {
 			if keep {
