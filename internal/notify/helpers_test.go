@@ -45,8 +45,11 @@ type receiver struct {
 	accepted map[string]int
 	status   func(n int) int
 
-	hang    atomic.Bool
-	hanging atomic.Int32
+	// hang holds every request; hangAfter, when set, those after that
+	// many deliveries (guarded by mu).
+	hang      atomic.Bool
+	hangAfter int
+	hanging   atomic.Int32
 }
 
 func newReceiver(t *testing.T, secret string) *receiver {
@@ -66,13 +69,14 @@ func (rc *receiver) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	// What a receiver does: recompute the HMAC and compare in constant time.
 	req.signedOK = hmac.Equal([]byte(req.signature), []byte(Sign(rc.secret, body)))
-	if rc.hang.Load() {
+	rc.mu.Lock()
+	if rc.hang.Load() || (rc.hangAfter > 0 && len(rc.accepted) >= rc.hangAfter) {
+		rc.mu.Unlock()
 		rc.hanging.Add(1)
 		<-r.Context().Done()
 		rc.hanging.Add(-1)
 		return
 	}
-	rc.mu.Lock()
 	rc.reqs = append(rc.reqs, req)
 	code := rc.status(len(rc.reqs))
 	if code/100 == 2 {
