@@ -72,7 +72,7 @@ var NotifyKinds = []string{
 	audit.RollbackRequested, audit.RollbackHost, audit.RollbackCompleted, audit.RollbackFailed,
 	audit.AlertReceived,
 	// Holds, approvals and verification (README "Notifications, holds and
-	// verification"): their records are written by the executor.
+	// verification"), whose constants are not in package audit yet.
 	"rollback.held", "rollback.approved", "rollback.cancelled", "rollback.verified", "rollback.unhelpful",
 }
 
