@@ -25,6 +25,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/config"
+	"github.com/rollback-watcher/watcher/internal/notify"
 	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/promclient"
 	"github.com/rollback-watcher/watcher/internal/rollback"
@@ -162,6 +163,11 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	if _, _, err := net.SplitHostPort(o.webAddr); err != nil {
 		return usageErr("--web.listen-address %q: %v", o.webAddr, err)
 	}
+	// Read before anything starts: a missing secret file is a bad config.
+	targets, err := notify.Targets(cfg.Notify)
+	if err != nil {
+		return err
+	}
 	set, err := policy.Load(cfg.RuleFiles...)
 	if err != nil {
 		return fmt.Errorf("policies are invalid (`watcher check` lists every problem): %w", err)
@@ -263,6 +269,11 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	x.Register(reg)
 	alertReceiver := &alerts.Receiver{JS: js, Policies: policies.Load, Audit: aud, Logger: logger}
 	alertReceiver.Register(reg)
+	var notifier *notify.Notifier
+	if len(targets) > 0 {
+		notifier = &notify.Notifier{JS: js, Targets: targets, Audit: aud, Logger: logger, ExternalURL: o.externalURL, Replicas: cfg.NATS.Replicas}
+		notifier.Register(reg)
+	}
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -273,6 +284,11 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	}
 	if err := x.Start(runCtx); err != nil {
 		return err
+	}
+	if notifier != nil {
+		if err := notifier.Start(runCtx); err != nil {
+			return err
+		}
 	}
 
 	ln, err := net.Listen("tcp", o.webAddr)
@@ -324,6 +340,9 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	stop()
 	w.Wait()
 	x.Wait()
+	if notifier != nil {
+		notifier.Wait()
+	}
 	<-probeDone
 	return nil
 }

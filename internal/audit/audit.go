@@ -34,6 +34,7 @@ const (
 	RollbackCompleted = "rollback.completed"
 	RollbackFailed    = "rollback.failed"
 	AlertReceived     = "alert.received"
+	NotifyFailed      = "notify.failed" // a notification that every attempt failed to deliver
 )
 
 // Record is one audit entry.

@@ -24,6 +24,8 @@ type Config struct {
 	RuleFiles  []string           `yaml:"rule_files"`
 	Prometheus promclient.Options `yaml:"prometheus"`
 	NATS       bus.Options        `yaml:"nats"`
+	// Notify lists where audit records are sent (README "Notifications").
+	Notify []NotifyTarget `yaml:"notify"`
 }
 
 // Load reads a config file strictly (unknown keys are errors) and resolves
@@ -68,6 +70,9 @@ func Load(path string) (*Config, error) {
 			lines = append(lines, path+": nats.server."+l)
 		}
 		return nil, errors.New(strings.Join(lines, "\n"))
+	}
+	if problems := validateNotify(path, dir, b, c.Notify); len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "\n"))
 	}
 	return c, nil
 }

@@ -160,6 +160,14 @@ var layers = []rule{
 			walls("the executor carries out requests; it measures nothing", "internal/promclient"),
 			testsOnly)},
 
+	// Layer 3 too: telling people, from the audit trail alone.
+	{pkg: "internal/notify", layer: 3, role: "notifications: the audit stream to Slack and webhooks",
+		forbid: join(
+			walls("notifications read the audit trail; they neither decide nor execute, and never stand in their way",
+				"internal/watch", "internal/rollback", "internal/policy", "internal/rollbackreq"),
+			walls("notifications post over HTTP; they run nothing on hosts", noRemoteExec...),
+			testsOnly)},
+
 	// Layer 4: Alertmanager's webhook turns alerts into rollback requests.
 	{pkg: "internal/alerts", layer: 4, role: "Alertmanager webhook into rollback requests",
 		forbid: join(
