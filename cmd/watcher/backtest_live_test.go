@@ -44,12 +44,11 @@ const liveBacktestRules = `policies:
 const blChange = 100 * time.Millisecond
 
 // liveBacktestDeploys: two good deploys and two bad ones, each of its own
-// service. The deploys go out in the second deploy of the test, a little
-// after its values changed.
+// service. All go out together, 300ms into the test's deploy second.
 var liveBacktestDeploys = []struct {
 	id, service string
-	errors      bool // the error ratio goes to 0.2 from deploy+2s
-	slow        bool // latency 2.5 times what it was, from deploy
+	errors      bool // the error ratio goes to 0.2 two seconds later
+	slow        bool // latency 2.5 times what it was from the deploy second on, as the new release went live before its event
 }{
 	{id: "bl-good-1", service: "bl-cart"},
 	{id: "bl-errors", service: "bl-shop", errors: true},
@@ -59,8 +58,9 @@ var liveBacktestDeploys = []struct {
 
 // playLiveBacktest sets every service's values once a second, blChange
 // after it, until the test ends: healthy values with some noise, and what
-// the bad deploys do once the deploy second is set. It returns a function that sets the deploy second and one
-// that says how late the latest change came.
+// the bad deploys do once the deploy second is set. It returns a function
+// that sets the deploy second and one that says how late the latest
+// change came.
 func playLiveBacktest(t *testing.T, exp *testutil.Exporter) (setDeploy func(time.Time), lateness func() time.Duration) {
 	t.Helper()
 	var mu sync.Mutex
@@ -136,7 +136,7 @@ func TestBacktestFromAuditMatchesLive(t *testing.T) {
 	natsURL := "--nats.url=nats://" + w.nats
 
 	// 6s of history in Prometheus for the comparison's 5s before the
-	// deploy; the deploys go out between the values' changes.
+	// deploy; the deploys go out between two changes of the values.
 	deploy := time.Now().Add(6 * time.Second).Truncate(time.Second)
 	setDeploy(deploy)
 	time.Sleep(time.Until(deploy.Add(blChange + 200*time.Millisecond)))
@@ -236,9 +236,9 @@ func TestBacktestFromAuditMatchesLive(t *testing.T) {
 			t.Errorf("%s: live verdict %s, want %s: the scenario does not test what it means to", d.id, l.verdict.Kind, want)
 		}
 	}
-	if late := lateness(); late > 300*time.Millisecond {
-		t.Logf("the exporter's values changed up to %s late: a live measurement may have missed a scrape", late)
-	}
+	// Over about 300ms late, a change's first scrape can come just before
+	// a measurement, which the live run may have judged without it.
+	t.Logf("the exporter's values changed at most %s after second+%s", lateness(), blChange)
 
 	// A backtest asks about the past only: wait until Prometheus has
 	// scraped past the last window's end, and so committed every scrape
@@ -272,7 +272,8 @@ func TestBacktestFromAuditMatchesLive(t *testing.T) {
 		Deploys             int      `json:"deploys"`
 		FalseRollbacks      int      `json:"false_rollbacks"`
 		Misses              int      `json:"misses"`
-		Precision, Recall   *float64
+		Precision           *float64 `json:"precision"`
+		Recall              *float64 `json:"recall"`
 	}
 	got := map[string]jsonDeploy{}
 	var sum *jsonDeploy
