@@ -13,8 +13,8 @@ import (
 
 // backtestRules: shop is judged by an error ratio threshold and a latency
 // comparison with the half hour before the deploy; pay by its orders
-// compared with the same span 1 and 2 weeks back, pooled (Prometheus
-// keeps 15 days by default: two weeks back is what it has).
+// compared with the same span 1 and 2 weeks back, pooled (two weeks pool
+// their samples; three or more, their step medians: holidayRules).
 const backtestRules = `policies:
   - name: shop
     match: {service: shop, environment: production}
@@ -37,14 +37,18 @@ const backtestRules = `policies:
     rollback: {mode: publish}
 `
 
-// backtestHistory is 15 days of pay's orders (100 a minute, half that on
-// a holiday two weeks back) and two days of shop's errors and
-// latency, with what the deploys did to them and one incident that no
-// deploy caused, as OpenMetrics for promtool.
-func backtestHistory(now time.Time, at map[string]time.Time) string {
+// inSpan says whether ts is in [from, from+d).
+func inSpan(ts, from time.Time, d time.Duration) bool {
+	return !ts.Before(from) && ts.Before(from.Add(d))
+}
+
+// backtestHistory writes 15 days of pay's orders (100 a minute, half that
+// on a holiday two weeks back) and two days of shop's errors and latency,
+// with what the deploys did to them and one incident that no deploy
+// caused, as OpenMetrics for promtool.
+func backtestHistory(om *strings.Builder, now time.Time, at map[string]time.Time) {
 	noise := func(ts time.Time, step int64) float64 { return 0.01 * float64((ts.Unix()/step*7)%11) }
-	in := func(ts, from time.Time, d time.Duration) bool { return !ts.Before(from) && ts.Before(from.Add(d)) }
-	var om strings.Builder
+	in := inSpan
 	om.WriteString("# TYPE bt_orders gauge\n")
 	for ts := now.Add(-15 * 24 * time.Hour); ts.Before(now); ts = ts.Add(time.Minute) {
 		v := 100 * (1 + noise(ts, 60))
@@ -54,7 +58,7 @@ func backtestHistory(now time.Time, at map[string]time.Time) string {
 		if in(ts, at["p-2"], time.Hour) {
 			v *= 0.2 // a bad deploy: orders fall
 		}
-		fmt.Fprintf(&om, "bt_orders{service=\"pay\"} %g %d\n", v, ts.Unix())
+		fmt.Fprintf(om, "bt_orders{service=\"pay\"} %g %d\n", v, ts.Unix())
 	}
 	om.WriteString("# TYPE bt_errors_ratio gauge\n")
 	for ts := now.Add(-52 * time.Hour); ts.Before(now); ts = ts.Add(30 * time.Second) {
@@ -65,7 +69,7 @@ func backtestHistory(now time.Time, at map[string]time.Time) string {
 		if in(ts, at["s-4"].Add(10*time.Minute), 30*time.Minute) {
 			v = 0.3 // an incident elsewhere, 10 minutes after a good deploy
 		}
-		fmt.Fprintf(&om, "bt_errors_ratio{service=\"shop\"} %g %d\n", v, ts.Unix())
+		fmt.Fprintf(om, "bt_errors_ratio{service=\"shop\"} %g %d\n", v, ts.Unix())
 	}
 	om.WriteString("# TYPE bt_latency_seconds gauge\n")
 	for ts := now.Add(-52 * time.Hour); ts.Before(now); ts = ts.Add(15 * time.Second) {
@@ -76,10 +80,8 @@ func backtestHistory(now time.Time, at map[string]time.Time) string {
 		if in(ts, at["s-5"], time.Hour) {
 			v *= 1.1 // a bad deploy, but within the comparison's margin
 		}
-		fmt.Fprintf(&om, "bt_latency_seconds{service=\"shop\"} %g %d\n", v, ts.Unix())
+		fmt.Fprintf(om, "bt_latency_seconds{service=\"shop\"} %g %d\n", v, ts.Unix())
 	}
-	om.WriteString("# EOF\n")
-	return om.String()
 }
 
 // TestBacktest replays a deploys file over weeks of history on a real
@@ -88,9 +90,10 @@ func backtestHistory(now time.Time, at map[string]time.Time) string {
 // catches a slowdown but not one within its margin, a comparison with past
 // weeks catches a drop in orders, and keeps a good deploy whose weeks
 // back include a holiday (a baseline of two weeks that disagree is not
-// one the deploy is judged worse than). The
-// table, the JSON objects and the summary say so; --fail-on-mistakes
-// exits 1 for the false rollback and the miss.
+// one the deploy is judged worse than). The table, the JSON objects and
+// the summary say so; --fail-on-mistakes exits 1 for the false rollback
+// and the miss. The subtest "holiday week" replays other deploys over the
+// same Prometheus's four weeks with a holiday week in them.
 func TestBacktest(t *testing.T) {
 	now := time.Now().Truncate(time.Minute)
 	at := map[string]time.Time{
@@ -99,7 +102,16 @@ func TestBacktest(t *testing.T) {
 		"p-1": now.Add(-10 * time.Hour), "p-2": now.Add(-8 * time.Hour), "p-3": now.Add(-6 * time.Hour),
 		"c-1": now.Add(-5 * time.Hour), "s-6": now.Add(-5 * time.Minute),
 	}
-	prom := testutil.StartPrometheusWithHistory(t, backtestHistory(now, at), testutil.NewExporter(t).URL)
+	holiday := now.Add(-15 * 24 * time.Hour)
+	season := holidayDeploys(holiday)
+	var om strings.Builder
+	backtestHistory(&om, now, at)
+	holidayHistory(&om, now, season, holiday)
+	om.WriteString("# EOF\n")
+	prom := testutil.StartPrometheusWithHistory(t, om.String(), testutil.NewExporter(t).URL)
+	// One Prometheus for both: promtool writes a block for every two
+	// hours of history, and most of this test's time is spent on them.
+	t.Run("holiday week", func(t *testing.T) { testBacktestHolidayWeek(t, prom, season) })
 
 	dir := t.TempDir()
 	rules, deploys := filepath.Join(dir, "rules.yml"), filepath.Join(dir, "deploys.jsonl")
@@ -256,5 +268,148 @@ func TestBacktestUsage(t *testing.T) {
 		if code != c.code || !strings.Contains(errOut, c.want) || strings.Count(strings.TrimSpace(errOut), "\n") > 0 {
 			t.Errorf("backtest %s: exit %d, stderr %q; want %d and one line with %q", strings.Join(c.args, " "), code, errOut, c.code, c.want)
 		}
+	}
+}
+
+// holidayRules: market is judged by its error ratio and by its orders
+// against the same half hour of the three weeks before, step by step by
+// their median.
+const holidayRules = `policies:
+  - name: market
+    match: {service: market, environment: production}
+    window: 30m
+    interval: 1m
+    checks:
+      - {name: errors, query: 'bt_market_errors_ratio{service="{{ .Service }}"}', max: 0.05, failure_limit: 1}
+      - name: orders-vs-3-weeks
+        query: 'sum(bt_market_orders{service="{{ .Service }}"})'
+        compare: {with: {weeks: 3}, step: 1m, direction: decrease, margin: 0.2}
+    rollback: {mode: publish}
+`
+
+// holidayDeploys are market's deploys after a holiday week that began at
+// holiday.
+func holidayDeploys(holiday time.Time) map[string]time.Time {
+	day := 24 * time.Hour
+	return map[string]time.Time{
+		// A week and a day after the holiday began: one week back is
+		// the holiday's.
+		"m-1": holiday.Add(8*day + 2*time.Hour),
+		"m-2": holiday.Add(9 * day),
+		"m-3": holiday.Add(10 * day),
+		// Nearly two weeks after: one week back is its last day.
+		"m-4": holiday.Add(13*day + 5*time.Hour),
+	}
+}
+
+// holidayHistory writes four weeks of market's orders, about 100 a minute
+// but a fifth of that through the holiday week, and its last eight days
+// of error ratio, with what the deploys did to them and one
+// incident no deploy caused, as OpenMetrics for promtool.
+func holidayHistory(om *strings.Builder, now time.Time, at map[string]time.Time, holiday time.Time) {
+	// Noise that does not repeat week on week.
+	noise := func(ts time.Time) float64 { return 0.01 * float64((ts.Unix()/60*7)%13) }
+	om.WriteString("# TYPE bt_market_orders gauge\n")
+	for ts := now.Add(-28 * 24 * time.Hour); ts.Before(now); ts = ts.Add(time.Minute) {
+		v := 100 * (1 + noise(ts))
+		if inSpan(ts, holiday, 7*24*time.Hour) {
+			v /= 5
+		}
+		if inSpan(ts, at["m-2"], time.Hour) {
+			v /= 5 // a bad deploy: orders down to the holiday's level
+		}
+		fmt.Fprintf(om, "bt_market_orders{service=\"market\"} %g %d\n", v, ts.Unix())
+	}
+	om.WriteString("# TYPE bt_market_errors_ratio gauge\n")
+	for ts := now.Add(-8 * 24 * time.Hour); ts.Before(now); ts = ts.Add(time.Minute) {
+		v := 0.01 + noise(ts)/10
+		if inSpan(ts, at["m-3"].Add(10*time.Minute), 45*time.Minute) {
+			v = 0.3 // an incident elsewhere, 10 minutes after a good deploy
+		}
+		fmt.Fprintf(om, "bt_market_errors_ratio{service=\"market\"} %g %d\n", v, ts.Unix())
+	}
+}
+
+// testBacktestHolidayWeek replays market's deploys over four weeks of
+// history with a whole holiday week in it, against a comparison with
+// three weeks back: ordinary deploys whose weeks back include the holiday
+// pass (each step's median of three weeks is an ordinary week's), a deploy
+// that drops orders to the holiday's level fails, and a good deploy
+// followed by an incident is the false rollback the error threshold would
+// have caused.
+func testBacktestHolidayWeek(t *testing.T, prom *testutil.Prometheus, at map[string]time.Time) {
+	dir := t.TempDir()
+	rules, deploys := filepath.Join(dir, "rules.yml"), filepath.Join(dir, "deploys.jsonl")
+	writeFile(t, rules, holidayRules)
+	var lines strings.Builder
+	for _, d := range []struct{ id, version, expect string }{
+		{"m-1", "8.1", "good"}, {"m-2", "8.2", "bad"}, {"m-3", "8.3", "good"}, {"m-4", "8.4", "good"},
+	} {
+		fmt.Fprintf(&lines, `{"id": %q, "service": "market", "environment": "production", "version": %q, "time": %q, "expect": %q}`+"\n",
+			d.id, d.version, at[d.id].UTC().Format(time.RFC3339), d.expect)
+	}
+	writeFile(t, deploys, lines.String())
+
+	code, out, errOut := cli(t, "backtest", "--rules="+rules, "--prometheus.url="+prom.URL, "--deploys="+deploys)
+	if code != 0 {
+		t.Fatalf("backtest: exit %d: %s\n%s", code, errOut, out)
+	}
+	t.Logf("backtest output:\n%s", out)
+	words := strings.Join(strings.Fields(out), " ")
+	row := func(id, version string) string {
+		return "market production " + version + " " + at[id].UTC().Format(time.RFC3339) + " market "
+	}
+	for _, w := range []string{
+		row("m-1", "8.1") + "passed 30m0s good - window closed healthy:",
+		row("m-2", "8.2") + "failed ",
+		row("m-3", "8.3") + "failed 11m0s good: FALSE ROLLBACK errors errors = 0.3 > max 0.05 (failure 2 of limit 1)",
+		row("m-4", "8.4") + "passed 30m0s good - window closed healthy:",
+		"4 deploys, 4 judged against an expectation:",
+		"false rollbacks 1 (good deploys it would have rolled back: m-3)",
+		"misses 0 ",
+		"precision 0.5 (1 of 2 rollbacks were of bad deploys)",
+		"recall 1 (1 of 1 bad deploys caught)",
+		"median time to detection ",
+	} {
+		if !strings.Contains(words, w) {
+			t.Errorf("the table lacks %q", w)
+		}
+	}
+	// The drop is judged against the weeks' step medians, about 100
+	// orders, not against a pool a third of which is the holiday's 20.
+	w := " bad orders-vs-3-weeks orders-vs-3-weeks: median 2"
+	if i := strings.Index(words, w); i < 0 || !strings.Contains(words[i:], " after vs 10") || !strings.Contains(words[i:], "worse by more than 20%") {
+		t.Errorf("the table lacks the comparison %q... after vs 10x before... worse by more than 20%%", w)
+	}
+
+	code, out, errOut = cli(t, "backtest", "--rules="+rules, "--prometheus.url="+prom.URL, "--deploys="+deploys, "--json")
+	if code != 0 {
+		t.Fatalf("backtest --json: exit %d: %s\n%s", code, errOut, out)
+	}
+	var objs []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not JSON: %s", l)
+		}
+		objs = append(objs, m)
+	}
+	if len(objs) != 5 {
+		t.Fatalf("%d JSON objects, want 4 deploys and the summary:\n%s", len(objs), out)
+	}
+	for i, w := range []struct {
+		id, verdict string
+		check       any
+	}{{"m-1", "passed", nil}, {"m-2", "failed", "orders-vs-3-weeks"}, {"m-3", "failed", "errors"}, {"m-4", "passed", nil}} {
+		if m := objs[i]; m["deploy_id"] != w.id || m["verdict"] != w.verdict || m["check"] != w.check {
+			t.Errorf("JSON object %d: %v; want %s %s by %v", i, m, w.id, w.verdict, w.check)
+		}
+	}
+	if s, ok := objs[1]["decided_after_seconds"].(float64); !ok || s < 60 || s > 20*60 {
+		t.Errorf("m-2 decided after %v s, want within 20 minutes", objs[1]["decided_after_seconds"])
+	}
+	sum, _ := json.Marshal(objs[4])
+	if string(sum) != `{"deploys":4,"false_rollbacks":1,"misses":0,"precision":0.5,"recall":1,"summary":true}` {
+		t.Errorf("summary %s", sum)
 	}
 }
