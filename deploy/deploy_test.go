@@ -712,8 +712,11 @@ func TestGrafanaDashboard(t *testing.T) {
 		}
 	}
 	walk(d.Panels)
-	// Runs active, run verdicts, rollbacks, deploy events, measurements.
-	for _, n := range []string{"watcher_runs_active", "watcher_runs_total", "watcher_rollbacks_total", "watcher_deploy_events_total", "watcher_measurements_total"} {
+	// Runs active, run verdicts, rollbacks, deploy events, measurements;
+	// per service, change-failure rate and time to restore; time to
+	// decision; notifications.
+	for _, n := range []string{"watcher_runs_active", "watcher_runs_total", "watcher_rollbacks_total", "watcher_deploy_events_total", "watcher_measurements_total",
+		"watcher_deploys_total", "watcher_rollbacks_by_service_total", "watcher_restore_seconds_bucket", "watcher_decision_seconds_bucket", "watcher_notifications_total"} {
 		if !used[n] {
 			t.Errorf("%s: no panel shows %s", dashboardFile, n)
 		}
