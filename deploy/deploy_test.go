@@ -46,10 +46,12 @@ const (
 	kubeDir        = "kubernetes"
 	alertsFile     = "prometheus/watcher-alerts.yml"
 	alertTestsFile = "prometheus/watcher-alerts.test.yml"
-	promConfig     = "prometheus/prometheus.yml"
-	amConfig       = "alertmanager/alertmanager.yml"
-	dashboardFile  = "grafana/rollback-watcher.json"
-	readme         = "README.md"
+	// doraTestsFile tests the recording rules, evaluated hourly.
+	doraTestsFile = "prometheus/watcher-dora.test.yml"
+	promConfig    = "prometheus/prometheus.yml"
+	amConfig      = "alertmanager/alertmanager.yml"
+	dashboardFile = "grafana/rollback-watcher.json"
+	readme        = "README.md"
 
 	// watcherJob is the scrape job the alerts and the dashboard expect.
 	watcherJob = "rollback-watcher"
@@ -235,6 +237,9 @@ type ruleTests struct {
 		InputSeries []struct {
 			Series string `yaml:"series"`
 		} `yaml:"input_series"`
+		PromQLExprTest []struct {
+			Expr string `yaml:"expr"`
+		} `yaml:"promql_expr_test"`
 		AlertRuleTest []struct {
 			EvalTime  string `yaml:"eval_time"`
 			Alertname string `yaml:"alertname"`
@@ -246,12 +251,23 @@ type ruleTests struct {
 }
 
 // wantAlerts are the alerts deploy/README.md promises.
-var wantAlerts = []string{"WatcherDown", "WatcherRollbackFailed", "WatcherDeployEventsRejected", "WatcherMeasurementErrors", "WatcherRunsStuck"}
+var wantAlerts = []string{"WatcherDown", "WatcherRollbackFailed", "WatcherDeployEventsRejected", "WatcherMeasurementErrors", "WatcherRunsStuck", "WatcherNotificationsFailing"}
+
+// wantRecords are the recording rules the dashboard's DORA figures and
+// deploy/README.md name.
+var wantRecords = []string{
+	"service_environment:watcher_deploys:increase7d",
+	"service_environment:watcher_rollbacks:increase7d",
+	"service_environment:watcher_change_failure_rate:ratio7d",
+	"service_environment:watcher_restore_seconds:p50_7d",
+	"service_environment:watcher_restore_seconds:p90_7d",
+	"verdict:watcher_decision_seconds:p90_7d",
+}
 
 func TestPromtoolRules(t *testing.T) {
 	promtool := tool(t, "promtool", "prometheus")
 	run(t, ".", promtool, "check", "rules", alertsFile)
-	run(t, filepath.Dir(alertTestsFile), promtool, "test", "rules", filepath.Base(alertTestsFile))
+	run(t, filepath.Dir(alertTestsFile), promtool, "test", "rules", filepath.Base(alertTestsFile), filepath.Base(doraTestsFile))
 	run(t, ".", promtool, "check", "config", promConfig)
 }
 
@@ -308,6 +324,35 @@ func TestAlertsCovered(t *testing.T) {
 			} else {
 				quiet[at.Alertname] = true
 			}
+		}
+	}
+	// Every recording rule is checked by a promql_expr_test of its own.
+	var dora ruleTests
+	decodeYAML(t, doraTestsFile, &dora)
+	if !slices.Contains(dora.RuleFiles, filepath.Base(alertsFile)) {
+		t.Errorf("%s does not load %s (rule_files: %v)", doraTestsFile, filepath.Base(alertsFile), dora.RuleFiles)
+	}
+	tested := map[string]bool{}
+	for _, tc := range dora.Tests {
+		for _, et := range tc.PromQLExprTest {
+			tested[strings.TrimSpace(et.Expr)] = true
+		}
+	}
+	records := map[string]bool{}
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Record == "" {
+				continue
+			}
+			records[r.Record] = true
+			if !tested[r.Record] {
+				t.Errorf("%s: no promql_expr_test of %s", doraTestsFile, r.Record)
+			}
+		}
+	}
+	for _, r := range wantRecords {
+		if !records[r] {
+			t.Errorf("%s: recording rule %s is missing", alertsFile, r)
 		}
 	}
 	for a := range alerts {
@@ -396,18 +441,26 @@ func checkWatcherAddress(t *testing.T, where, hostport string) {
 // --- metric names ---
 
 // exportedMetrics lists the metric names the watcher registers, from its
-// sources: every `Name: "watcher_..."` in internal/ and cmd/.
+// sources: every `Name: "watcher_..."` in internal/ and cmd/, and for a
+// histogram the _bucket, _sum and _count series Prometheus stores.
 func exportedMetrics(t *testing.T) map[string]bool {
 	t.Helper()
 	re := regexp.MustCompile(`Name: *"(watcher_[a-z_]+)"`)
+	histRE := regexp.MustCompile(`HistogramOpts\{\s*Name: *"(watcher_[a-z_]+)"`)
 	names := map[string]bool{}
 	for _, dir := range []string{"../internal", "../cmd"} {
 		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 			if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
 				return err
 			}
-			for _, m := range re.FindAllSubmatch(readFile(t, p), -1) {
+			src := readFile(t, p)
+			for _, m := range re.FindAllSubmatch(src, -1) {
 				names[string(m[1])] = true
+			}
+			for _, m := range histRE.FindAllSubmatch(src, -1) {
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					names[string(m[1])+suffix] = true
+				}
 			}
 			return nil
 		})
@@ -417,7 +470,7 @@ func exportedMetrics(t *testing.T) map[string]bool {
 	}
 	// The names the README promises ("HTTP", /metrics): if one is not
 	// found, the regexp above does not match how metrics are declared.
-	for _, n := range []string{"watcher_runs_active", "watcher_runs_total", "watcher_rollbacks_total", "watcher_deploy_events_total", "watcher_measurements_total", "watcher_build_info"} {
+	for _, n := range []string{"watcher_runs_active", "watcher_runs_total", "watcher_rollbacks_total", "watcher_deploy_events_total", "watcher_measurements_total", "watcher_build_info", "watcher_restore_seconds_bucket"} {
 		if !names[n] {
 			t.Fatalf("metric %s not found in internal/ or cmd/ (found %v)", n, slices.Sorted(maps.Keys(names)))
 		}
@@ -429,13 +482,44 @@ func exportedMetrics(t *testing.T) map[string]bool {
 // metricLabels are the labels (besides the target's job and instance) and
 // values of each metric, as the README describes them ("HTTP").
 var metricLabels = map[string]map[string][]string{
-	"up":                          {},
-	"watcher_runs_active":         {},
-	"watcher_runs_total":          {"verdict": {"passed", "failed", "inconclusive", "superseded"}},
-	"watcher_rollbacks_total":     {"result": {"completed", "failed", "skipped"}},
-	"watcher_deploy_events_total": {"result": {"started", "rejected", "skipped", "duplicate", "ignored"}},
-	"watcher_measurements_total":  {"outcome": {"pass", "fail", "inconclusive", "error"}},
-	"watcher_build_info":          {"version": nil, "revision": nil, "goversion": nil},
+	"up":                                 {},
+	"watcher_runs_active":                {},
+	"watcher_runs_total":                 {"verdict": {"passed", "failed", "inconclusive", "superseded"}},
+	"watcher_rollbacks_total":            {"result": {"completed", "failed", "skipped"}},
+	"watcher_deploy_events_total":        {"result": {"started", "rejected", "skipped", "duplicate", "ignored"}},
+	"watcher_measurements_total":         {"outcome": {"pass", "fail", "inconclusive", "error"}},
+	"watcher_build_info":                 {"version": nil, "revision": nil, "goversion": nil},
+	"watcher_deploys_total":              {"service": nil, "environment": nil},
+	"watcher_verdicts_total":             {"service": nil, "environment": nil, "verdict": verdicts},
+	"watcher_rollbacks_by_service_total": {"service": nil, "environment": nil, "result": {"completed", "failed", "skipped"}},
+	"watcher_notifications_total":        {"target": nil, "result": {"sent", "failed", "retried"}},
+
+	// Recorded by watcher-alerts.yml (group rollback-watcher-dora).
+	"service_environment:watcher_deploys:increase7d":          {"service": nil, "environment": nil},
+	"service_environment:watcher_rollbacks:increase7d":        {"service": nil, "environment": nil},
+	"service_environment:watcher_change_failure_rate:ratio7d": {"service": nil, "environment": nil},
+	"service_environment:watcher_restore_seconds:p50_7d":      {"service": nil, "environment": nil},
+	"service_environment:watcher_restore_seconds:p90_7d":      {"service": nil, "environment": nil},
+	"verdict:watcher_decision_seconds:p90_7d":                 {"verdict": verdicts},
+}
+
+var verdicts = []string{"passed", "failed", "inconclusive", "marginal", "superseded"}
+
+// histogramLabels are the labels of each histogram; its _bucket series
+// have le besides.
+var histogramLabels = map[string]map[string][]string{
+	"watcher_decision_seconds": {"verdict": verdicts},
+	"watcher_restore_seconds":  {"service": nil, "environment": nil},
+}
+
+func init() {
+	for name, ls := range histogramLabels {
+		bucket := maps.Clone(ls)
+		bucket["le"] = nil
+		metricLabels[name+"_bucket"] = bucket
+		metricLabels[name+"_sum"] = ls
+		metricLabels[name+"_count"] = ls
+	}
 }
 
 var promql = parser.NewParser(parser.Options{})
@@ -488,6 +572,14 @@ func TestAlertMetricNames(t *testing.T) {
 	exported := exportedMetrics(t)
 	var rules ruleFile
 	decodeYAML(t, alertsFile, &rules)
+	// A recorded series may be used by the rules after it, and by the tests.
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if r.Record != "" {
+				exported[r.Record] = true
+			}
+		}
+	}
 	n := 0
 	for _, g := range rules.Groups {
 		for _, r := range g.Rules {
@@ -499,11 +591,13 @@ func TestAlertMetricNames(t *testing.T) {
 		t.Fatalf("%s: no rules", alertsFile)
 	}
 	// The tests' input series must be real metrics too, or they test nothing.
-	var tests ruleTests
-	decodeYAML(t, alertTestsFile, &tests)
-	for _, tc := range tests.Tests {
-		for _, s := range tc.InputSeries {
-			checkExpr(t, alertTestsFile, s.Series, exported)
+	for _, f := range []string{alertTestsFile, doraTestsFile} {
+		var tests ruleTests
+		decodeYAML(t, f, &tests)
+		for _, tc := range tests.Tests {
+			for _, s := range tc.InputSeries {
+				checkExpr(t, f, s.Series, exported)
+			}
 		}
 	}
 }
@@ -618,8 +712,11 @@ func TestGrafanaDashboard(t *testing.T) {
 		}
 	}
 	walk(d.Panels)
-	// Runs active, run verdicts, rollbacks, deploy events, measurements.
-	for _, n := range []string{"watcher_runs_active", "watcher_runs_total", "watcher_rollbacks_total", "watcher_deploy_events_total", "watcher_measurements_total"} {
+	// Runs active, run verdicts, rollbacks, deploy events, measurements;
+	// per service, change-failure rate and time to restore; time to
+	// decision; notifications.
+	for _, n := range []string{"watcher_runs_active", "watcher_runs_total", "watcher_rollbacks_total", "watcher_deploy_events_total", "watcher_measurements_total",
+		"watcher_deploys_total", "watcher_rollbacks_by_service_total", "watcher_restore_seconds_bucket", "watcher_decision_seconds_bucket", "watcher_notifications_total"} {
 		if !used[n] {
 			t.Errorf("%s: no panel shows %s", dashboardFile, n)
 		}

@@ -67,6 +67,8 @@ type Executor struct {
 	results      *prometheus.CounterVec
 	duration     *prometheus.HistogramVec
 	hostFailures *prometheus.CounterVec
+	byService    *prometheus.CounterVec
+	restore      *prometheus.HistogramVec
 	keys         sync.Map // "env/service" -> *sync.Mutex
 	wg           sync.WaitGroup
 	sem          chan struct{}
@@ -82,7 +84,7 @@ const (
 // Register adds the executor's metrics to reg.
 func (e *Executor) Register(reg prometheus.Registerer) {
 	e.init()
-	reg.MustRegister(e.results, e.duration, e.hostFailures)
+	reg.MustRegister(e.results, e.duration, e.hostFailures, e.byService, e.restore)
 }
 
 // init fills in the defaults once, under a sync.Once: Execute may be called
@@ -122,6 +124,15 @@ func (e *Executor) setup() {
 	e.hostFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "watcher_rollback_host_failures_total", Help: "Hosts that a rollback could not switch (or run the after command on), by host.",
 	}, []string{"host"})
+	// Service and environment come from validated requests, which keeps
+	// these label sets bounded.
+	e.byService = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "watcher_rollbacks_by_service_total", Help: "Rollback requests handled, by service, environment and result (a request tried again later is counted once, by its final result).",
+	}, []string{"service", "environment", "result"})
+	e.restore = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "watcher_restore_seconds", Help: "Time from a rollback's request (the decision) to all its hosts switched, by service and environment.",
+		Buckets: []float64{1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200},
+	}, []string{"service", "environment"})
 	for _, r := range []string{ResultCompleted, ResultFailed, ResultSkipped} {
 		e.results.WithLabelValues(r)
 		e.duration.WithLabelValues(r)
@@ -162,6 +173,14 @@ func (e *Executor) executeTracked(ctx context.Context, req events.RollbackReques
 	res := e.execute(ctx, req, tr)
 	e.results.WithLabelValues(res.Status).Inc()
 	e.duration.WithLabelValues(res.Status).Observe(time.Since(start).Seconds())
+	if !res.Retry {
+		e.byService.WithLabelValues(req.Service, req.Environment, res.Status).Inc()
+	}
+	if res.Status == ResultCompleted && !req.Time.IsZero() {
+		if d := time.Since(req.Time); d >= 0 {
+			e.restore.WithLabelValues(req.Service, req.Environment).Observe(d.Seconds())
+		}
+	}
 	for _, h := range res.Hosts {
 		if h.Error != "" {
 			e.hostFailures.WithLabelValues(h.Host).Inc()

@@ -164,7 +164,7 @@ func (w *Watcher) decide(ctx context.Context, r *Run, verdict, kind, reason stri
 // ids), so a resumed run concludes again without doubling anything.
 func (w *Watcher) conclude(ctx context.Context, r *Run) {
 	r.mu.Lock()
-	verdict, kind, reason, detail, req := r.verdict, r.kind, r.reason, r.detail, r.request
+	verdict, kind, reason, detail, req, ended := r.verdict, r.kind, r.reason, r.detail, r.request, r.ended
 	r.mu.Unlock()
 	if err := w.recordID(ctx, r, r.ID+".verdict", kind, reason, detail); err != nil {
 		w.logger.Error("verdict not recorded", "run", r.ID, "verdict", verdict, "err", err)
@@ -180,8 +180,7 @@ func (w *Watcher) conclude(ctx context.Context, r *Run) {
 	} else {
 		w.drop(ctx, r)
 	}
-	w.metrics.runs.WithLabelValues(verdict).Inc()
-	w.metrics.byPolicy.WithLabelValues(r.Policy.Name, verdict).Inc()
+	w.metrics.ended(r, verdict, ended)
 	w.logger.Info("run ended", "run", r.ID, "service", r.Deploy.Service, "environment", r.Deploy.Environment,
 		"version", r.Deploy.Version, "verdict", verdict, "reason", reason)
 	w.mu.Lock()

@@ -172,6 +172,7 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 		return "", serr
 	}
 	w.start(ctx, run)
+	w.metrics.started(run)
 	return "started", nil
 }
 

@@ -149,9 +149,20 @@ func (w *Watcher) init() {
 			Name: "watcher_query_duration_seconds", Help: "Requests to Prometheus (shared by the runs that ask the same query at the same time), by result.",
 			Buckets: []float64{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
 		}, []string{"result"}),
+		deploys: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watcher_deploys_total", Help: "Deploy events that started a validation run, by service and environment.",
+		}, []string{"service", "environment"}),
+		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watcher_verdicts_total", Help: "Validation runs ended, by service, environment and verdict.",
+		}, []string{"service", "environment", "verdict"}),
+		decision: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "watcher_decision_seconds", Help: "Time from a deploy to its run's verdict, by verdict.",
+			Buckets: decisionBuckets,
+		}, []string{"verdict"}),
 	}
 	for _, v := range []string{VerdictPassed, VerdictFailed, VerdictInconclusive, VerdictMarginal, VerdictSuperseded} {
 		w.metrics.runs.WithLabelValues(v)
+		w.metrics.decision.WithLabelValues(v)
 	}
 	for _, v := range []string{"started", "rejected", "skipped", "duplicate", "ignored"} {
 		w.metrics.events.WithLabelValues(v)
