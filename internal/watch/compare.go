@@ -18,9 +18,8 @@ import (
 // of multiples of the step since the Unix epoch. The after side grows look
 // by look: each look fetches only the steps since the last one, so every
 // run measuring the same query at the same time asks Prometheus the same
-// range (sharedQuerier makes that one request, and keeps what the runs
-// made of it as shared chunks), and a run's state is pointers to the
-// samples it judged, not a query per step nor a copy of them. A run resumed by another
+// range (sharedQuerier makes that one request), and a run's state is the
+// samples it judged, not a query per step. A run resumed by another
 // process starts with nothing and fetches its whole span at its first
 // look.
 
