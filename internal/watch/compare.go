@@ -33,58 +33,38 @@ type datum struct {
 	v, total float64
 }
 
-// chunk is one fetch's data for a side, in time order: the samples (or
-// errors), the requests of a count comparison, and the steps' times (for a
-// span moved back, the after steps they stand for). A chunk never changes
-// once made: the runs whose looks fetched the same range share it
-// (sharedQuerier.chunks), so 10,000 runs of one service keep one copy of
-// their samples, not 10,000.
-type chunk struct {
+// span is a side's data as a run keeps it: the samples (or errors) in
+// time order, the requests of a count comparison, and the steps' times of
+// a {weeks: N} span only (they pair its steps with the other weeks'). 8
+// bytes a sample: 10,000 runs keep them all their window.
+type span struct {
 	v, total []float64
 	t        []model.Time
 }
 
-func newChunk(data []datum, counts bool) *chunk {
-	c := &chunk{v: make([]float64, len(data)), t: make([]model.Time, len(data))}
-	if counts {
-		c.total = make([]float64, len(data))
-	}
-	for i, d := range data {
-		c.v[i], c.t[i] = d.v, d.t
+// add appends data to sp, growing it once to hold the more that is to come:
+// a side grows look by look to a size known from the start, and append's
+// doubling would leave a quarter of it unused on average.
+func (sp *span) add(data []datum, counts, timed bool, more int) {
+	need := len(sp.v) + len(data)
+	if need > cap(sp.v) {
+		sp.v = slices.Grow(sp.v, len(data)+more)
 		if counts {
-			c.total[i] = d.total
+			sp.total = slices.Grow(sp.total, len(data)+more)
+		}
+		if timed {
+			sp.t = slices.Grow(sp.t, len(data)+more)
 		}
 	}
-	return c
-}
-
-// span is a side's data as a run keeps it: the chunks of its looks.
-type span struct {
-	chunks []*chunk
-}
-
-// add appends c to sp, making room once for the looks still to come.
-func (sp *span) add(c *chunk, more int) {
-	if len(sp.chunks) == cap(sp.chunks) {
-		sp.chunks = slices.Grow(sp.chunks, 1+more)
+	for _, d := range data {
+		sp.v = append(sp.v, d.v)
+		if counts {
+			sp.total = append(sp.total, d.total)
+		}
+		if timed {
+			sp.t = append(sp.t, d.t)
+		}
 	}
-	sp.chunks = append(sp.chunks, c)
-}
-
-func (sp span) values() []float64 {
-	var out []float64
-	for _, c := range sp.chunks {
-		out = append(out, c.v...)
-	}
-	return out
-}
-
-func (sp span) totals() []float64 {
-	var out []float64
-	for _, c := range sp.chunks {
-		out = append(out, c.total...)
-	}
-	return out
 }
 
 // compareState is what a run has gathered of one check's comparison.
@@ -207,41 +187,48 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 
 	// Fetched into copies of the span headers: appending never touches
 	// what st holds, so a failed look leaves it as it was.
-	after := span{chunks: st.after.chunks}
+	after := st.after
 	before := slices.Clone(st.before)
 	fetched, haveBefore := st.fetched, st.haveBefore
-	_, interval, windowEnd := window(p, at.start)
-	more := 0 // looks to come after this one
-	if interval > 0 && windowEnd.After(ts) {
-		more = int(windowEnd.Sub(ts) / interval)
+	counts, weeks := cmp.Counts(), cmp.With.Kind == policy.WithWeeks
+	_, _, windowEnd := window(p, at.start)
+	// more is how many values per step are still to come after this
+	// look, for data holding perStep values a step.
+	more := func(data []datum, steps int) int {
+		if steps <= 0 {
+			return 0
+		}
+		return len(data) / steps * stepsBetween(end.Add(step), gridFloor(windowEnd, step), step)
 	}
 	err := func() error {
 		if cmp.With.Kind == policy.WithPreDeploy && !haveBefore {
-			b, _, err := st.fetch(ctx, q, at, gridCeil(deploy.Add(-time.Duration(cmp.Lookback)), step), gridFloor(deploy, step), step, false, 0)
+			b, err := st.fetchSide(ctx, q, at, gridCeil(deploy.Add(-time.Duration(cmp.Lookback)), step), gridFloor(deploy, step), step)
 			if err != nil {
 				return err
 			}
-			before = []span{{chunks: []*chunk{b}}}
+			before = make([]span, 1)
+			before[0].add(b, counts, false, 0)
 			haveBefore = true
 		}
 		if from.After(end) {
 			return nil
 		}
+		steps := stepsBetween(from, end, step)
 		switch cmp.With.Kind {
 		case policy.WithCanary:
-			a, b, err := st.fetch(ctx, q, at, from, end, step, true, 0)
+			a, b, err := st.fetchCanary(ctx, q, at, from, end, step)
 			if err != nil {
 				return err
 			}
-			after.add(a, more)
+			after.add(a, counts, false, more(a, steps))
 			before = growSpans(before, 1)
-			before[0].add(b, more)
+			before[0].add(b, counts, false, more(b, steps))
 		default:
-			a, _, err := st.fetch(ctx, q, at, from, end, step, false, 0)
+			a, err := st.fetchSide(ctx, q, at, from, end, step)
 			if err != nil {
 				return err
 			}
-			after.add(a, more)
+			after.add(a, counts, false, more(a, steps))
 			var shifts []time.Duration
 			switch cmp.With.Kind {
 			case policy.WithOffset:
@@ -253,11 +240,14 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 			}
 			before = growSpans(before, len(shifts))
 			for i, d := range shifts {
-				b, _, err := st.fetch(ctx, q, at, from, end, step, false, d)
+				b, err := st.fetchSide(ctx, q, at, from.Add(-d), end.Add(-d), step)
 				if err != nil {
 					return err
 				}
-				before[i].add(b, more)
+				for j := range b {
+					b[j].t += model.Time(d.Milliseconds())
+				}
+				before[i].add(b, counts, weeks, more(b, steps))
 			}
 		}
 		fetched = end
@@ -290,19 +280,27 @@ func growSpans(spans []span, n int) []span {
 func (st *compareState) sides() policy.Sides {
 	var in policy.Sides
 	if st.query != "" {
-		in.After = st.after.values()
+		in.After = st.after.v
 		if len(st.before) >= 3 {
 			in.Before = stepMedians(st.before)
 			return in
 		}
+		if len(st.before) == 1 {
+			in.Before = st.before[0].v
+			return in
+		}
 		for _, b := range st.before {
-			in.Before = append(in.Before, b.values()...)
+			in.Before = append(in.Before, b.v...)
 		}
 		return in
 	}
-	in.ErrorsAfter, in.TotalAfter = st.after.values(), st.after.totals()
+	in.ErrorsAfter, in.TotalAfter = st.after.v, st.after.total
+	if len(st.before) == 1 {
+		in.ErrorsBefore, in.TotalBefore = st.before[0].v, st.before[0].total
+		return in
+	}
 	for _, b := range st.before {
-		in.ErrorsBefore, in.TotalBefore = append(in.ErrorsBefore, b.values()...), append(in.TotalBefore, b.totals()...)
+		in.ErrorsBefore, in.TotalBefore = append(in.ErrorsBefore, b.v...), append(in.TotalBefore, b.total...)
 	}
 	return in
 }
@@ -315,11 +313,9 @@ func (st *compareState) sides() policy.Sides {
 func stepMedians(spans []span) []float64 {
 	byTime := map[model.Time][]float64{}
 	for _, sp := range spans {
-		for _, c := range sp.chunks {
-			for i, v := range c.v {
-				if !math.IsNaN(v) && !math.IsInf(v, 0) {
-					byTime[c.t[i]] = append(byTime[c.t[i]], v)
-				}
+		for i, v := range sp.v {
+			if !math.IsNaN(v) && !math.IsInf(v, 0) {
+				byTime[sp.t[i]] = append(byTime[sp.t[i]], v)
 			}
 		}
 	}
@@ -341,78 +337,43 @@ func stepMedians(spans []span) []float64 {
 	return out
 }
 
-// chunkSharer shares the chunks made of one answer between the runs that
-// fetch it: sharedQuerier is one. A querier that is not (a replay's) makes
-// each run its own.
-type chunkSharer interface {
-	shareChunks(k chunkKey, build func() (in, out *chunk, err error)) (in, out *chunk, err error)
+// fetchSide fetches the steps from..to of the check's comparison data,
+// one datum per step.
+func (st *compareState) fetchSide(ctx context.Context, q Querier, at lookAt, from, to time.Time, step time.Duration) ([]datum, error) {
+	a, b, err := st.fetch(ctx, q, at, from, to, step, false)
+	return append(a, b...), err
 }
 
-// chunkKey names what a fetch makes of its answer: the queries and their
-// range, how the series were split (canary) or reduced (aggregate), and
-// how far back the span was moved.
-type chunkKey struct {
-	queries    string
-	start, end int64
-	step       time.Duration
-	aggregate  string
-	label      model.LabelName // with version: the canary split; empty: none
-	version    model.LabelValue
-	shift      time.Duration
+// fetchCanary fetches the steps from..to split into the canary's series
+// (label canary_label equal to the deploy's version) and the others'.
+func (st *compareState) fetchCanary(ctx context.Context, q Querier, at lookAt, from, to time.Time, step time.Duration) (canary, others []datum, err error) {
+	return st.fetch(ctx, q, at, from, to, step, true)
 }
 
-// fetch fetches the steps from..to (moved back by shift) of the check's
-// comparison data as chunks: in holds every step, or, with split, the
-// canary's series (label canary_label equal to the deploy's version) and
-// out the others'.
-func (st *compareState) fetch(ctx context.Context, q Querier, at lookAt, from, to time.Time, step time.Duration, split bool, shift time.Duration) (in, out *chunk, err error) {
+func (st *compareState) fetch(ctx context.Context, q Querier, at lookAt, from, to time.Time, step time.Duration, split bool) (in, out []datum, err error) {
 	c := at.check
-	from, to = from.Add(-shift), to.Add(-shift)
-	k := chunkKey{queries: st.query, start: from.UnixMilli(), end: to.UnixMilli(), step: step, aggregate: c.Aggregate, shift: shift}
-	if st.query == "" {
-		k.queries = st.errors + "\x00" + st.total
-	}
 	var isCanary func(model.Metric) bool
 	if split {
-		k.label, k.version = model.LabelName(c.Compare.CanaryLabel), model.LabelValue(at.version)
-		isCanary = func(m model.Metric) bool { return m[k.label] == k.version }
+		label, version := model.LabelName(c.Compare.CanaryLabel), model.LabelValue(at.version)
+		isCanary = func(m model.Metric) bool { return m[label] == version }
 	}
-	build := func() (*chunk, *chunk, error) {
-		var a, b []datum
-		if st.query != "" {
-			m, err := q.QueryRange(ctx, st.query, from, to, step)
-			if err != nil {
-				return nil, nil, err
-			}
-			if a, b, err = samplePoints(m, c.Aggregate, isCanary); err != nil {
-				return nil, nil, err
-			}
-		} else {
-			em, err := q.QueryRange(ctx, st.errors, from, to, step)
-			if err != nil {
-				return nil, nil, fmt.Errorf("compare.errors: %w", err)
-			}
-			tm, err := q.QueryRange(ctx, st.total, from, to, step)
-			if err != nil {
-				return nil, nil, fmt.Errorf("compare.total: %w", err)
-			}
-			a, b = countPoints(em, tm, isCanary)
+	if st.query != "" {
+		m, err := q.QueryRange(ctx, st.query, from, to, step)
+		if err != nil {
+			return nil, nil, err
 		}
-		if !split {
-			a, b = append(a, b...), nil // one side: every series
-		}
-		for _, data := range [][]datum{a, b} {
-			for i := range data {
-				data[i].t += model.Time(shift.Milliseconds())
-			}
-		}
-		counts := st.query == ""
-		return newChunk(a, counts), newChunk(b, counts), nil
+		return samplePoints(m, c.Aggregate, isCanary)
 	}
-	if cs, ok := q.(chunkSharer); ok {
-		return cs.shareChunks(k, build)
+	em, err := q.QueryRange(ctx, st.errors, from, to, step)
+	if err != nil {
+		return nil, nil, fmt.Errorf("compare.errors: %w", err)
 	}
-	return build()
+	tm, err := q.QueryRange(ctx, st.total, from, to, step)
+	if err != nil {
+		return nil, nil, fmt.Errorf("compare.total: %w", err)
+	}
+	in, out = countPoints(em, tm, isCanary)
+	return in, out, nil
 }
 
 // samplePoints turns a range query's series into samples in time order.

@@ -309,12 +309,11 @@ func TestCompareWeeksHoliday(t *testing.T) {
 
 func TestStepMedians(t *testing.T) {
 	sp := func(vs ...float64) span {
-		c := &chunk{v: vs}
+		out := span{v: vs}
 		for i := range vs {
-			c.t = append(c.t, model.Time(i*1000))
+			out.t = append(out.t, model.Time(i*1000))
 		}
-		// Two chunks, as two looks fetched them.
-		return span{chunks: []*chunk{{v: c.v[:1], t: c.t[:1]}, {v: c.v[1:], t: c.t[1:]}}}
+		return out
 	}
 	got := stepMedians([]span{sp(100, 101, 102), sp(20, 21, math.NaN()), sp(98, 99, 100, 7)})
 	want := []float64{98, 99, 101, 7}
@@ -323,43 +322,17 @@ func TestStepMedians(t *testing.T) {
 	}
 }
 
-// TestChunksShared: runs looking at the same query over the same range
-// keep one copy of its samples; a canary split by another version, or a
-// span moved back, is a chunk of its own.
-func TestChunksShared(t *testing.T) {
-	q := newSharedQuerier(&fakeQuerier{script: always(1, 2), counts: map[string]int{}})
-	set := loadRules(t, comparePolicy(`
-- name: latency-canary
-  query: latency_seconds{service="{{ .Service }}"}
-  compare: {with: canary, step: 100ms, direction: increase, margin: 0.2, min_samples: 5}`))
-	p := set.Policies[0]
-	c := p.Checks[0]
-	data := policy.TemplateData{Service: "shop", Version: "v2"}
-	st1, err := newCompareState(c, data)
-	if err != nil {
-		t.Fatal(err)
+// TestSpanAdd: a side grows once to the size it will reach, and keeps the
+// times only where asked.
+func TestSpanAdd(t *testing.T) {
+	var sp span
+	sp.add([]datum{{t: 1, v: 1, total: 10}, {t: 2, v: 2, total: 20}}, true, false, 8)
+	if cap(sp.v) != 10 || cap(sp.total) != 10 || sp.t != nil {
+		t.Fatalf("after the first look: cap %d/%d, times %v; want 10, 10, none", cap(sp.v), cap(sp.total), sp.t)
 	}
-	st2, _ := newCompareState(c, data)
-	from := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
-	to := from.Add(time.Second)
-	at := lookAt{policy: p, check: c, start: from, deploy: from, version: "v2"}
-	a1, b1, err := st1.fetch(context.Background(), q, at, from, to, 100*time.Millisecond, true, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a2, b2, _ := st2.fetch(context.Background(), q, at, from, to, 100*time.Millisecond, true, 0)
-	if a1 != a2 || b1 != b2 {
-		t.Errorf("two runs fetching the same range keep two copies")
-	}
-	other := at
-	other.version = "v3"
-	if len(b1.v) != 2*11 {
-		t.Fatalf("the others' chunk holds %d samples, want 22 (2 series, 11 steps)", len(b1.v))
-	}
-	if _, b3, _ := st2.fetch(context.Background(), q, other, from, to, 100*time.Millisecond, true, 0); b3 == b1 {
-		t.Errorf("another version's canary split shares the chunk of v2's")
-	}
-	if _, b4, _ := st2.fetch(context.Background(), q, at, from, to, 100*time.Millisecond, true, week); b4 == b1 || b4.t[0] != b1.t[0] {
-		t.Errorf("a span a week back: shared %v, first step %v (want the after step it stands for, %v)", b4 == b1, b4.t[0], b1.t[0])
+	before := &sp.v[0]
+	sp.add([]datum{{t: 3, v: 3, total: 30}}, true, false, 7)
+	if &sp.v[0] != before || !slices.Equal(sp.v, []float64{1, 2, 3}) || !slices.Equal(sp.total, []float64{10, 20, 30}) {
+		t.Errorf("second look reallocated or lost data: %v %v", sp.v, sp.total)
 	}
 }

@@ -25,15 +25,7 @@ type sharedQuerier struct {
 
 	mu      sync.Mutex
 	calls   map[queryKey]*sharedCall
-	chunks  map[chunkKey]*sharedChunks
 	inserts int
-}
-
-// sharedChunks is what the runs made of one answer (compare.go), kept as
-// long as the answer is.
-type sharedChunks struct {
-	in, out *chunk
-	at      time.Time
 }
 
 // queryKey names a request. Times are Unix milliseconds, the precision
@@ -70,7 +62,7 @@ func (c *sharedCall) cutShort(ctx context.Context) bool {
 const keepAnswers = 30 * time.Second
 
 func newSharedQuerier(q Querier) *sharedQuerier {
-	return &sharedQuerier{q: q, calls: map[queryKey]*sharedCall{}, chunks: map[chunkKey]*sharedChunks{}}
+	return &sharedQuerier{q: q, calls: map[queryKey]*sharedCall{}}
 }
 
 func (s *sharedQuerier) Query(ctx context.Context, query string, ts time.Time) (model.Vector, error) {
@@ -92,34 +84,6 @@ func (s *sharedQuerier) QueryRange(ctx context.Context, query string, start, end
 		return nil, err
 	}
 	return c.mat, c.err
-}
-
-// shareChunks returns the chunks made of the answers k names, making them
-// with build when no run has yet. Two runs may build at once; the first
-// to finish is kept and both get it. Chunks of no data are not kept, as
-// empty answers are not.
-func (s *sharedQuerier) shareChunks(k chunkKey, build func() (in, out *chunk, err error)) (*chunk, *chunk, error) {
-	s.mu.Lock()
-	if c, ok := s.chunks[k]; ok {
-		s.mu.Unlock()
-		return c.in, c.out, nil
-	}
-	s.mu.Unlock()
-	in, out, err := build()
-	if err != nil || len(in.v)+len(out.v) == 0 {
-		return in, out, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if c, ok := s.chunks[k]; ok {
-		return c.in, c.out, nil
-	}
-	s.chunks[k] = &sharedChunks{in: in, out: out, at: time.Now()}
-	s.inserts++
-	if s.inserts%1024 == 0 {
-		s.sweepLocked(time.Now())
-	}
-	return in, out, nil
 }
 
 // share waits for the call k, starting it with fetch when no other asker
@@ -186,11 +150,6 @@ func (s *sharedQuerier) ask(ctx context.Context, k queryKey, c *sharedCall, fetc
 }
 
 func (s *sharedQuerier) sweepLocked(now time.Time) {
-	for k, c := range s.chunks {
-		if now.Sub(c.at) > keepAnswers {
-			delete(s.chunks, k)
-		}
-	}
 	for k, c := range s.calls {
 		select {
 		case <-c.done:
