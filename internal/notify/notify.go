@@ -79,7 +79,6 @@ type Notifier struct {
 	client   *http.Client
 	counts   *prometheus.CounterVec
 	sent     jetstream.KeyValue
-	sem      chan struct{}
 	wg       sync.WaitGroup
 }
 
@@ -118,7 +117,6 @@ func (n *Notifier) setup() {
 	if n.Workers <= 0 {
 		n.Workers = 32
 	}
-	n.sem = make(chan struct{}, n.Workers)
 	n.client = &http.Client{
 		// A redirect would take the body, signature included, to another
 		// URL than the one configured.
@@ -167,24 +165,9 @@ func (n *Notifier) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		n.sem <- struct{}{}
-		n.wg.Add(1)
-		go func() {
-			defer func() { <-n.sem; n.wg.Done() }()
-			n.handle(ctx, msg)
-		}()
-	})
-	if err != nil {
-		return fmt.Errorf("consuming %s for notifications: %w", bus.AuditStream, err)
+	if err := bus.ConsumeBounded(ctx, cons, n.Workers, &n.wg, bus.AuditStream+" for notifications", n.handle); err != nil {
+		return err
 	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		<-ctx.Done()
-		cc.Stop()
-		<-cc.Closed()
-	}()
 	n.logger.Info("notifying", "targets", len(n.Targets))
 	return nil
 }

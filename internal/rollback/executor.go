@@ -71,7 +71,6 @@ type Executor struct {
 	restore      *prometheus.HistogramVec
 	keys         sync.Map // "env/service" -> *sync.Mutex
 	wg           sync.WaitGroup
-	sem          chan struct{}
 }
 
 // Rollback results for watcher_rollbacks_total.
@@ -113,7 +112,6 @@ func (e *Executor) setup() {
 	if e.AckWait <= 0 {
 		e.AckWait = 2 * time.Minute
 	}
-	e.sem = make(chan struct{}, e.Workers)
 	e.results = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "watcher_rollbacks_total", Help: "Rollback requests handled, by result (completed, failed, skipped: dry-run, mode publish, or the release was rolled back already).",
 	}, []string{"result"})

@@ -2,7 +2,6 @@ package rollback
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,26 +34,9 @@ func (e *Executor) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
-		e.sem <- struct{}{}
-		e.wg.Add(1)
-		go func() {
-			defer func() { <-e.sem; e.wg.Done() }()
-			e.handle(ctx, msg)
-		}()
-	})
-	if err != nil {
-		return fmt.Errorf("consuming %s: %w", bus.RollbacksStream, err)
+	if err := bus.ConsumeBounded(ctx, cons, e.Workers, &e.wg, bus.RollbacksStream, e.handle); err != nil {
+		return err
 	}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		<-ctx.Done()
-		cc.Stop()
-		// Callbacks may still run until the subscription is closed; holding
-		// the wait group until then keeps Wait from returning under them.
-		<-cc.Closed()
-	}()
 	return nil
 }
 

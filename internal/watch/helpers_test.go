@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -393,9 +395,9 @@ func (h *harness) rollbacks() []*jetstream.RawStreamMsg {
 	return out
 }
 
-// metric returns the value of the series of name with the given labels in
-// the harness's registry, and whether there is one.
-func (h *harness) metric(name string, labels ...string) (float64, bool) {
+// series returns the series of name whose labels include the given ones
+// (pairs) in the harness's registry, nil when there is none.
+func (h *harness) series(name string, labels ...string) *dto.Metric {
 	h.t.Helper()
 	mfs, err := h.reg.Gather()
 	if err != nil {
@@ -416,13 +418,22 @@ func (h *harness) metric(name string, labels ...string) (float64, bool) {
 					continue series
 				}
 			}
-			switch {
-			case m.Gauge != nil:
-				return m.Gauge.GetValue(), true
-			case m.Counter != nil:
-				return m.Counter.GetValue(), true
-			}
+			return m
 		}
+	}
+	return nil
+}
+
+// metric returns the value of the series of name with the given labels in
+// the harness's registry, and whether there is one.
+func (h *harness) metric(name string, labels ...string) (float64, bool) {
+	h.t.Helper()
+	switch m := h.series(name, labels...); {
+	case m == nil:
+	case m.Gauge != nil:
+		return m.Gauge.GetValue(), true
+	case m.Counter != nil:
+		return m.Counter.GetValue(), true
 	}
 	return math.NaN(), false
 }

@@ -12,29 +12,8 @@ import (
 // h's registry.
 func (h *harness) histogram(name string, labels ...string) (count uint64, sum float64, ok bool) {
 	h.t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		h.t.Fatalf("Gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue series
-				}
-			}
-			if m.Histogram != nil {
-				return m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum(), true
-			}
-		}
+	if m := h.series(name, labels...); m != nil && m.Histogram != nil {
+		return m.Histogram.GetSampleCount(), m.Histogram.GetSampleSum(), true
 	}
 	return 0, math.NaN(), false
 }
