@@ -336,3 +336,32 @@ func TestSpanAdd(t *testing.T) {
 		t.Errorf("second look reallocated or lost data: %v %v", sp.v, sp.total)
 	}
 }
+
+// TestAfterStart: the after side begins after the deploy, at initial_delay
+// on the step grid; a count's first step does not reach back before it.
+func TestAfterStart(t *testing.T) {
+	m := 0.2
+	samples := &policy.Check{Compare: &policy.Compare{Step: model.Duration(15 * time.Second), Margin: &m}}
+	counts := &policy.Check{Compare: &policy.Compare{Step: model.Duration(30 * time.Second), Margin: &m, Errors: "e", Total: "t"}}
+	noDelay := &policy.Policy{}
+	delay := &policy.Policy{InitialDelay: model.Duration(time.Minute)}
+	onGrid := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	off := onGrid.Add(7 * time.Second)
+	for _, c := range []struct {
+		name   string
+		c      *policy.Check
+		p      *policy.Policy
+		deploy time.Time
+		want   time.Time
+	}{
+		{"samples, deploy on the grid: the next step, not the deploy's own", samples, noDelay, onGrid, onGrid.Add(15 * time.Second)},
+		{"samples, deploy off the grid", samples, noDelay, off, onGrid.Add(15 * time.Second)},
+		{"samples, initial_delay", samples, delay, off, onGrid.Add(75 * time.Second)},
+		{"counts: a whole step after the deploy", counts, noDelay, off, onGrid.Add(60 * time.Second)},
+		{"counts, deploy on the grid", counts, noDelay, onGrid, onGrid.Add(30 * time.Second)},
+	} {
+		if got := afterStart(c.c, c.p, c.deploy); !got.Equal(c.want) {
+			t.Errorf("%s: after side from +%s, want +%s", c.name, got.Sub(onGrid), c.want.Sub(onGrid))
+		}
+	}
+}
