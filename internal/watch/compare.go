@@ -75,8 +75,6 @@ type compareState struct {
 	before []span // one per source: weeks 1..N, or one
 	// fetched is the last after step fetched; zero until the first.
 	fetched time.Time
-	// haveBefore: the pre_deploy span has been fetched (it does not move).
-	haveBefore bool
 }
 
 func newCompareState(c *policy.Check, data policy.TemplateData) (*compareState, error) {
@@ -189,7 +187,7 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 	// what st holds, so a failed look leaves it as it was.
 	after := st.after
 	before := slices.Clone(st.before)
-	fetched, haveBefore := st.fetched, st.haveBefore
+	fetched := st.fetched
 	counts, weeks := cmp.Counts(), cmp.With.Kind == policy.WithWeeks
 	_, _, windowEnd := window(p, at.start)
 	// more is how many values per step are still to come after this
@@ -201,14 +199,14 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 		return len(data) / steps * stepsBetween(end.Add(step), gridFloor(windowEnd, step), step)
 	}
 	err := func() error {
-		if cmp.With.Kind == policy.WithPreDeploy && !haveBefore {
+		// The pre_deploy span does not move: it is fetched once.
+		if cmp.With.Kind == policy.WithPreDeploy && len(before) == 0 {
 			b, err := st.fetchSide(ctx, q, at, gridCeil(deploy.Add(-time.Duration(cmp.Lookback)), step), gridFloor(deploy, step), step)
 			if err != nil {
 				return err
 			}
 			before = make([]span, 1)
 			before[0].add(b, counts, false, 0)
-			haveBefore = true
 		}
 		if from.After(end) {
 			return nil
@@ -256,7 +254,7 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 	if err != nil {
 		return policy.Sides{}, err
 	}
-	st.after, st.before, st.fetched, st.haveBefore = after, before, fetched, haveBefore
+	st.after, st.before, st.fetched = after, before, fetched
 
 	need := cmp.MinSamples
 	if cmp.Counts() {
