@@ -20,33 +20,14 @@ type sample struct {
 }
 
 // series finds the series of name in reg whose labels include labels
-// (name, value pairs); nil when there is none. (It names no client_model
-// type: that module is only an indirect requirement.)
+// (name, value pairs); nil when there is none.
 func series(t *testing.T, reg prometheus.Gatherer, name string, labels ...string) *sample {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	m := testutil.Series(t, reg, name, labels...)
+	if m == nil {
+		return nil
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue next
-				}
-			}
-			return &sample{value: m.GetCounter().GetValue(), count: m.GetHistogram().GetSampleCount(), sum: m.GetHistogram().GetSampleSum()}
-		}
-	}
-	return nil
+	return &sample{value: m.GetCounter().GetValue(), count: m.GetHistogram().GetSampleCount(), sum: m.GetHistogram().GetSampleSum()}
 }
 
 // failingAudit refuses every record, as an AUDIT stream that is down would.

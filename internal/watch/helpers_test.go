@@ -399,29 +399,7 @@ func (h *harness) rollbacks() []*jetstream.RawStreamMsg {
 // (pairs) in the harness's registry, nil when there is none.
 func (h *harness) series(name string, labels ...string) *dto.Metric {
 	h.t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		h.t.Fatalf("Gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue series
-				}
-			}
-			return m
-		}
-	}
-	return nil
+	return testutil.Series(h.t, h.reg, name, labels...)
 }
 
 // metric returns the value of the series of name with the given labels in
