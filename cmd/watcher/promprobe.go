@@ -50,29 +50,33 @@ func newPromProbe(q watch.Querier, redactedURL string, logger *slog.Logger, scru
 // goes into the audit and the API).
 func (p *promProbe) Query(ctx context.Context, query string, ts time.Time) (model.Vector, error) {
 	v, err := p.q.Query(ctx, query, ts)
-	if err != nil {
-		select {
-		case p.kick <- struct{}{}:
-		default:
-		}
-		return nil, p.scrub(err)
+	if err = p.answered(err); err != nil {
+		return nil, err
 	}
-	p.set(nil)
 	return v, nil
 }
 
 // QueryRange runs a comparison's range query, as Query.
 func (p *promProbe) QueryRange(ctx context.Context, query string, start, end time.Time, step time.Duration) (model.Matrix, error) {
 	m, err := p.q.QueryRange(ctx, query, start, end, step)
+	if err = p.answered(err); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// answered notes how a query went: a failure wakes the probe (and is
+// returned scrubbed), an answer says Prometheus is up.
+func (p *promProbe) answered(err error) error {
 	if err != nil {
 		select {
 		case p.kick <- struct{}{}:
 		default:
 		}
-		return nil, p.scrub(err)
+		return p.scrub(err)
 	}
 	p.set(nil)
-	return m, nil
+	return nil
 }
 
 // Run probes at once, then on its schedule and after a failed query, until
