@@ -34,6 +34,13 @@ const (
 	RollbackCompleted = "rollback.completed"
 	RollbackFailed    = "rollback.failed"
 	AlertReceived     = "alert.received"
+	// Holds, approvals and verification (README "Notifications, holds and
+	// verification").
+	RollbackHeld      = "rollback.held"      // announced; executes at execute_at unless cancelled, or waits for an answer
+	RollbackApproved  = "rollback.approved"  // a person (or ask_default) let a held request go ahead
+	RollbackCancelled = "rollback.cancelled" // a person (or ask_default) stopped a held request
+	RollbackVerified  = "rollback.verified"  // the run's failed checks recovered after the rollback
+	RollbackUnhelpful = "rollback.unhelpful" // they did not: the problem is elsewhere
 	NotifyFailed      = "notify.failed" // a notification that every attempt failed to deliver
 )
 

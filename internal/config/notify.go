@@ -71,9 +71,7 @@ var NotifyKinds = []string{
 	audit.RunResumed, audit.RunPolicyKept,
 	audit.RollbackRequested, audit.RollbackHost, audit.RollbackCompleted, audit.RollbackFailed,
 	audit.AlertReceived,
-	// Holds, approvals and verification (README "Notifications, holds and
-	// verification"), whose constants are not in package audit yet.
-	"rollback.held", "rollback.approved", "rollback.cancelled", "rollback.verified", "rollback.unhelpful",
+	audit.RollbackHeld, audit.RollbackApproved, audit.RollbackCancelled, audit.RollbackVerified, audit.RollbackUnhelpful,
 }
 
 // notifyNameRE keeps a target's name fit for a metric label, a log line

@@ -35,6 +35,8 @@ var (
 	DefaultSSHConnectTimeout = model.Duration(10 * time.Second)
 	DefaultSSHCommandTimeout = model.Duration(time.Minute)
 	DefaultOnMarginal        = OnMarginalKeep
+	DefaultAskDefault        = AskKeep
+	DefaultCooldown          = model.Duration(30 * time.Minute)
 	DefaultWeight            = 1.0
 
 	// A comparison's lookback defaults to the policy's window: as much

@@ -154,6 +154,8 @@ func TestLoadGood(t *testing.T) {
 				},
 				Parallelism: 4,
 				After:       []string{"sudo", "systemctl", "reload", "php-fpm@{{ .Service }}"},
+				AskDefault:  DefaultAskDefault,
+				Cooldown:    DefaultCooldown,
 				Data: &DataStep{
 					Command: []string{"bin/migrate", "down", "--to", "{{ .PreviousVersion }}"},
 					RunOn:   RunOnFirst,
@@ -189,6 +191,8 @@ func TestLoadGood(t *testing.T) {
 					CommandTimeout: DefaultSSHCommandTimeout,
 				},
 				Parallelism: DefaultParallelism,
+				AskDefault:  DefaultAskDefault,
+				Cooldown:    DefaultCooldown,
 				Data: &DataStep{
 					Command: []string{"bin/migrate", "down"},
 					RunOn:   DefaultDataRunOn,
@@ -316,14 +320,21 @@ func TestLoadBadConfigs(t *testing.T) {
 		{"invalid-many.yml", "testdata/invalid-many.yml:3: unknown key \"windw\"\ntestdata/invalid-many.yml:4: interval: invalid duration \"30 seconds\" (use Prometheus syntax such as 500ms, 30s, 10m, 1h)\ntestdata/invalid-many.yml:6: check \"orders\" has no threshold: set min, max, min_ratio or max_ratio, or compare\ntestdata/invalid-many.yml:7: check \"orders\": query is not valid PromQL: 1:27: parse error: unclosed left parenthesis\ntestdata/invalid-many.yml:8: duplicate check name \"orders\" (first at line 6)\ntestdata/invalid-many.yml:10: check \"orders\": min 5 is greater than max 1\ntestdata/invalid-many.yml:12: check \"orders\": no_data must be inconclusive, fail or pass, got \"maybe\"\ntestdata/invalid-many.yml:13: rollback.link is required unless rollback.mode is publish\ntestdata/invalid-many.yml:15: rollback.parallelism must be at least 1, got 0\ntestdata/invalid-many.yml:16: rollback.after[0] is empty: it is the program to run\ntestdata/invalid-many.yml:16: rollback.after[1]: template fails with sample data: rollback.after[1]:1:3: executing \"rollback.after[1]\" at <.Nope>: can't evaluate field Nope in type policy.TemplateData"},
 		{"invalid-match-glob.yml", "testdata/invalid-match-glob.yml:3: match.service: bad glob \"shop-[\": syntax error in pattern"},
 		{"invalid-min-greater-than-max.yml", "testdata/invalid-min-greater-than-max.yml:6: check \"orders\": min 100 is greater than max 50"},
-		{"invalid-mode.yml", "testdata/invalid-mode.yml:6: rollback.mode must be execute or publish, got \"dry-run\""},
+		{"invalid-mode.yml", "testdata/invalid-mode.yml:6: rollback.mode must be execute, publish or ask, got \"dry-run\""},
+		{"invalid-hold.yml", "testdata/invalid-hold.yml:6: rollback.mode: ask waits for `watcher approve` until rollback.hold ends: set rollback.hold (such as 15m)\n" +
+			"testdata/invalid-hold.yml:14: rollback.hold: duration must not be negative, got -1m\n" +
+			"testdata/invalid-hold.yml:15: rollback.cooldown: duration must not be negative, got -5m\n" +
+			"testdata/invalid-hold.yml:16: rollback.ask_default must be keep or rollback, got \"yes\"\n" +
+			"testdata/invalid-hold.yml:17: rollback.verify.within is required: how long after the rollback the failed checks must have recovered (such as 5m)\n" +
+			"testdata/invalid-hold.yml:24: rollback.verify.within must be positive, got 0s\n" +
+			"testdata/invalid-hold.yml:24: rollback.verify needs a rollback to verify, and mode: publish executes none"},
 		{"invalid-negative-duration.yml", "testdata/invalid-negative-duration.yml:9: rollback.data.timeout: duration must not be negative, got -1m"},
 		{"invalid-no-checks.yml", "testdata/invalid-no-checks.yml:2: policy \"shop\" has no checks"},
 		{"invalid-no-data.yml", "testdata/invalid-no-data.yml:7: check \"orders\": no_data must be inconclusive, fail or pass, got \"ignore\""},
 		{"invalid-no-threshold.yml", "testdata/invalid-no-threshold.yml:4: check \"up\" has no threshold: set min, max, min_ratio or max_ratio, or compare"},
 		{"invalid-not-a-number.yml", "testdata/invalid-not-a-number.yml:6: min: expected a number, got \"lots\""},
 		{"invalid-on-inconclusive.yml", "testdata/invalid-on-inconclusive.yml:3: on_inconclusive must be keep or rollback, got \"ignore\""},
-		{"invalid-on-marginal.yml", "testdata/invalid-on-marginal.yml:4: on_marginal: ask needs `watcher approve` (not built yet); use keep or rollback\ntestdata/invalid-on-marginal.yml:10: on_marginal must be keep or rollback, got \"rolback\""},
+		{"invalid-on-marginal.yml", "testdata/invalid-on-marginal.yml:4: on_marginal: ask waits for `watcher approve` until rollback.hold ends: set rollback.hold (such as 15m)\ntestdata/invalid-on-marginal.yml:10: on_marginal must be keep, rollback or ask, got \"rolback\""},
 		{"invalid-parallelism.yml", "testdata/invalid-parallelism.yml:7: rollback.parallelism must be at least 1, got -1"},
 		{"invalid-policy-no-name.yml", "testdata/invalid-policy-no-name.yml:2: policy has no name"},
 		{"invalid-promql.yml", "testdata/invalid-promql.yml:5: check \"orders\": query is not valid PromQL: 1:42: parse error: unclosed left parenthesis (in the query rendered with sample data: sum(rate(orders_total{service=\"svc\"}[5m]))"},

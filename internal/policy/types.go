@@ -63,8 +63,8 @@ const (
 const (
 	OnMarginalKeep     = "keep"     // keep the deploy, recorded as marginal
 	OnMarginalRollback = "rollback" // roll it back as if it had failed
-	// OnMarginalAsk would hold the rollback for `watcher approve`, which
-	// does not exist yet: Load refuses it.
+	// OnMarginalAsk holds the rollback for `watcher approve` or `watcher
+	// cancel` until rollback.hold ends, then does rollback.ask_default.
 	OnMarginalAsk = "ask"
 )
 
@@ -210,6 +210,15 @@ type Check struct {
 const (
 	ModeExecute = "execute" // publish the request and execute it
 	ModePublish = "publish" // decide and publish, execute nothing (a freeze)
+	// ModeAsk holds each request for `watcher approve` or `watcher cancel`
+	// until rollback.hold ends, then does what ask_default says.
+	ModeAsk = "ask"
+)
+
+// What an unanswered ask does when rollback.hold ends (Rollback.AskDefault).
+const (
+	AskKeep     = "keep"     // keep the deploy: no rollback
+	AskRollback = "rollback" // execute the rollback
 )
 
 // Rollback says how the executor rolls back the deploys this policy matches.
@@ -222,9 +231,28 @@ type Rollback struct {
 	Parallelism int       `yaml:"parallelism"`
 	After       []string  `yaml:"after"`
 	Data        *DataStep `yaml:"data"`
+	// Hold announces a rollback (rollback.held) and waits this long before
+	// executing it, so a person can cancel it; with mode: ask (or a
+	// policy's on_marginal: ask) it is how long a request waits for an
+	// answer. Zero: no hold.
+	Hold model.Duration `yaml:"hold"`
+	// AskDefault is what an unanswered ask does when Hold ends.
+	AskDefault string `yaml:"ask_default"`
+	// Verify measures the run's failed checks again after the rollback.
+	Verify *Verify `yaml:"verify"`
+	// Cooldown is how long after an automatic rollback of a service and
+	// environment another automatic one is left to a person. Zero turns
+	// it off.
+	Cooldown model.Duration `yaml:"cooldown"`
 
 	link, releasesDir *template.Template
 	after             []*template.Template
+}
+
+// Verify says how long after a rollback its run's failed checks must
+// have recovered (rollback.verified) before it is called unhelpful.
+type Verify struct {
+	Within model.Duration `yaml:"within"`
 }
 
 // SSH configures connections to remote hosts.

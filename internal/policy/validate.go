@@ -244,11 +244,33 @@ func (d *decoder) checkRollback(r *Rollback, line int) {
 	}
 	if l, ok := d.set(&r.Mode); !ok {
 		r.Mode = DefaultMode
-	} else if r.Mode != ModeExecute && r.Mode != ModePublish {
-		d.errorf(l, "rollback.mode must be execute or publish, got %q", r.Mode)
+	} else if r.Mode != ModeExecute && r.Mode != ModePublish && r.Mode != ModeAsk {
+		d.errorf(l, "rollback.mode must be execute, publish or ask, got %q", r.Mode)
+	} else if r.Mode == ModeAsk && r.Hold <= 0 && !d.failed[&r.Hold] {
+		d.errorf(l, "rollback.mode: ask waits for `watcher approve` until rollback.hold ends: set rollback.hold (such as 15m)")
 	}
-	if r.Link == "" && r.Mode == ModeExecute && !d.failed[&r.Link] {
+	if r.Link == "" && r.Mode != ModePublish && !d.failed[&r.Link] {
 		d.errorf(line, "rollback.link is required unless rollback.mode is publish")
+	}
+	// Negative durations are refused where they are decoded.
+	if _, ok := d.set(&r.Cooldown); !ok && !d.failed[&r.Cooldown] {
+		r.Cooldown = DefaultCooldown
+	}
+	if l, ok := d.set(&r.AskDefault); !ok {
+		r.AskDefault = DefaultAskDefault
+	} else if r.AskDefault != AskKeep && r.AskDefault != AskRollback {
+		d.errorf(l, "rollback.ask_default must be keep or rollback, got %q", r.AskDefault)
+	}
+	if v := r.Verify; v != nil {
+		vline := d.line(line, &r.Verify)
+		if l, ok := d.set(&v.Within); !ok && !d.failed[&v.Within] {
+			d.errorf(vline, "rollback.verify.within is required: how long after the rollback the failed checks must have recovered (such as 5m)")
+		} else if ok && v.Within <= 0 {
+			d.errorf(l, "rollback.verify.within must be positive, got %s", v.Within)
+		}
+		if r.Mode == ModePublish {
+			d.errorf(vline, "rollback.verify needs a rollback to verify, and mode: publish executes none")
+		}
 	}
 	if r.Link != "" {
 		r.link = d.checkPath("rollback.link", r.Link, d.line(line, &r.Link))
@@ -571,11 +593,11 @@ func (d *decoder) checkScore(p *Policy) {
 	switch {
 	case !ok:
 		p.OnMarginal = DefaultOnMarginal
-	case p.OnMarginal == OnMarginalAsk:
-		d.errorf(l, "on_marginal: ask needs `watcher approve` (not built yet); use keep or rollback")
-	case p.OnMarginal != OnMarginalKeep && p.OnMarginal != OnMarginalRollback:
-		d.errorf(l, "on_marginal must be keep or rollback, got %q", p.OnMarginal)
-	case p.OnMarginal == OnMarginalRollback && p.Score == nil && !d.failed[&p.Score]:
-		d.errorf(l, "on_marginal: rollback needs a score: only a scored policy's run can end marginal (set score: {pass: 80, marginal: 50}, or leave on_marginal out)")
+	case p.OnMarginal != OnMarginalKeep && p.OnMarginal != OnMarginalRollback && p.OnMarginal != OnMarginalAsk:
+		d.errorf(l, "on_marginal must be keep, rollback or ask, got %q", p.OnMarginal)
+	case p.OnMarginal != OnMarginalKeep && p.Score == nil && !d.failed[&p.Score]:
+		d.errorf(l, "on_marginal: %s needs a score: only a scored policy's run can end marginal (set score: {pass: 80, marginal: 50}, or leave on_marginal out)", p.OnMarginal)
+	case p.OnMarginal == OnMarginalAsk && p.Rollback.Hold <= 0:
+		d.errorf(l, "on_marginal: ask waits for `watcher approve` until rollback.hold ends: set rollback.hold (such as 15m)")
 	}
 }
