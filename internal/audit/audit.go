@@ -41,7 +41,7 @@ const (
 	RollbackCancelled = "rollback.cancelled" // a person (or ask_default) stopped a held request
 	RollbackVerified  = "rollback.verified"  // the run's failed checks recovered after the rollback
 	RollbackUnhelpful = "rollback.unhelpful" // they did not: the problem is elsewhere
-	NotifyFailed      = "notify.failed" // a notification that every attempt failed to deliver
+	NotifyFailed      = "notify.failed"      // a notification that every attempt failed to deliver
 )
 
 // Record is one audit entry.
