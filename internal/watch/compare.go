@@ -15,13 +15,13 @@ import (
 )
 
 // A comparison's samples come from range queries at its step, on a grid
-// of multiples of the step since the Unix epoch. The after side grows look
-// by look: each look fetches only the steps since the last one, so every
-// run measuring the same query at the same time asks Prometheus the same
-// range (sharedQuerier makes that one request), and a run's state is the
-// samples it judged, not a query per step. A run resumed by another
-// process starts with nothing and fetches its whole span at its first
-// look.
+// of multiples of the step since the Unix epoch, kept in stepStores shared
+// by the runs that measure the same resolved query: a look fetches only
+// the steps no run fetched yet, so every run measuring the same query at
+// the same time asks Prometheus for the same range at most once, and a
+// run's sides are views of the stores, not samples of its own. A run
+// resumed by another process finds the stores of that process, or fills
+// them at its first look.
 
 // week is the shift of a {weeks: N} comparison's before spans.
 const week = 7 * 24 * time.Hour
@@ -33,48 +33,13 @@ type datum struct {
 	v, total float64
 }
 
-// span is a side's data as a run keeps it: the samples (or errors) in
-// time order, the requests of a count comparison, and the steps' times of
-// a {weeks: N} span only (they pair its steps with the other weeks'). 8
-// bytes a sample: 10,000 runs keep them all their window.
-type span struct {
-	v, total []float64
-	t        []model.Time
-}
-
-// add appends data to sp, growing it once to hold the more that is to come:
-// a side grows look by look to a size known from the start, and append's
-// doubling would leave a quarter of it unused on average.
-func (sp *span) add(data []datum, counts, timed bool, more int) {
-	need := len(sp.v) + len(data)
-	if need > cap(sp.v) {
-		sp.v = slices.Grow(sp.v, len(data)+more)
-		if counts {
-			sp.total = slices.Grow(sp.total, len(data)+more)
-		}
-		if timed {
-			sp.t = slices.Grow(sp.t, len(data)+more)
-		}
-	}
-	for _, d := range data {
-		sp.v = append(sp.v, d.v)
-		if counts {
-			sp.total = append(sp.total, d.total)
-		}
-		if timed {
-			sp.t = append(sp.t, d.t)
-		}
-	}
-}
-
-// compareState is what a run has gathered of one check's comparison.
+// compareState is what a run keeps of one check's comparison: its
+// rendered queries. Its data is in the stores.
 type compareState struct {
 	query, errors, total string // rendered, .Range the step
-
-	after  span
-	before []span // one per source: weeks 1..N, or one
-	// fetched is the last after step fetched; zero until the first.
-	fetched time.Time
+	// own holds the stores of a look without shared ones (a replay, a
+	// preview), by source, from one look to the next.
+	own []*stepStore
 }
 
 func newCompareState(c *policy.Check, data policy.TemplateData) (*compareState, error) {
@@ -169,136 +134,144 @@ type lookAt struct {
 	version string    // the deploy's version, for canary
 }
 
-// look gathers what a look at ts sees of the comparison, fetching what
-// it has not seen yet from q. The state moves on only when every query
-// answered: a failed one is fetched again at the next look.
-func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.Time) (policy.Sides, error) {
+// shifts are the sources of a comparison's data other than its after
+// side's: how far back each before side reads ({offset: D}, {weeks: N}).
+func shifts(cmp *policy.Compare) []time.Duration {
+	switch cmp.With.Kind {
+	case policy.WithOffset:
+		return []time.Duration{time.Duration(cmp.With.Offset)}
+	case policy.WithWeeks:
+		out := make([]time.Duration, cmp.With.Weeks)
+		for k := range out {
+			out[k] = time.Duration(k+1) * week
+		}
+		return out
+	}
+	return nil
+}
+
+// stores returns the comparison's stores for a look at ts: the after
+// side's (for canary, both sides'), then one per shift.
+func (st *compareState) stores(reg *stepStores, at lookAt, ts time.Time) []*stepStore {
+	c, p := at.check, at.policy
+	cmp := c.Compare
+	key := stepKey{query: st.query, errors: st.errors, total: st.total, step: time.Duration(cmp.Step), aggregate: c.Aggregate}
+	if cmp.With.Kind == policy.WithCanary {
+		key.label, key.version = cmp.CanaryLabel, at.version
+	}
+	keep := time.Duration(p.InitialDelay) + time.Duration(p.Window) + 2*key.step
+	if cmp.With.Kind == policy.WithPreDeploy {
+		keep += time.Duration(cmp.Lookback)
+	}
+	if reg == nil && st.own != nil {
+		return st.own
+	}
+	sh := shifts(cmp)
+	out := make([]*stepStore, 0, 1+len(sh))
+	out = append(out, reg.get(key, cmp.Counts(), keep, ts))
+	for _, d := range sh {
+		k := key
+		k.shift = d
+		out = append(out, reg.get(k, cmp.Counts(), keep, ts))
+	}
+	if reg == nil {
+		st.own = out
+	}
+	return out
+}
+
+// look gathers what a look at ts sees of the comparison, fetching what no
+// look has fetched yet from q into the stores of reg (nil: the state's
+// own). A failed query fails the look; what was fetched before it stays,
+// and the rest is fetched again at the next look.
+func (st *compareState) look(ctx context.Context, q Querier, reg *stepStores, at lookAt, ts time.Time) (policy.Sides, error) {
 	c, p, deploy := at.check, at.policy, at.deploy
 	cmp := c.Compare
 	step := time.Duration(cmp.Step)
 	first := afterStart(c, p, deploy)
 	end := gridFloor(ts, step)
+	stores := st.stores(reg, at, ts)
+	split := cmp.With.Kind == policy.WithCanary
+
+	// The pre_deploy span is read from the after side's store: the same
+	// series, the steps before the deploy.
 	from := first
-	if !st.fetched.IsZero() {
-		from = st.fetched.Add(step)
+	var bFrom, bTo time.Time
+	if cmp.With.Kind == policy.WithPreDeploy {
+		bFrom, bTo = gridCeil(deploy.Add(-time.Duration(cmp.Lookback)), step), gridFloor(deploy, step)
+		from = bFrom
+	}
+	if !from.After(end) {
+		if err := stores[0].ensure(ctx, from, end, func(f, t time.Time) ([]datum, []datum, error) {
+			if split {
+				return st.fetchCanary(ctx, q, at, f, t, step)
+			}
+			a, err := st.fetchSide(ctx, q, at, f, t, step)
+			return a, nil, err
+		}); err != nil {
+			return policy.Sides{}, err
+		}
+	}
+	for i, s := range stores[1:] {
+		d := s.key.shift
+		if first.After(end) {
+			break
+		}
+		if err := s.ensure(ctx, first, end, func(f, t time.Time) ([]datum, []datum, error) {
+			b, err := st.fetchSide(ctx, q, at, f.Add(-d), t.Add(-d), step)
+			for j := range b {
+				b[j].t += model.Time(d.Milliseconds())
+			}
+			return b, nil, err
+		}); err != nil {
+			return policy.Sides{}, fmt.Errorf("%s: %w", withSource(cmp, i), err)
+		}
 	}
 
-	// Fetched into copies of the span headers: appending never touches
-	// what st holds, so a failed look leaves it as it was.
-	after := st.after
-	before := slices.Clone(st.before)
-	fetched := st.fetched
-	counts, weeks := cmp.Counts(), cmp.With.Kind == policy.WithWeeks
-	_, _, windowEnd := window(p, at.start)
-	// more is how many values per step are still to come after this
-	// look, for data holding perStep values a step.
-	more := func(data []datum, steps int) int {
-		if steps <= 0 {
-			return 0
-		}
-		return len(data) / steps * stepsBetween(end.Add(step), gridFloor(windowEnd, step), step)
-	}
-	err := func() error {
-		// The pre_deploy span does not move: it is fetched once.
-		if cmp.With.Kind == policy.WithPreDeploy && len(before) == 0 {
-			b, err := st.fetchSide(ctx, q, at, gridCeil(deploy.Add(-time.Duration(cmp.Lookback)), step), gridFloor(deploy, step), step)
-			if err != nil {
-				return err
-			}
-			before = make([]span, 1)
-			before[0].add(b, counts, false, 0)
-		}
-		if from.After(end) {
-			return nil
-		}
-		steps := stepsBetween(from, end, step)
-		switch cmp.With.Kind {
-		case policy.WithCanary:
-			a, b, err := st.fetchCanary(ctx, q, at, from, end, step)
-			if err != nil {
-				return err
-			}
-			after.add(a, counts, false, more(a, steps))
-			before = growSpans(before, 1)
-			before[0].add(b, counts, false, more(b, steps))
-		default:
-			a, err := st.fetchSide(ctx, q, at, from, end, step)
-			if err != nil {
-				return err
-			}
-			after.add(a, counts, false, more(a, steps))
-			var shifts []time.Duration
-			switch cmp.With.Kind {
-			case policy.WithOffset:
-				shifts = []time.Duration{time.Duration(cmp.With.Offset)}
-			case policy.WithWeeks:
-				for k := 1; k <= cmp.With.Weeks; k++ {
-					shifts = append(shifts, time.Duration(k)*week)
-				}
-			}
-			before = growSpans(before, len(shifts))
-			for i, d := range shifts {
-				b, err := st.fetchSide(ctx, q, at, from.Add(-d), end.Add(-d), step)
-				if err != nil {
-					return err
-				}
-				for j := range b {
-					b[j].t += model.Time(d.Milliseconds())
-				}
-				before[i].add(b, counts, weeks, more(b, steps))
-			}
-		}
-		fetched = end
-		return nil
-	}()
-	if err != nil {
-		return policy.Sides{}, err
-	}
-	st.after, st.before, st.fetched = after, before, fetched
-
+	in := st.sides(stores, cmp, first, end, bFrom, bTo)
 	need := cmp.MinSamples
 	if cmp.Counts() {
 		need = stats.MinSteps
 	}
-	in := st.sides()
 	in.Look, in.Looks = compareLooks(p, at.start, first, step, need, ts)
 	return in, nil
 }
 
-// growSpans makes spans hold at least n.
-func growSpans(spans []span, n int) []span {
-	for len(spans) < n {
-		spans = append(spans, span{})
+// withSource names shift i of a comparison, for a query's error.
+func withSource(cmp *policy.Compare, i int) string {
+	if cmp.With.Kind == policy.WithWeeks {
+		return fmt.Sprintf("%d week(s) before", i+1)
 	}
-	return spans
+	return withText(cmp.With)
 }
 
-// sides is what the state holds, as the judge takes it: the before spans
-// pooled in order (or, for 3 weeks or more of samples, step by step).
-func (st *compareState) sides() policy.Sides {
+// sides is the look's data as the judge takes it: views of the stores,
+// the before spans pooled in order (or, for 3 weeks or more of samples,
+// step by step). after..end are the after side's steps, bFrom..bTo the
+// pre_deploy span's.
+func (st *compareState) sides(stores []*stepStore, cmp *policy.Compare, after, end, bFrom, bTo time.Time) policy.Sides {
 	var in policy.Sides
-	if st.query != "" {
-		in.After = st.after.v
-		if len(st.before) >= 3 {
-			in.Before = stepMedians(st.before)
-			return in
+	var a, aTotal, b, bTotal []float64
+	a, aTotal = stores[0].view(laneCanary, after, end)
+	switch {
+	case cmp.With.Kind == policy.WithPreDeploy:
+		b, bTotal = stores[0].view(laneCanary, bFrom, bTo)
+	case cmp.With.Kind == policy.WithCanary:
+		b, bTotal = stores[0].view(laneOthers, after, end)
+	case len(stores) == 2:
+		b, bTotal = stores[1].view(laneCanary, after, end)
+	case len(stores) >= 4 && !cmp.Counts():
+		b = stepMedians(stores[1:], after, end)
+	default:
+		for _, s := range stores[1:] {
+			v, t := s.view(laneCanary, after, end)
+			b, bTotal = append(b, v...), append(bTotal, t...)
 		}
-		if len(st.before) == 1 {
-			in.Before = st.before[0].v
-			return in
-		}
-		for _, b := range st.before {
-			in.Before = append(in.Before, b.v...)
-		}
-		return in
 	}
-	in.ErrorsAfter, in.TotalAfter = st.after.v, st.after.total
-	if len(st.before) == 1 {
-		in.ErrorsBefore, in.TotalBefore = st.before[0].v, st.before[0].total
-		return in
-	}
-	for _, b := range st.before {
-		in.ErrorsBefore, in.TotalBefore = append(in.ErrorsBefore, b.v...), append(in.TotalBefore, b.total...)
+	if cmp.Counts() {
+		in.ErrorsAfter, in.TotalAfter, in.ErrorsBefore, in.TotalBefore = a, aTotal, b, bTotal
+	} else {
+		in.After, in.Before = a, b
 	}
 	return in
 }
@@ -308,23 +281,25 @@ func (st *compareState) sides() policy.Sides {
 // weeks. One odd week (a holiday, an incident a week ago) then moves no
 // step, where pooling the weeks' samples would put a third of the before
 // side at the holiday's level.
-func stepMedians(spans []span) []float64 {
-	byTime := map[model.Time][]float64{}
-	for _, sp := range spans {
-		for i, v := range sp.v {
-			if !math.IsNaN(v) && !math.IsInf(v, 0) {
-				byTime[sp.t[i]] = append(byTime[sp.t[i]], v)
+func stepMedians(stores []*stepStore, from, to time.Time) []float64 {
+	byStep := map[int64][]float64{}
+	for _, s := range stores {
+		s.eachStep(laneCanary, from, to, func(i int64, vs []float64) {
+			for _, v := range vs {
+				if !math.IsNaN(v) && !math.IsInf(v, 0) {
+					byStep[i] = append(byStep[i], v)
+				}
 			}
-		}
+		})
 	}
-	times := make([]model.Time, 0, len(byTime))
-	for t := range byTime {
-		times = append(times, t)
+	steps := make([]int64, 0, len(byStep))
+	for i := range byStep {
+		steps = append(steps, i)
 	}
-	slices.Sort(times)
-	out := make([]float64, len(times))
-	for i, t := range times {
-		vs := byTime[t]
+	slices.Sort(steps)
+	out := make([]float64, len(steps))
+	for i, k := range steps {
+		vs := byStep[k]
 		slices.Sort(vs)
 		if n := len(vs); n%2 == 1 {
 			out[i] = vs[n/2]
@@ -564,7 +539,7 @@ func PreviewComparison(ctx context.Context, q Querier, p *policy.Policy, c *poli
 	first, interval, end := window(p, deployed)
 	var pv Preview
 	for ts := first; !ts.After(end) && !ts.After(until); ts = ts.Add(interval) {
-		in, err := st.look(ctx, q, at, ts)
+		in, err := st.look(ctx, q, nil, at, ts)
 		j, cr := c.JudgeCompare(in, err)
 		pv = Preview{At: ts, Looks: pv.Looks + 1, Judgement: j, Detail: comparisonDetail(&checkState{check: c, cmp: st}, cr, in)}
 		if j.Outcome == policy.Fail || j.Outcome == policy.Error || interval <= 0 {

@@ -69,7 +69,7 @@ func Replay(ctx context.Context, q Querier, p *policy.Policy, d events.Deploy, s
 		}
 		mv := nextMove(r.snapshot(timeout), p, clock)
 		if mv.kind == moveMeasure {
-			ms, err := r.take(ctx, q, mv.at, mv.timeout, mv.timeout)
+			ms, err := r.take(ctx, q, nil, mv.at, mv.timeout, mv.timeout)
 			if err != nil {
 				return out, err
 			}

@@ -173,12 +173,13 @@ type taken struct {
 
 // take measures every check of r at ts and judges each measurement: the
 // measurement that `watcher run` records and `watcher backtest` replays.
-// Queries go to q, all within budget (the query timeout, or less when the
+// Queries go to q, all within budget; comparisons keep their data in steps
+// (nil: stores of their own) (the query timeout, or less when the
 // run is near its deadline): one slow check must not leave the others no
 // time, nor make the step take a timeout per check. A query cut short by a
 // budget below the timeout did not fail, the run ran out of time: that
 // check's measurement is marked cut.
-func (r *Run) take(ctx context.Context, q Querier, ts time.Time, budget, timeout time.Duration) ([]taken, error) {
+func (r *Run) take(ctx context.Context, q Querier, steps *stepStores, ts time.Time, budget, timeout time.Duration) ([]taken, error) {
 	type answer struct {
 		taken
 		err, cmpErr error
@@ -204,7 +205,7 @@ func (r *Run) take(ctx context.Context, q Querier, ts time.Time, budget, timeout
 			}
 			if cs.cmp != nil {
 				at := lookAt{policy: r.Policy, check: c, start: r.Start, deploy: r.deployTime(), version: r.Deploy.Version}
-				a.sides, a.cmpErr = cs.cmp.look(qctx, q, at, ts)
+				a.sides, a.cmpErr = cs.cmp.look(qctx, q, steps, at, ts)
 			}
 			for _, err := range []*error{&a.err, &a.cmpErr} {
 				if errors.Is(*err, context.DeadlineExceeded) && ctx.Err() == nil {
@@ -270,7 +271,7 @@ func (r *Run) count(i int, m taken, ts time.Time) (string, audit.MeasurementDeta
 // the check's tally and records it in the audit; nextMove judges the
 // tallies. cut says a measurement was cut by the run's deadline.
 func (w *Watcher) measure(ctx context.Context, r *Run, ts time.Time, budget, timeout time.Duration) (cut bool, err error) {
-	ms, err := r.take(ctx, w.querier, ts, budget, timeout)
+	ms, err := r.take(ctx, w.querier, w.steps, ts, budget, timeout)
 	if err != nil {
 		return false, err
 	}

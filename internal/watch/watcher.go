@@ -54,6 +54,9 @@ type Watcher struct {
 	metrics *metrics
 	logger  *slog.Logger
 	querier *sharedQuerier
+	// steps holds the comparisons' step data, shared by the runs that
+	// measure the same resolved query.
+	steps *stepStores
 	sched   *scheduler
 	ctx     context.Context // Start's
 	ids     jetstream.KeyValue
@@ -101,6 +104,7 @@ func (w *Watcher) init() {
 	w.sched = newScheduler()
 	w.ctx = context.Background()
 	w.querier = newSharedQuerier(w.Querier)
+	w.steps = newStepStores()
 	w.querier.observe = func(d time.Duration, err error) {
 		result := "ok"
 		if err != nil {
