@@ -71,7 +71,9 @@ func newStepStore(key stepKey, counts bool) *stepStore {
 }
 
 // index is t's step on the store's grid.
-func (s *stepStore) index(t time.Time) int64 { return gridFloor(t, s.key.step).UnixNano() / int64(s.key.step) }
+func (s *stepStore) index(t time.Time) int64 {
+	return gridFloor(t, s.key.step).UnixNano() / int64(s.key.step)
+}
 
 // stepTime is the time of grid step i.
 func (s *stepStore) stepTime(i int64) time.Time { return time.Unix(0, i*int64(s.key.step)).UTC() }

@@ -54,9 +54,7 @@ type Watcher struct {
 	metrics *metrics
 	logger  *slog.Logger
 	querier *sharedQuerier
-	// steps holds the comparisons' step data, shared by the runs that
-	// measure the same resolved query.
-	steps *stepStores
+	steps   *stepStores // the comparisons' step data, shared by the runs measuring the same resolved query
 	sched   *scheduler
 	ctx     context.Context // Start's
 	ids     jetstream.KeyValue
