@@ -13,9 +13,9 @@ import (
 // time (or over the same range) share one request to Prometheus. Measurements are scheduled on a
 // grid (alignUp), so that with 10,000 runs of a few policies the watcher
 // sends one request per distinct resolved query per interval, not one per
-// run. Comparisons fetch their samples a look at a time, the span since the
-// previous look (compare.go), so their range queries fall on the same grid
-// and are shared the same way. The answer is kept for a while after it
+// run. Comparisons fetch the steps their stores lack (steps.go), on the
+// grid of their step, so two stores of one query (a canary comparison's
+// and another's) asking the same range at once share it the same way. The answer is kept for a while after it
 // arrives, for the runs whose timers fired late. Callers must not modify
 // the vector or matrix they get.
 type sharedQuerier struct {
