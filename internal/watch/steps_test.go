@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,5 +156,52 @@ func TestStepMedians(t *testing.T) {
 	want := []float64{98, 99, 101, 7}
 	if !slices.Equal(got, want) {
 		t.Errorf("stepMedians = %v, want %v", got, want)
+	}
+}
+
+// TestStepStoreConcurrent: looks of many runs reading and growing one
+// store at once (run with -race) each see whole steps, in order, and the
+// store fetches each step once. (With keep set, a run far behind the
+// others would fetch again the old steps the store let go.)
+func TestStepStoreConcurrent(t *testing.T) {
+	step := time.Second
+	t0 := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+	val := func(t time.Time) float64 { return float64(t.Sub(t0) / step) }
+	s := newStepStore(stepKey{query: "q", step: step}, false)
+	var mu sync.Mutex
+	fetched := map[int64]int{}
+	fetch := func(from, to time.Time) ([]datum, []datum, error) {
+		mu.Lock()
+		for i := s.index(from); i <= s.index(to); i++ {
+			fetched[i]++
+		}
+		mu.Unlock()
+		return gridData(from, to, step, val), nil, nil
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for k := range 60 {
+				end := t0.Add(time.Duration(k+g%3) * step)
+				from := end.Add(-5 * step)
+				if err := s.ensure(context.Background(), from, end, fetch); err != nil {
+					t.Error(err)
+					return
+				}
+				v, _ := s.view(laneCanary, from, end)
+				for i := 1; i < len(v); i++ {
+					if v[i] != v[i-1]+1 {
+						t.Errorf("view %s..%s = %v: not the steps in order", from, end, v)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i, n := range fetched {
+		if n > 1 {
+			t.Errorf("step +%ds fetched %d times", i-s.index(t0), n)
+		}
 	}
 }
