@@ -143,10 +143,8 @@ func waitVerdict(ctx context.Context, e *env, js jetstream.JetStream, p publishe
 	if err != nil {
 		return waitErr(err)
 	}
+	// A duplicate's ack names the event kept earlier, the one read.
 	w := &waiter{deployID: p.deploy.ID, deploySeq: p.ack.Sequence, out: newStreamTable(e.stdout)}
-	if p.ack.Duplicate {
-		w.deploySeq = 0 // its rejection, if any, names the earlier message
-	}
 	wctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var v verdict
