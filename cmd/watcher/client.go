@@ -178,7 +178,7 @@ func timeoutWarnings(w io.Writer, set *policy.Set, timeout time.Duration) {
 }
 
 func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, *env) error) {
-	cmd := app.Command("publish", "Publish a deploy-completed event; prints its id.")
+	cmd := app.Command("publish", "Publish a deploy-completed event; prints its id. With --wait, then waits for the deploy's verdict.")
 	f := addClientFlags(cmd)
 	var d events.Deploy
 	labels := map[string]string{}
@@ -191,8 +191,10 @@ func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, 
 	cmd.Flag("id", "Event id (default: a new one). The same id twice starts one run.").StringVar(&d.ID)
 	cmd.Flag("label", "Label k=v; repeatable.").StringMapVar(&labels)
 	cmd.Flag("format", "Event format on the wire.").Default("cdevents").EnumVar(&format, "cdevents", "json")
-	cmds["publish"] = func(ctx context.Context, e *env) error {
-		if d.ID == "" {
+	wait := addWaitFlag(cmd)
+	publish := func(ctx context.Context, e *env) error {
+		idGiven := d.ID != ""
+		if !idGiven {
 			d.ID = events.NewID()
 		}
 		if len(labels) > 0 {
@@ -223,6 +225,15 @@ func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, 
 		msg := &nats.Msg{Subject: events.Subject(events.DeploysPrefix, d.Environment, d.Service), Data: data, Header: hdr}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
+		var auditLast uint64
+		if *wait > 0 {
+			if auditLast, err = audit.LastSeq(pctx, js); err != nil {
+				if perr := permissionErr(ctx, "reading the audit stream"); perr != nil {
+					return perr
+				}
+				return err
+			}
+		}
 		ack, err := js.PublishMsg(pctx, msg, jetstream.WithMsgID(d.ID))
 		if err != nil {
 			if perr := permissionErr(ctx, "publishing on "+msg.Subject); perr != nil {
@@ -236,7 +247,17 @@ func addPublish(app *kingpin.Application, cmds map[string]func(context.Context, 
 			fmt.Fprintf(e.stderr, "watcher publish: event %s was already published; it starts no second run\n", d.ID)
 		}
 		fmt.Fprintln(e.stdout, d.ID)
+		if *wait > 0 {
+			return waitVerdict(ctx, e, js, published{deploy: d, idGiven: idGiven, ack: ack, auditLast: auditLast}, *wait)
+		}
 		return nil
+	}
+	cmds["publish"] = func(ctx context.Context, e *env) error {
+		err := publish(ctx, e)
+		if *wait > 0 {
+			return waitErr(err)
+		}
+		return err
 	}
 }
 

@@ -26,7 +26,7 @@ func runTable(w io.Writer, runID string, recs []audit.Record) error {
 	// a line without cells in the tabwriter would realign every block.
 	var table bytes.Buffer
 	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tCHECK\tVALUE\tBASELINE\tRATIO\tTHRESHOLD\tOUTCOME\tCOUNTS")
+	fmt.Fprintln(tw, strings.Join(measurementHeader, "\t"))
 	var others []audit.Record
 	var notes [][]string
 	for _, r := range recs {
@@ -34,12 +34,8 @@ func runTable(w io.Writer, runID string, recs []audit.Record) error {
 			others = append(others, r)
 			continue
 		}
-		// A detail that does not decode whole still shows what did.
+		fmt.Fprintln(tw, strings.Join(measurementCells(r), "\t"))
 		d, _ := r.Measurement()
-		c := d.Counts
-		counts := fmt.Sprintf("pass %d fail %d inconclusive %d error %d", c.Pass, c.Fail, c.Inconclusive, c.Error)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), oneLine(d.Check),
-			num(d.Value), num(d.Baseline.Value), num(d.Ratio.Value), dash(oneLine(d.Threshold)), oneLine(d.Outcome), counts)
 		notes = append(notes, comparisonNotes(d.Comparison))
 	}
 	if err := tw.Flush(); err != nil {
@@ -56,9 +52,29 @@ func runTable(w io.Writer, runID string, recs []audit.Record) error {
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, r := range others {
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), r.Kind, oneLine(r.Message))
+		fmt.Fprintln(tw, strings.Join(recordCells(r), "\t"))
 	}
 	return tw.Flush()
+}
+
+// measurementHeader heads the columns of measurementCells.
+var measurementHeader = []string{"TIME", "CHECK", "VALUE", "BASELINE", "RATIO", "THRESHOLD", "OUTCOME", "COUNTS"}
+
+// measurementCells are a measurement record's row in `history --run`, also
+// what `publish --wait` prints as it comes, so that the two agree.
+func measurementCells(r audit.Record) []string {
+	// A detail that does not decode whole still shows what did.
+	d, _ := r.Measurement()
+	c := d.Counts
+	return []string{r.Time.Local().Format("15:04:05.000"), oneLine(d.Check),
+		num(d.Value), num(d.Baseline.Value), num(d.Ratio.Value), dash(oneLine(d.Threshold)), oneLine(d.Outcome),
+		fmt.Sprintf("pass %d fail %d inconclusive %d error %d", c.Pass, c.Fail, c.Inconclusive, c.Error)}
+}
+
+// recordCells are another record's row under the measurements in
+// `history --run`: its time, kind and message.
+func recordCells(r audit.Record) []string {
+	return []string{r.Time.Local().Format("15:04:05.000"), r.Kind, oneLine(r.Message)}
 }
 
 // comparisonNotes are the lines under a comparison's row: its numbers as

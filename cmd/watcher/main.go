@@ -99,6 +99,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 		return nil
 	}
 
+	args = bareWait(args)
 	if topLevelVersion(app, args) {
 		fmt.Fprintln(stdout, version.Print("watcher"))
 		return 0

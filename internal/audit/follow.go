@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -14,10 +15,31 @@ import (
 // as it is written, until ctx ends or fn fails. It is `tail -f` for the
 // audit stream.
 func Follow(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Record) error) error {
-	cons, err := js.OrderedConsumer(ctx, "AUDIT", jetstream.OrderedConsumerConfig{
+	return FollowFrom(ctx, js, f, Start{}, fn)
+}
+
+// Start is where FollowFrom begins reading: at stream sequence Seq when it
+// is set, else at the first record stored at or after Time when that is
+// set, else at the first record of the stream.
+type Start struct {
+	Seq  uint64
+	Time time.Time
+}
+
+// FollowFrom is Follow from start: the records already stored from there
+// on, then each new one.
+func FollowFrom(ctx context.Context, js jetstream.JetStream, f Filter, start Start, fn func(Record) error) error {
+	cfg := jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{f.subject()},
 		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	})
+	}
+	switch {
+	case start.Seq > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start.Seq
+	case !start.Time.IsZero():
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start.Time
+	}
+	cons, err := js.OrderedConsumer(ctx, "AUDIT", cfg)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			return fmt.Errorf("no AUDIT stream on this server: has a watcher run against it?")
@@ -80,4 +102,18 @@ func Follow(ctx context.Context, js jetstream.JetStream, f Filter, fn func(Recor
 			}
 		}
 	}
+}
+
+// LastSeq is the stream sequence of the newest record in the audit stream,
+// 0 when it holds none: FollowFrom at LastSeq+1 reads exactly the records
+// written after the call.
+func LastSeq(ctx context.Context, js jetstream.StreamManager) (uint64, error) {
+	s, err := js.Stream(ctx, "AUDIT")
+	if err != nil {
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return 0, fmt.Errorf("no AUDIT stream on this server: has a watcher run against it?")
+		}
+		return 0, fmt.Errorf("reading the audit stream: %w", err)
+	}
+	return s.CachedInfo().State.LastSeq, nil
 }

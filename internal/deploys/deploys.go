@@ -44,6 +44,9 @@ type Query struct {
 	// Limit bounds the messages looked at that are not the deploy wanted
 	// (0: DefaultLimit).
 	Limit int
+	// Before, when set, passes over the messages at this stream sequence
+	// and after it, uncounted: the search is among older ones.
+	Before uint64
 }
 
 // Found is a deploy as the stream holds it.
@@ -73,6 +76,9 @@ func Find(ctx context.Context, js jetstream.StreamManager, q Query) (Found, erro
 	var f Found
 	found := false
 	err = newestFirst(ctx, s, subject, func(msg *jetstream.RawStreamMsg) (bool, error) {
+		if q.Before > 0 && msg.Sequence >= q.Before {
+			return true, nil
+		}
 		d, derr := events.DecodeDeploy(subject, msg.Header, msg.Data)
 		var notDeploy *events.NotDeployError
 		switch {
