@@ -167,6 +167,9 @@ type lookAt struct {
 	start   time.Time // the run's start, which its looks' times follow
 	deploy  time.Time // when the deploy happened
 	version string    // the deploy's version, for canary
+	// after, when set, is where the after side starts instead of the
+	// deploy: a rollback's completion, for its verification.
+	after time.Time
 }
 
 // look gathers what a look at ts sees of the comparison, fetching what
@@ -176,7 +179,11 @@ func (st *compareState) look(ctx context.Context, q Querier, at lookAt, ts time.
 	c, p, deploy := at.check, at.policy, at.deploy
 	cmp := c.Compare
 	step := time.Duration(cmp.Step)
-	first := afterStart(c, p, deploy)
+	sideFrom := deploy
+	if !at.after.IsZero() {
+		sideFrom = at.after
+	}
+	first := afterStart(c, p, sideFrom)
 	end := gridFloor(ts, step)
 	from := first
 	if !st.fetched.IsZero() {
