@@ -38,7 +38,13 @@ func runTable(w io.Writer, runID string, recs []audit.Record) error {
 		d, _ := r.Measurement()
 		c := d.Counts
 		counts := fmt.Sprintf("pass %d fail %d inconclusive %d error %d", c.Pass, c.Fail, c.Inconclusive, c.Error)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), oneLine(d.Check),
+		check := oneLine(d.Check)
+		if d.Verification != nil {
+			// Measured again once the rollback completed (README "Did
+			// the rollback help?"); its counts are the verification's.
+			check += " (after rollback)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"), check,
 			num(d.Value), num(d.Baseline.Value), num(d.Ratio.Value), dash(oneLine(d.Threshold)), oneLine(d.Outcome), counts)
 		notes = append(notes, comparisonNotes(d.Comparison))
 	}
