@@ -66,7 +66,13 @@ func measurementCells(r audit.Record) []string {
 	// A detail that does not decode whole still shows what did.
 	d, _ := r.Measurement()
 	c := d.Counts
-	return []string{r.Time.Local().Format("15:04:05.000"), oneLine(d.Check),
+	check := oneLine(d.Check)
+	if d.Verification != nil {
+		// Measured again once the rollback completed (README "Did the
+		// rollback help?"); its counts are the verification's.
+		check += " (after rollback)"
+	}
+	return []string{r.Time.Local().Format("15:04:05.000"), check,
 		num(d.Value), num(d.Baseline.Value), num(d.Ratio.Value), dash(oneLine(d.Threshold)), oneLine(d.Outcome),
 		fmt.Sprintf("pass %d fail %d inconclusive %d error %d", c.Pass, c.Fail, c.Inconclusive, c.Error)}
 }

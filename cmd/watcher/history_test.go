@@ -127,3 +127,33 @@ func TestSparkline(t *testing.T) {
 		}
 	}
 }
+
+// A measurement taken after the rollback, to verify it, says so in its row.
+func TestRunTableShowsVerification(t *testing.T) {
+	at := time.Date(2026, 11, 25, 22, 21, 33, 0, time.UTC)
+	recs := []audit.Record{
+		measurement(t, at, audit.MeasurementDetail{Check: "errors", Value: fptr(50), Threshold: "max 10", Outcome: "fail", Counts: audit.Counts{Fail: 1}}),
+		measurement(t, at.Add(2*time.Second), audit.MeasurementDetail{Check: "errors", Value: fptr(5), Threshold: "max 10", Outcome: "pass",
+			Counts: audit.Counts{Pass: 1}, Verification: &audit.VerificationRef{RequestID: "rb-01RUN", RolledBackAt: at.Add(time.Second)}}),
+		{Time: at.Add(3 * time.Second), Kind: audit.RollbackVerified, RunID: "01RUN", Service: "shop", Environment: "production",
+			Message: "the rollback helped: 1s after it, every check that failed the run passes: check errors passes: 5 (max 10)"},
+	}
+	var out bytes.Buffer
+	if err := runTable(&out, "01RUN", recs); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	var rows []string
+	for _, l := range strings.Split(got, "\n") {
+		if strings.Contains(l, "  errors") {
+			rows = append(rows, l)
+		}
+	}
+	if len(rows) != 2 || strings.Contains(rows[0], "after rollback") || !strings.Contains(rows[1], "errors (after rollback)  5 ") {
+		t.Errorf("rows %q: want the second one marked as after the rollback\n%s", rows, got)
+	}
+	wantLine := "rollback.verified  the rollback helped"
+	if !strings.Contains(got, wantLine) {
+		t.Errorf("no %q line:\n%s", wantLine, got)
+	}
+}

@@ -161,7 +161,7 @@ func TestReplicasShareWorkAndSurviveAKill(t *testing.T) {
 		startedBy, resumed, rolledBack, lastTime(recs).Sub(killed).Round(time.Millisecond))
 
 	// The buckets and streams are replicated as --nats.replicas says.
-	for _, stream := range []string{"KV_" + watch.RunsBucket, "KV_" + watch.ReplicasBucket, "KV_" + rollback.RequestsBucket, "DEPLOYS", "AUDIT"} {
+	for _, stream := range []string{"KV_" + watch.RunsBucket, "KV_" + watch.ReplicasBucket, "KV_" + watch.VerifyBucket, "KV_" + rollback.RequestsBucket, "DEPLOYS", "AUDIT"} {
 		s, err := cluster.JS.Stream(ctx, stream)
 		if err != nil {
 			t.Errorf("stream %s: %v", stream, err)

@@ -149,6 +149,9 @@ type MeasurementDetail struct {
 	// Comparison is there for a check that compares (README
 	// "Comparisons").
 	Comparison *ComparisonDetail `json:"comparison,omitempty"`
+	// Verification is there for a measurement taken after a rollback, to
+	// see whether it helped (README "Did the rollback help?").
+	Verification *VerificationRef `json:"verification,omitempty"`
 }
 
 // Thresholds are a check's thresholds, those it sets.
@@ -278,6 +281,7 @@ func (d MeasurementDetail) Map() map[string]any {
 		m["series"] = series
 	}
 	d.comparisonMap(m)
+	d.verificationMap(m)
 	return m
 }
 

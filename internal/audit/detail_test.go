@@ -114,7 +114,8 @@ func TestMeasurementReadBack(t *testing.T) {
 		Outcome: "pass", Reason: "ok", Limits: Limits{FailureLimit: 1, InconclusiveLimit: &two},
 		Counts: Counts{Pass: 1}, State: "passing", FailureLimit: 1,
 		Baseline: Some(nil), Ratio: Some(f(1.5)), BaselineTime: time.Date(2026, 11, 25, 9, 0, 0, 0, time.UTC),
-		Series: []SeriesDetail{{Labels: `{a="1"}`, Value: f(3), Outcome: "pass", Reason: "ok", Baseline: Some(f(2)), Ratio: Some(f(1.5))}},
+		Series:       []SeriesDetail{{Labels: `{a="1"}`, Value: f(3), Outcome: "pass", Reason: "ok", Baseline: Some(f(2)), Ratio: Some(f(1.5))}},
+		Verification: &VerificationRef{RequestID: "rb-1", RolledBackAt: time.Date(2026, 11, 25, 9, 59, 0, 0, time.UTC)},
 	}
 	inMemory := Record{Kind: Measurement, Detail: d.Map()}
 	var m Memory
@@ -132,9 +133,42 @@ func TestMeasurementReadBack(t *testing.T) {
 	}
 	// A check without a baseline has no baseline fields at all.
 	plain := wire(t, MeasurementDetail{Check: "c"})
-	for _, k := range []string{"baseline", "ratio", "baseline_time", "series", "dry_run", "aggregate"} {
+	for _, k := range []string{"baseline", "ratio", "baseline_time", "series", "dry_run", "aggregate", "verification"} {
 		if _, ok := plain[k]; ok {
 			t.Errorf("detail.%s present for a check without it: %v", k, plain)
 		}
+	}
+}
+
+// A verification's verdict reads back the same from memory and from the
+// stream, as a rollback.verified or rollback.unhelpful record only.
+func TestVerificationReadBack(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	at := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	d := VerifyDetail{RequestID: "rb-1", Outcome: VerifyNotRecovered, From: "v2", To: "v1", RolledBackAt: at,
+		WithinSeconds: 300, SkippedMeasurements: 2,
+		Checks: []VerifyCheck{
+			{Check: "errors", Query: "q", Counts: Counts{Fail: 10}, EvalTime: at.Add(5 * time.Minute), Value: f(0.3),
+				Threshold: "max 0.05", Outcome: "fail", Reason: "0.3 > max 0.05"},
+			{Check: "latency", Query: "l", Counts: Counts{Inconclusive: 10}, Outcome: "inconclusive", Reason: "no data"},
+		}}
+	for _, kind := range []string{RollbackVerified, RollbackUnhelpful} {
+		inMemory := Record{Kind: kind, Detail: d.Map()}
+		var m Memory
+		if err := m.Record(context.Background(), inMemory); err != nil {
+			t.Fatal(err)
+		}
+		for name, r := range map[string]Record{"in memory": inMemory, "from the stream": m.All()[0]} {
+			got, ok := r.Verification()
+			if !ok || !reflect.DeepEqual(got, d) {
+				t.Errorf("%s %s: read back\n %+v (%v)\nwant\n %+v", kind, name, got, ok, d)
+			}
+		}
+	}
+	if !reflect.DeepEqual(wire(t, d), wire(t, d.Map())) {
+		t.Errorf("VerifyDetail JSON differs from its Map:\n%v\n%v", wire(t, d), wire(t, d.Map()))
+	}
+	if _, ok := (Record{Kind: RunFailed, Detail: d.Map()}).Verification(); ok {
+		t.Error("a run.failed record read as a verification")
 	}
 }

@@ -412,6 +412,20 @@ func (c *Check) Limits() map[string]any {
 //	[dry-run] latency = 0.7 > max 0.5 (failure 1 of limit 0)
 //	latency-vs-before: +4% [-1%, +9%] ok (compare with pre_deploy over 30m: increase > 20% at 98%)
 func (c *Check) Describe(j Judgement, t Tally) string {
+	return c.describe(j, &t)
+}
+
+// DescribeOne is Describe without the counts: one measurement on its own,
+// such as one taken after a rollback, which no limit counts.
+//
+//	orders-per-minute = 12 < min 50
+//	orders-per-minute = 73 ok (min 50)
+//	orders-per-minute: no data
+func (c *Check) DescribeOne(j Judgement) string {
+	return c.describe(j, nil)
+}
+
+func (c *Check) describe(j Judgement, tally *Tally) string {
 	var b strings.Builder
 	if c.DryRun {
 		b.WriteString("[dry-run] ")
@@ -434,6 +448,13 @@ func (c *Check) Describe(j Judgement, t Tally) string {
 		b.WriteString(" = " + j.Reason)
 	default: // "0.62 x baseline 171 < min_ratio 0.8", "no baseline"
 		b.WriteString(" = " + v + ": " + j.Reason)
+	}
+	if j.Outcome != Pass && tally == nil {
+		return b.String()
+	}
+	var t Tally
+	if tally != nil {
+		t = *tally
 	}
 	switch j.Outcome {
 	case Pass:

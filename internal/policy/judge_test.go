@@ -424,6 +424,27 @@ func TestDescribe(t *testing.T) {
 			t.Errorf("Describe(%+v)\n got %s\nwant %s", j, got, tc.want)
 		}
 	}
+
+	// One measurement on its own (after a rollback) says the same,
+	// without counts that no limit applies to.
+	for _, tc := range []struct {
+		check  *Check
+		values []Series
+		err    error
+		want   string
+	}{
+		{orders, one(12), nil, "orders-per-minute = 12 < min 50"},
+		{orders, one(73), nil, "orders-per-minute = 73 ok (min 50)"},
+		{orders, nil, nil, "orders-per-minute: no data"},
+		{limited, nil, errors.New("timeout"), "orders: query failed: timeout"},
+		{passOnNoData, nil, nil, "orders-per-minute: no data, counted as a pass (no_data: pass)"},
+		{each, instances("a", 0.01, "b", 0.09), nil, `error-ratio-each-instance: {instance="b"} 0.09 > max 0.05 (1 of 2 series failed)`},
+	} {
+		j := tc.check.Judge(tc.values, nil, tc.err)
+		if got := tc.check.DescribeOne(j); got != tc.want {
+			t.Errorf("DescribeOne(%+v)\n got %s\nwant %s", j, got, tc.want)
+		}
+	}
 }
 
 func TestFormatNumber(t *testing.T) {

@@ -132,6 +132,9 @@ type lookAt struct {
 	start   time.Time // the run's start, which its looks' times follow
 	deploy  time.Time // when the deploy happened
 	version string    // the deploy's version, for canary
+	// after, when set, is where the after side starts instead of the
+	// deploy: a rollback's completion, for its verification.
+	after time.Time
 }
 
 // shifts are the sources of a comparison's data other than its after
@@ -188,7 +191,11 @@ func (st *compareState) look(ctx context.Context, q Querier, reg *stepStores, at
 	c, p, deploy := at.check, at.policy, at.deploy
 	cmp := c.Compare
 	step := time.Duration(cmp.Step)
-	first := afterStart(c, p, deploy)
+	sideFrom := deploy
+	if !at.after.IsZero() {
+		sideFrom = at.after
+	}
+	first := afterStart(c, p, sideFrom)
 	end := gridFloor(ts, step)
 	stores := st.stores(reg, at, ts)
 	split := cmp.With.Kind == policy.WithCanary

@@ -38,7 +38,7 @@ func (w *Watcher) step(r *Run) {
 	if stopped() {
 		return
 	}
-	mv := nextMove(r.snapshot(w.QueryTimeout), r.Policy, time.Now())
+	mv := r.nextMove(r.snapshot(w.QueryTimeout), time.Now())
 	if mv.kind == moveMeasure {
 		cut, err := w.measure(ctx, r, mv.at, mv.budget, mv.timeout)
 		if stopped() {
@@ -53,7 +53,7 @@ func (w *Watcher) step(r *Run) {
 		r.mu.Unlock()
 		s := r.snapshot(w.QueryTimeout)
 		s.Measured, s.Cut = true, cut
-		mv = nextMove(s, r.Policy, time.Now())
+		mv = r.nextMove(s, time.Now())
 		if mv.kind == moveWait {
 			if err := w.save(ctx, r); errors.Is(err, errRunLost) {
 				w.lost(r)
@@ -84,7 +84,16 @@ func (w *Watcher) superseded(ctx context.Context, r *Run) {
 	if s.SupersededBy == nil {
 		return
 	}
-	w.settle(ctx, r, nextMove(s, r.Policy, time.Now()))
+	w.settle(ctx, r, r.nextMove(s, time.Now()))
+}
+
+// nextMove is what r does next: a run's (nextMove) or a verification's
+// (nextVerifyMove).
+func (r *Run) nextMove(s runSnapshot, now time.Time) move {
+	if r.verify != nil {
+		return nextVerifyMove(s, r.Policy, now)
+	}
+	return nextMove(s, r.Policy, now)
 }
 
 // settle carries out a decision of nextMove: it records the verdict, with
@@ -92,6 +101,10 @@ func (w *Watcher) superseded(ctx context.Context, r *Run) {
 // verdict asks for.
 func (w *Watcher) settle(ctx context.Context, r *Run, mv move) {
 	if mv.kind != moveDecide {
+		return
+	}
+	if r.verify != nil && mv.outcome != "" {
+		w.settleVerify(ctx, r, mv)
 		return
 	}
 	checks := make([]*checkState, len(mv.checks))
@@ -106,7 +119,7 @@ func (w *Watcher) settle(ctx context.Context, r *Run, mv move) {
 		w.requestRollback(ctx, r, mv.verdict, mv.record, events.ClampReason(mv.reason), detail)
 		return
 	}
-	w.decide(ctx, r, mv.verdict, mv.record, mv.reason, detail, nil)
+	w.decide(ctx, r, decision{verdict: mv.verdict, kind: mv.record, reason: mv.reason, detail: detail.Map()})
 }
 
 // checkDetails details the checks that decided a verdict.
@@ -132,17 +145,27 @@ func countsOf(t policy.Tally) audit.Counts {
 	return audit.Counts{Pass: t.Pass, Fail: t.Fail, Inconclusive: t.Inconclusive, Error: t.Error, ConsecutiveErrors: t.ConsecutiveErrors}
 }
 
+// decision is a verdict as decide stores it.
+type decision struct {
+	verdict, kind, reason string
+	detail                map[string]any
+	request               *events.RollbackRequest // the rollback it asks for
+	// verify names the checks a rollback's verification measures again.
+	verify []string
+}
+
 // decide stores r's verdict (and the rollback it asks for, if any), then
 // concludes it. The verdict is stored first so that a process dying
 // half-way leaves a decided run, which whoever resumes it concludes
 // instead of judging again. It reports whether this call decided r.
-func (w *Watcher) decide(ctx context.Context, r *Run, verdict, kind, reason string, detail audit.VerdictDetail, req *events.RollbackRequest) bool {
+func (w *Watcher) decide(ctx context.Context, r *Run, d decision) bool {
 	r.mu.Lock()
 	if r.verdict != VerdictPending {
 		r.mu.Unlock()
 		return false
 	}
-	r.verdict, r.reason, r.kind, r.detail, r.request, r.ended = verdict, reason, kind, detail.Map(), req, time.Now().UTC()
+	r.verdict, r.reason, r.kind, r.detail, r.request, r.ended = d.verdict, d.reason, d.kind, d.detail, d.request, time.Now().UTC()
+	r.verifyChecks = d.verify
 	r.mu.Unlock()
 	switch err := w.save(ctx, r); {
 	case errors.Is(err, errRunLost):
@@ -169,7 +192,14 @@ func (w *Watcher) conclude(ctx context.Context, r *Run) {
 	if err := w.recordID(ctx, r, r.ID+".verdict", kind, reason, detail); err != nil {
 		w.logger.Error("verdict not recorded", "run", r.ID, "verdict", verdict, "err", err)
 	}
+	if r.verify != nil {
+		w.concludeVerify(ctx, r, verdict, reason)
+		return
+	}
 	if req != nil {
+		// What to verify is stored before the request goes out: the
+		// rollback may complete before this returns.
+		w.awaitRollback(ctx, r, *req)
 		if err := rollbackreq.Publish(ctx, w.JS, *req); err != nil {
 			w.logger.Error("rollback request not published", "run", r.ID, "err", err)
 		}

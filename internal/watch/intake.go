@@ -69,9 +69,10 @@ func (w *Watcher) handleDeploy(ctx context.Context, subject string, hdr nats.Hea
 	switch {
 	case errors.As(err, &notDeploy) && hdr.Get(events.HeaderAnnouncement) != "" && notDeploy.RolledBack():
 		// Our own announcement of a rollback, already recorded as
-		// rollback.completed: counted, not recorded again.
-		w.logger.Debug("own service.rolledback announcement passed over", "subject", subject)
-		return "ignored", nil
+		// rollback.completed: counted, not recorded again. It starts the
+		// rollback's verification when its run asked for one.
+		w.logger.Debug("own service.rolledback announcement", "subject", subject)
+		return "ignored", w.rolledBack(ctx, subject, data)
 	case errors.As(err, &notDeploy):
 		env, svc := events.SubjectNames(subject)
 		return "ignored", w.Audit.Record(ctx, audit.Record{

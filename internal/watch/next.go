@@ -68,6 +68,8 @@ type move struct {
 	// detail is what else the verdict record carries: skipped
 	// measurements, on_inconclusive, the deploy that superseded the run.
 	detail audit.VerdictDetail
+	// outcome is a verification's (audit.Verify*).
+	outcome string
 }
 
 // runSnapshot is what nextMove needs to know of a run.
@@ -99,8 +101,13 @@ type runSnapshot struct {
 
 // checkProgress is a check's measurements so far.
 type checkProgress struct {
-	Tally policy.Tally
-	Last  string // why the last measurement came out as it did
+	Tally   policy.Tally
+	Last    string // why the last measurement came out as it did
+	Outcome string // the last measurement's outcome, "" before one
+	Judged  string // the outcome of the last pass or fail, "" before one
+	// Value and Threshold are the last measurement's.
+	Value     *float64
+	Threshold string
 }
 
 // nextMove says what the run in s, validated against p, does at now:

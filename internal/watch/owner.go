@@ -70,7 +70,17 @@ func (w *Watcher) openStore(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	w.runs, w.alive = runs, alive
+	verifies, err := bus.EnsureKeyValue(ctx, w.JS, jetstream.KeyValueConfig{
+		Bucket:      VerifyBucket,
+		Description: "rollbacks waiting to be verified once they complete, by request id (rollback watcher)",
+		TTL:         verifyTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+	})
+	if err != nil {
+		return err
+	}
+	w.runs, w.alive, w.verifies = runs, alive, verifies
 	return w.heartbeat(ctx)
 }
 
@@ -228,8 +238,12 @@ func (w *Watcher) adopt(ctx context.Context, st runState, rev uint64) error {
 	r.mu.Lock()
 	next, rev := r.next, r.rev
 	r.mu.Unlock()
+	what := "run"
+	if r.verify != nil {
+		what = "verification of rollback " + r.verify.RequestID
+	}
 	if err := w.recordID(ctx, r, fmt.Sprintf("%s.resumed.%d", r.ID, rev), RunResumed,
-		fmt.Sprintf("run resumed by replica %s (was %s); next measurement due %s", w.Replica, from, next.Format(time.RFC3339Nano)),
+		fmt.Sprintf("%s resumed by replica %s (was %s); next measurement due %s", what, w.Replica, from, next.Format(time.RFC3339Nano)),
 		audit.RunResumedDetail{Replica: w.Replica, PreviousOwner: from, NextMeasurement: next, Verdict: r.verdict}.Map()); err != nil {
 		w.logger.Warn("run.resumed not recorded", "run", id, "err", err)
 	}

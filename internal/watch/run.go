@@ -59,6 +59,13 @@ type Run struct {
 	kind    string    // audit kind of the verdict
 	detail  map[string]any
 	request *events.RollbackRequest // the rollback a decided run asks for
+	// verifyChecks name the checks that decided a run which asked for a
+	// rollback: what rollback.verify measures again once it completed.
+	verifyChecks []string
+
+	// verify is set on a run that verifies a rollback instead of
+	// validating a deploy (verify.go); it never changes.
+	verify *verifyState
 }
 
 type checkState struct {
@@ -67,7 +74,11 @@ type checkState struct {
 	tally    policy.Tally
 	baseline []policy.Series
 	last     *MeasurementStatus
-	cmp      *compareState // for a check that compares
+	// judged is the outcome of the last measurement that passed or
+	// failed, "" before one did: a verification that ends without
+	// recovering says whether a check still fails or could not be seen.
+	judged string
+	cmp    *compareState // for a check that compares
 }
 
 func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run, error) {
@@ -103,8 +114,12 @@ func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run
 }
 
 // deployTime is when the deploy happened, for pre_deploy baselines: the
-// event's time when it is plausible, else its arrival.
+// event's time when it is plausible, else its arrival. A verification
+// keeps its run's: it measures against the same baselines.
 func (r *Run) deployTime() time.Time {
+	if r.verify != nil {
+		return r.verify.DeployTime
+	}
 	if t := r.Deploy.Time; !t.IsZero() && !t.After(r.Start) {
 		return t
 	}
@@ -143,8 +158,11 @@ func (r *Run) snapshot(timeout time.Duration) runSnapshot {
 	}
 	for i, cs := range r.checks {
 		s.Checks[i].Tally = cs.tally
+		s.Checks[i].Judged = cs.judged
 		if cs.last != nil {
 			s.Checks[i].Last = cs.last.Reason
+			s.Checks[i].Outcome = cs.last.Outcome
+			s.Checks[i].Value, s.Checks[i].Threshold = cs.last.Value, cs.last.Threshold
 		}
 	}
 	return s
@@ -204,7 +222,7 @@ func (r *Run) take(ctx context.Context, q Querier, steps *stepStores, ts time.Ti
 				a.vec, a.err = q.Query(qctx, cs.query, ts)
 			}
 			if cs.cmp != nil {
-				at := lookAt{policy: r.Policy, check: c, start: r.Start, deploy: r.deployTime(), version: r.Deploy.Version}
+				at := lookAt{policy: r.Policy, check: c, start: r.Start, deploy: r.deployTime(), after: r.afterFrom(), version: r.Deploy.Version}
 				a.sides, a.cmpErr = cs.cmp.look(qctx, q, steps, at, ts)
 			}
 			for _, err := range []*error{&a.err, &a.cmpErr} {
@@ -250,6 +268,9 @@ func (r *Run) count(i int, m taken, ts time.Time) (string, audit.MeasurementDeta
 	r.mu.Lock()
 	cs.tally.Add(j.Outcome)
 	tally := cs.tally
+	if j.Outcome == policy.Pass || j.Outcome == policy.Fail {
+		cs.judged = string(j.Outcome)
+	}
 	cs.last = &MeasurementStatus{
 		Check: c.Name, Time: ts, Value: jsonFloat(j.Value), Outcome: string(j.Outcome),
 		Threshold: j.Threshold, Reason: j.Reason, DryRun: c.DryRun,
@@ -257,6 +278,10 @@ func (r *Run) count(i int, m taken, ts time.Time) (string, audit.MeasurementDeta
 	r.mu.Unlock()
 	md := measurementDetail(cs, j, tally, m.vec, ts, m.baseAt)
 	md.Comparison = comparisonDetail(cs, m.cr, m.sides)
+	if v := r.verify; v != nil {
+		md.Verification = &audit.VerificationRef{RequestID: v.RequestID, RolledBackAt: r.Start.UTC()}
+		return v.describe(c, j), md
+	}
 	if md.Comparison != nil && j.Outcome == policy.Pass && m.cr.Look < m.cr.Looks {
 		// The chart's samples ride on the looks people read: a
 		// failure, a doubt, the last look. A passing look on the way

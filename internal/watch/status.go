@@ -40,7 +40,11 @@ func (w *Watcher) Runs() (active, recent []RunStatus) {
 	w.mu.Lock()
 	act := make([]*Run, 0, len(w.active))
 	for _, r := range w.active {
-		act = append(act, r)
+		// A rollback's verification is no deploy's run: its records
+		// tell of it (README "Did the rollback help?").
+		if r.verify == nil {
+			act = append(act, r)
+		}
 	}
 	rec := append([]*Run(nil), w.recent...)
 	w.mu.Unlock()

@@ -54,6 +54,14 @@ type runState struct {
 	Detail  map[string]any          `json:"detail,omitempty"`
 	Request *events.RollbackRequest `json:"request,omitempty"`
 	Ended   time.Time               `json:"ended,omitzero"`
+	// VerifyChecks are the checks a decided run's rollback verification
+	// measures again (rollback.verify).
+	VerifyChecks []string `json:"verify_checks,omitempty"`
+
+	// Verify is set on a verification of a rollback (verify.go): its
+	// Policy is its run's whole policy, from which Verify.Checks are
+	// measured; Start is when the rollback completed.
+	Verify *verifyState `json:"verify,omitempty"`
 }
 
 // storedCheck is a checkState as stored.
@@ -62,6 +70,7 @@ type storedCheck struct {
 	Tally    policy.Tally       `json:"tally"`
 	Baseline []storedSeries     `json:"baseline,omitempty"`
 	Last     *MeasurementStatus `json:"last,omitempty"`
+	Judged   string             `json:"judged,omitempty"`
 }
 
 // storedSeries keeps a value as text: a baseline may be NaN or infinite,
@@ -77,13 +86,10 @@ func (r *Run) state() runState {
 		ID: r.ID, Seq: r.seq, Deploy: r.Deploy, Format: r.Deploy.Format, Policy: r.Policy.Snapshot(),
 		Start: r.Start, Next: r.next, Owner: r.owner,
 		Verdict: r.verdict, Reason: r.reason, Kind: r.kind, Detail: r.detail, Request: r.request, Ended: r.ended,
+		VerifyChecks: r.verifyChecks, Verify: r.verify,
 	}
 	for _, cs := range r.checks {
-		c := storedCheck{Check: cs.check.Name, Tally: cs.tally, Last: cs.last}
-		for _, s := range cs.baseline {
-			c.Baseline = append(c.Baseline, storedSeries{Labels: s.Labels, Value: strconv.FormatFloat(s.Value, 'g', -1, 64)})
-		}
-		st.Checks = append(st.Checks, c)
+		st.Checks = append(st.Checks, storedCheck{Check: cs.check.Name, Tally: cs.tally, Last: cs.last, Judged: cs.judged, Baseline: storedBaseline(cs.baseline)})
 	}
 	return st
 }
@@ -94,6 +100,11 @@ func restoreRun(st runState, rev uint64) (*Run, error) {
 	p, err := st.Policy.Policy()
 	if err != nil {
 		return nil, err
+	}
+	if st.Verify != nil {
+		if p, err = verifyPolicy(p, st.Verify.Checks); err != nil {
+			return nil, fmt.Errorf("run %s: %w", st.ID, err)
+		}
 	}
 	d := st.Deploy
 	d.Format = st.Format
@@ -111,6 +122,7 @@ func restoreRun(st runState, rev uint64) (*Run, error) {
 	}
 	r.dueThen = r.next
 	r.verdict, r.reason, r.kind, r.detail, r.request, r.ended = st.Verdict, st.Reason, st.Kind, st.Detail, st.Request, st.Ended
+	r.verifyChecks, r.verify = st.VerifyChecks, st.Verify
 	if r.verdict == "" {
 		r.verdict = VerdictPending
 	}
@@ -122,7 +134,7 @@ func restoreRun(st runState, rev uint64) (*Run, error) {
 		if c.Check != cs.check.Name {
 			return nil, fmt.Errorf("run %s: stored check %q where its policy has %q", st.ID, c.Check, cs.check.Name)
 		}
-		cs.tally, cs.last = c.Tally, c.Last
+		cs.tally, cs.last, cs.judged = c.Tally, c.Last, c.Judged
 		for _, s := range c.Baseline {
 			v, err := strconv.ParseFloat(s.Value, 64)
 			if err != nil {

@@ -60,6 +60,9 @@ type Watcher struct {
 	ids     jetstream.KeyValue
 	runs    jetstream.KeyValue
 	alive   jetstream.KeyValue
+	// verifies holds the rollbacks to verify once they complete
+	// (verify.go).
+	verifies jetstream.KeyValue
 	// startLive are the replicas live at start, for tend to notice one
 	// going.
 	startLive map[string]bool
@@ -71,11 +74,18 @@ type Watcher struct {
 	// superseding without a scan of every run.
 	byService map[string]map[string]*Run
 	recent    []*Run
+	// verifying counts the active runs that verify a rollback: they are
+	// in active (and byService, for a deploy to supersede them), and
+	// are not validation runs in their window.
+	verifying int
 }
 
 func serviceKey(r *Run) string { return r.Deploy.Environment + "\x00" + r.Deploy.Service }
 
 func (w *Watcher) addActiveLocked(r *Run) {
+	if _, ok := w.active[r.ID]; !ok && r.verify != nil {
+		w.verifying++
+	}
 	w.active[r.ID] = r
 	k := serviceKey(r)
 	if w.byService[k] == nil {
@@ -85,6 +95,9 @@ func (w *Watcher) addActiveLocked(r *Run) {
 }
 
 func (w *Watcher) removeActiveLocked(r *Run) {
+	if _, ok := w.active[r.ID]; ok && r.verify != nil {
+		w.verifying--
+	}
 	delete(w.active, r.ID)
 	k := serviceKey(r)
 	delete(w.byService[k], r.ID)
@@ -133,7 +146,7 @@ func (w *Watcher) init() {
 		}, func() float64 {
 			w.mu.Lock()
 			defer w.mu.Unlock()
-			return float64(len(w.active))
+			return float64(len(w.active) - w.verifying)
 		}),
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "watcher_runs_total", Help: "Validation runs ended, by verdict.",
@@ -273,13 +286,17 @@ func (w *Watcher) hasRun(id string) bool {
 }
 
 // start schedules r, and supersedes the older runs of the same service and
-// environment: what they validate is no longer what is deployed.
+// environment: what they validate is no longer what is deployed. A
+// verification supersedes nothing (a rollback is no deploy), and is
+// superseded by the next deploy like a run.
 func (w *Watcher) start(ctx context.Context, r *Run) {
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	var older []*Run
 	w.mu.Lock()
 	for _, o := range w.byService[serviceKey(r)] {
-		older = append(older, o)
+		if r.verify == nil {
+			older = append(older, o)
+		}
 	}
 	w.addActiveLocked(r)
 	w.mu.Unlock()
@@ -297,7 +314,9 @@ func (w *Watcher) start(ctx context.Context, r *Run) {
 			w.superseded(ctx, o)
 		}
 	}
-	w.warm(ctx, r)
+	if r.verify == nil {
+		w.warm(ctx, r)
+	}
 	r.mu.Lock()
 	next := r.next
 	r.mu.Unlock()
@@ -310,7 +329,12 @@ func (w *Watcher) start(ctx context.Context, r *Run) {
 func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason string, detail audit.VerdictDetail) {
 	req := rollbackreq.FromRun(r.ID, r.Deploy, r.seq, r.Policy.Name, reason, time.Now())
 	detail.RequestID = req.ID
-	w.decide(ctx, r, verdict, kind, reason+"; rollback requested ("+req.ID+")", detail, &req)
+	verify := make([]string, len(detail.Checks))
+	for i, c := range detail.Checks {
+		verify[i] = c.Check
+	}
+	w.decide(ctx, r, decision{verdict: verdict, kind: kind, reason: reason + "; rollback requested (" + req.ID + ")",
+		detail: detail.Map(), request: &req, verify: verify})
 }
 
 func (w *Watcher) record(ctx context.Context, r *Run, kind, msg string, detail map[string]any) error {
@@ -319,10 +343,18 @@ func (w *Watcher) record(ctx context.Context, r *Run, kind, msg string, detail m
 
 // recordID is record with a message id: the same step repeated by a
 // resumed run is stored once.
+//
+// A verification's records carry its run's id and its rollback request's:
+// `watcher history --run` shows the run, its rollback and whether that
+// helped, in one table.
 func (w *Watcher) recordID(ctx context.Context, r *Run, msgID, kind, msg string, detail map[string]any) error {
-	return w.Audit.Record(ctx, audit.Record{
+	rec := audit.Record{
 		Kind: kind, RunID: r.ID, DeployID: r.Deploy.ID, Service: r.Deploy.Service,
 		Environment: r.Deploy.Environment, Version: r.Deploy.Version, Policy: r.Policy.Name,
 		Message: msg, Detail: detail, MsgID: msgID,
-	})
+	}
+	if v := r.verify; v != nil {
+		rec.RunID, rec.RequestID = v.RunID, v.RequestID
+	}
+	return w.Audit.Record(ctx, rec)
 }
