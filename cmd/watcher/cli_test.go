@@ -76,6 +76,9 @@ func TestBadCommandLines(t *testing.T) {
 		{"rollback without reason", []string{"rollback", closed, "--service=shop", "--environment=production"}, "--reason"},
 		{"rollback path to-version", []string{"rollback", closed, "--service=shop", "--environment=production",
 			"--to-version=../x", "--reason=r"}, `field "to_version"`},
+		{"cancel without reason", []string{"cancel", closed, "--request=rb-1"}, "--reason"},
+		{"cancel wildcard request", []string{"cancel", closed, "--request=rb-*", "--reason=r"}, `--request="rb-*" is not a request id`},
+		{"approve control characters", []string{"approve", closed, "--request=rb-1", "--reason=ok\x1b[2J"}, "--reason contains control characters"},
 		{"history limit not a number", []string{"history", closed, "--limit=abc"}, "limit"},
 		{"activate without release", []string{"activate", "--link=/tmp/x"}, "--release"},
 		{"unknown command", []string{"frobnicate"}, "frobnicate"},
@@ -103,6 +106,8 @@ func TestUnreachableServer(t *testing.T) {
 		{"publish", url, "--service=shop", "--environment=production", "--version=2026.11.25-1"},
 		{"history", url},
 		{"rollback", url, "--service=shop", "--environment=production", "--reason=test"},
+		{"cancel", url, "--request=rb-1", "--reason=test"},
+		{"approve", url, "--request=rb-1", "--reason=test"},
 	} {
 		t.Run(args[0], func(t *testing.T) {
 			code, out, errOut := cliWithin(t, 20*time.Second, args...)
@@ -295,7 +300,7 @@ func TestVersionAndHelp(t *testing.T) {
 	// for one, and no default carries one (a URL with user:password@).
 	flagRE := regexp.MustCompile(`--(?:\[no-\])?([a-z][a-z0-9.-]*)(?:=("[^"]*"|\S+))?`)
 	secretName := regexp.MustCompile(`(?i)pass|secret|token|credential|nkey|key$`)
-	for _, cmd := range []string{"run", "publish", "rollback", "history", "check", "activate"} {
+	for _, cmd := range []string{"run", "publish", "rollback", "history", "check", "activate", "cancel", "approve"} {
 		code, out, errOut := cli(t, cmd, "--help")
 		if code != 0 || errOut != "" {
 			t.Errorf("%s --help: exit %d, stderr %q", cmd, code, errOut)

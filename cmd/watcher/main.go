@@ -89,6 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 	addCheck(app, cmds)
 	addPublish(app, cmds)
 	addRollback(app, cmds)
+	addDecide(app, cmds)
 	addHistory(app, cmds)
 	addActivate(app, cmds)
 	addDrill(app, cmds)

@@ -54,6 +54,8 @@ func TestSecuredEmbeddedServer(t *testing.T) {
           - "$JS.API.CONSUMER.INFO.AUDIT.>"
           - "$JS.API.CONSUMER.MSG.NEXT.AUDIT.>"
           - "$JS.API.CONSUMER.DELETE.AUDIT.>"
+          - "$JS.API.STREAM.INFO.KV_WATCHER_ROLLBACK_REQUESTS"
+          - "$JS.API.DIRECT.GET.KV_WATCHER_ROLLBACK_REQUESTS.>"
         subscribe: ["_INBOX.>"]
 `, cert, key))
 	client := func(name, body string) string {
@@ -96,6 +98,18 @@ func TestSecuredEmbeddedServer(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "tls_config") {
 		t.Errorf("plain-text watcher publish: exit %d, stderr %q; want a TLS error", code, errOut)
 	}
+
+	// The operator may look a held request up (the README's grants for
+	// `watcher cancel`); this one is unknown. The deploy tool may not.
+	code, _, errOut = cli(t, "cancel", url, ops, "--request=rb-unknown", "--reason=checking")
+	if code != 1 || !strings.Contains(errOut, "unknown rollback request rb-unknown") {
+		t.Errorf("ops: watcher cancel of an unknown request: exit %d, stderr %q; want 1, unknown", code, errOut)
+	}
+	code, _, errOut = cli(t, "cancel", url, ci, "--request=rb-unknown", "--reason=checking")
+	if code == 0 || !strings.Contains(errOut, "Permissions Violation") {
+		t.Errorf("ci-shop: watcher cancel: exit %d, stderr %q; want a permission violation", code, errOut)
+	}
+	assertOneLine(t, errOut)
 
 	// The operator requests a rollback and reads the trail.
 	if code, _, errOut := cli(t, "rollback", url, ops, "--service=shop", "--environment=prod", "--reason=ops says so"); code != 0 {

@@ -125,7 +125,7 @@ func DecodeRollbackRequest(subject string, data []byte) (RollbackRequest, error)
 		return RollbackRequest{}, err
 	}
 	m, err := object("json", data, "id", "service", "environment", "version", "to_version", "hosts",
-		"labels", "reason", "source", "run_id", "deploy_id", "deploy_seq", "policy", "time", "alert")
+		"labels", "reason", "source", "run_id", "deploy_id", "deploy_seq", "policy", "time", "alert", "ask")
 	if err != nil {
 		return RollbackRequest{}, err
 	}
@@ -155,6 +155,9 @@ func DecodeRollbackRequest(subject string, data []byte) (RollbackRequest, error)
 		return RollbackRequest{}, err
 	}
 	if r.Alert, err = decodeAlertRef(m["alert"]); err != nil {
+		return RollbackRequest{}, err
+	}
+	if r.Ask, err = boolean("ask", m["ask"]); err != nil {
 		return RollbackRequest{}, err
 	}
 	if err := r.Validate(); err != nil {

@@ -159,6 +159,17 @@ func str(field string, raw json.RawMessage) (string, error) {
 	return s, nil
 }
 
+// boolean decodes a JSON true or false; a missing member is false.
+func boolean(field string, raw json.RawMessage) (bool, error) {
+	if raw == nil {
+		return false, nil
+	}
+	if k := kind(raw); k != "a boolean" {
+		return false, &RejectError{Field: field, Reason: "must be true or false, not " + k}
+	}
+	return string(bytes.TrimSpace(raw)) == "true", nil
+}
+
 // sequence decodes a JSON member holding a stream sequence (a whole
 // number from 1 up); a missing member (or null) is 0.
 func sequence(field string, raw json.RawMessage) (uint64, error) {

@@ -77,6 +77,11 @@ type RollbackRequest struct {
 	Time      time.Time `json:"time"`
 	// Alert names the alert that asked for the rollback (source alert).
 	Alert *AlertRef `json:"alert,omitempty"`
+	// Ask says the requester wants a person's answer first: the run ended
+	// marginal under on_marginal: ask. The executor holds the request for
+	// `watcher approve` or `watcher cancel` until rollback.hold ends
+	// (README "Notifications, holds and verification").
+	Ask bool `json:"ask,omitempty"`
 }
 
 // AlertRef names an Alertmanager alert, as the audit of the rollback it

@@ -69,6 +69,7 @@ type Executor struct {
 	hostFailures *prometheus.CounterVec
 	byService    *prometheus.CounterVec
 	restore      *prometheus.HistogramVec
+	holds        *prometheus.CounterVec
 	keys         sync.Map // "env/service" -> *sync.Mutex
 	wg           sync.WaitGroup
 }
@@ -83,7 +84,7 @@ const (
 // Register adds the executor's metrics to reg.
 func (e *Executor) Register(reg prometheus.Registerer) {
 	e.init()
-	reg.MustRegister(e.results, e.duration, e.hostFailures, e.byService, e.restore)
+	reg.MustRegister(e.results, e.duration, e.hostFailures, e.byService, e.restore, e.holds)
 }
 
 // init fills in the defaults once, under a sync.Once: Execute may be called
@@ -131,9 +132,16 @@ func (e *Executor) setup() {
 		Name: "watcher_restore_seconds", Help: "Time from a rollback's request (the decision) to all its hosts switched, by service and environment.",
 		Buckets: []float64{1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200},
 	}, []string{"service", "environment"})
+	e.holds = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "watcher_rollback_holds_total",
+		Help: "Held rollback requests, by what happened: held (announced), approved and cancelled (by a person), deadline_keep and deadline_rollback (an unanswered ask ended with its ask_default), executed (after a hold), refused (a decision that came too late or named no held request).",
+	}, []string{"result"})
 	for _, r := range []string{ResultCompleted, ResultFailed, ResultSkipped} {
 		e.results.WithLabelValues(r)
 		e.duration.WithLabelValues(r)
+	}
+	for _, r := range []string{holdHeld, holdApproved, holdCancelled, holdDeadlineKeep, holdDeadlineRollback, holdExecuted, holdRefused} {
+		e.holds.WithLabelValues(r)
 	}
 }
 
@@ -166,7 +174,11 @@ func (e *Executor) executeTracked(ctx context.Context, req events.RollbackReques
 	lock := e.lockFor(req.Environment + "/" + req.Service)
 	lock.Lock()
 	defer lock.Unlock()
+	return e.executeLocked(ctx, req, tr)
+}
 
+// executeLocked is executeTracked with the service's lock held.
+func (e *Executor) executeLocked(ctx context.Context, req events.RollbackRequest, tr *tracker) Result {
 	start := time.Now()
 	res := e.execute(ctx, req, tr)
 	e.results.WithLabelValues(res.Status).Inc()
@@ -225,6 +237,9 @@ func (e *Executor) execute(ctx context.Context, req events.RollbackRequest, tr *
 	}
 	if req.Alert != nil {
 		requested.Message += fmt.Sprintf(" (alert %s, fingerprint %s)", req.Alert.Name, req.Alert.Fingerprint)
+	}
+	if h := tr.hold(); h != nil {
+		requested.Message += "; " + heldNote(h)
 	}
 	skip := ""
 	switch {

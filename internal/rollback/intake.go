@@ -12,7 +12,8 @@ import (
 	"github.com/rollback-watcher/watcher/internal/rollbackreq"
 )
 
-// Taking rollback requests off ROLLBACKS, once each.
+// Taking rollback requests, and decisions on held ones, off ROLLBACKS,
+// once each.
 
 // Start consumes ROLLBACKS in the background until ctx ends.
 func (e *Executor) Start(ctx context.Context) error {
@@ -26,7 +27,11 @@ func (e *Executor) Start(ctx context.Context) error {
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		// A fleet rollback with a data step can take minutes; the handler
 		// also marks progress so a slow one is not redelivered.
-		AckWait:       e.AckWait,
+		AckWait: e.AckWait,
+		// A held request stays pending (sent back with a delay until its
+		// execute_at), so this also bounds how many can be held at once.
+		// MaxDeliver is left unlimited: each return of a held request is
+		// a delivery.
 		MaxAckPending: 256,
 		// A new consumer must not replay old requests from the stream.
 		DeliverPolicy: jetstream.DeliverNewPolicy,
@@ -37,6 +42,7 @@ func (e *Executor) Start(ctx context.Context) error {
 	if err := bus.ConsumeBounded(ctx, cons, e.Workers, &e.wg, bus.RollbacksStream, e.handle); err != nil {
 		return err
 	}
+	e.rearm(ctx)
 	return nil
 }
 
@@ -44,11 +50,15 @@ func (e *Executor) Start(ctx context.Context) error {
 func (e *Executor) Wait() { e.wg.Wait() }
 
 func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
-	req, rej := rollbackreq.Decode(msg.Subject(), msg.Data())
+	m, rej := rollbackreq.DecodeMessage(msg.Subject(), msg.Data())
 	if rej != nil {
+		what := "rollback request"
+		if rej.Decision {
+			what = "rollback decision"
+		}
 		if aerr := e.Audit.Record(ctx, audit.Record{
 			Kind: audit.EventRejected, Service: rej.Service, Environment: rej.Environment,
-			Message: "rollback request rejected: " + rej.Err.Error(),
+			Message: what + " rejected: " + rej.Err.Error(),
 			Detail:  audit.EventRejectedDetail{Subject: rej.Subject, Field: rej.Field}.Map(),
 		}); aerr != nil {
 			e.logger.Error("rejection not recorded; will retry", "err", aerr)
@@ -58,6 +68,11 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
+	if m.Decision != nil {
+		e.decide(ctx, msg, *m.Decision)
+		return
+	}
+	req := *m.Request
 	tr, err := e.track(ctx, req.ID)
 	if err != nil {
 		e.logger.Error("rollback request not handled; will retry", "request", req.ID, "err", err)
@@ -72,6 +87,7 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
 		t := time.NewTicker(e.AckWait / 4)
 		defer t.Stop()
@@ -84,8 +100,31 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 			}
 		}
 	}()
-	res := e.executeTracked(ctx, req, tr)
-	close(stop)
+	lock := e.lockFor(req.Environment + "/" + req.Service)
+	lock.Lock()
+	defer lock.Unlock()
+	var seq uint64
+	if md, err := msg.Metadata(); err == nil {
+		seq = md.Sequence.Stream
+	}
+	action, wait, err := e.gate(ctx, req, tr, seq)
+	if tr.hold() != nil && (action == gateGo || action == gateDrop) {
+		e.unindexHold(ctx, req.ID)
+	}
+	switch action {
+	case gateRetry:
+		e.logger.Error("rollback request not handled; will retry", "request", req.ID, "err", err)
+		_ = msg.NakWithDelay(2 * time.Second)
+		return
+	case gateWait:
+		// Back at its execute_at, to whichever replica consumes then.
+		_ = msg.NakWithDelay(max(wait, 10*time.Millisecond))
+		return
+	case gateDrop:
+		_ = msg.Ack()
+		return
+	}
+	res := e.executeLocked(ctx, req, tr)
 	if res.Err != nil && ctx.Err() != nil {
 		// Shutting down mid-way: leave the request for the next start.
 		return
@@ -94,6 +133,12 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 		e.logger.Error("rollback request not handled; will retry", "request", req.ID, "err", res.Err)
 		_ = msg.NakWithDelay(2 * time.Second)
 		return
+	}
+	if res.Status == ResultCompleted {
+		e.noteRollback(ctx, req, time.Now())
+	}
+	if tr.hold() != nil {
+		e.holds.WithLabelValues(holdExecuted).Inc()
 	}
 	if err := tr.mark(ctx, stepDone, res.Status); err != nil {
 		e.logger.Warn("rollback request not marked done; a redelivery will find every host rolled back", "request", req.ID, "err", err)

@@ -20,6 +20,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/deploys"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/rollbackreq"
 )
 
 // Planning a rollback: reaching every host and resolving where each goes,
@@ -427,11 +428,11 @@ func (e *Executor) finished(ctx context.Context, id string) (bool, error) {
 	case err != nil:
 		return false, fmt.Errorf("reading the progress of rollback request %s: %w", id, err)
 	}
-	var prog requestProgress
+	var prog rollbackreq.Progress
 	if err := json.Unmarshal(entry.Value(), &prog); err != nil {
 		return false, fmt.Errorf("progress of rollback request %s: %w", id, err)
 	}
-	return prog.has(stepDone) && prog.Result == ResultCompleted, nil
+	return prog.Has(stepDone) && prog.Result == ResultCompleted, nil
 }
 
 func hostResults(plans []*plan) []HostResult {

@@ -115,6 +115,18 @@ type Publisher interface {
 // resend within its duplicate window, so retrying (here, or by a caller
 // that concludes again) never asks for a second rollback.
 func Publish(ctx context.Context, js Publisher, r events.RollbackRequest) error {
+	return publish(ctx, js, r, r.ID)
+}
+
+// Resend sends held request r again, for the executor to take it up now
+// rather than at the end of its hold: on approval. The copy has its own
+// message id (the request id plus why), so the duplicate window does not
+// drop it; RequestsBucket keeps the two copies from executing twice.
+func Resend(ctx context.Context, js Publisher, r events.RollbackRequest, why string) error {
+	return publish(ctx, js, r, r.ID+"."+why)
+}
+
+func publish(ctx context.Context, js Publisher, r events.RollbackRequest, msgID string) error {
 	b, err := events.EncodeRollbackRequest(r)
 	if err != nil {
 		return err
@@ -122,7 +134,7 @@ func Publish(ctx context.Context, js Publisher, r events.RollbackRequest) error 
 	subj := Subject(r)
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		if _, lastErr = js.Publish(ctx, subj, b, jetstream.WithMsgID(r.ID)); lastErr == nil {
+		if _, lastErr = js.Publish(ctx, subj, b, jetstream.WithMsgID(msgID)); lastErr == nil {
 			return nil
 		}
 		select {
@@ -145,6 +157,33 @@ type Rejection struct {
 	// "size", ...).
 	Field string
 	Err   error
+	// Decision says the message meant to be a decision on a held request.
+	Decision bool
+}
+
+// Message is what arrived on ROLLBACKS: a request or a decision on a held
+// one, never both.
+type Message struct {
+	Request  *events.RollbackRequest
+	Decision *events.RollbackDecision
+}
+
+// DecodeMessage reads a message on ROLLBACKS: a decision when it has an
+// "action" member (README "Notifications, holds and verification"), else a
+// request, each by its own rules; or the rejection to record.
+func DecodeMessage(subject string, data []byte) (Message, *Rejection) {
+	if !events.IsRollbackDecision(data) {
+		r, rej := Decode(subject, data)
+		if rej != nil {
+			return Message{}, rej
+		}
+		return Message{Request: &r}, nil
+	}
+	d, err := events.DecodeRollbackDecision(subject, data)
+	if err != nil {
+		return Message{}, rejection(subject, err, true)
+	}
+	return Message{Decision: &d}, nil
 }
 
 // Decode reads the request that arrived on subject: the payload must pass
@@ -156,11 +195,15 @@ func Decode(subject string, data []byte) (events.RollbackRequest, *Rejection) {
 	if err == nil {
 		return r, nil
 	}
-	rej := &Rejection{Subject: subject, Err: err}
+	return events.RollbackRequest{}, rejection(subject, err, false)
+}
+
+func rejection(subject string, err error, decision bool) *Rejection {
+	rej := &Rejection{Subject: subject, Err: err, Decision: decision}
 	rej.Environment, rej.Service = events.SubjectNames(subject)
 	var re *events.RejectError
 	if errors.As(err, &re) {
 		rej.Field = re.Field
 	}
-	return events.RollbackRequest{}, rej
+	return rej
 }

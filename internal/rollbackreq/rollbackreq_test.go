@@ -255,3 +255,34 @@ func TestDecode(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeMessage: a message on ROLLBACKS is a decision when it has an
+// action, judged by the decision's rules (a rejection says so), else a
+// request.
+func TestDecodeMessage(t *testing.T) {
+	r := FromRun("01JRUN", deploy, 7, "shop-errors", "r", at)
+	wire, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, rej := DecodeMessage("rollbacks.production.shop", wire); rej != nil || m.Decision != nil || !reflect.DeepEqual(*m.Request, r) {
+		t.Errorf("request: %+v, %+v", m, rej)
+	}
+	d := events.RollbackDecision{ID: "01JDEC", Action: events.ActionCancel, RequestID: r.ID, Service: "shop", Environment: "production",
+		Reason: "false alarm", By: "alice", Via: events.ViaCLI, Time: at.UTC()}
+	wire, err = events.EncodeRollbackDecision(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, rej := DecodeMessage("rollbacks.production.shop", wire); rej != nil || m.Request != nil || !reflect.DeepEqual(*m.Decision, d) {
+		t.Errorf("decision: %+v, %+v", m, rej)
+	}
+	m, rej := DecodeMessage("rollbacks.production.shop", []byte(`{"action": "cancel", "request_id": "rb-1", "source": "manual"}`))
+	if rej == nil || !rej.Decision || rej.Field != "source" {
+		t.Errorf("a decision with a request's field: %+v, %+v; want a decision rejected on source", m, rej)
+	}
+	m, rej = DecodeMessage("rollbacks.production.shop", []byte(`{"id": "x", "reason": "r"}`))
+	if rej == nil || rej.Decision {
+		t.Errorf("a bad request: %+v, %+v; want a request rejected", m, rej)
+	}
+}

@@ -116,7 +116,7 @@ func (w *Watcher) settle(ctx context.Context, r *Run, mv move) {
 		detail.Checks = checkDetails(checks)
 	}
 	if mv.rollback {
-		w.requestRollback(ctx, r, mv.verdict, mv.record, events.ClampReason(mv.reason), detail)
+		w.requestRollback(ctx, r, mv.verdict, mv.record, events.ClampReason(mv.reason), detail, mv.ask)
 		return
 	}
 	w.decide(ctx, r, decision{verdict: mv.verdict, kind: mv.record, reason: mv.reason, detail: detail.Map()})

@@ -62,6 +62,7 @@ type move struct {
 	record   string // audit kind of the verdict record
 	reason   string // the verdict's reason, with the numbers that decided
 	rollback bool   // the verdict asks for a rollback
+	ask      bool   // the rollback waits for a person's answer (on_marginal: ask)
 	// checks are the policy's checks (by index) that decided a failed or
 	// inconclusive run; the verdict record details them.
 	checks []int

@@ -255,7 +255,7 @@ func TestNextMoveScored(t *testing.T) {
 			Score: &policy.Score{Pass: 80, Marginal: 50}, OnMarginal: onMarginal,
 			Checks: []*policy.Check{check("errors", 3, true), check("latency", 2, false), check("orders", 2, false), check("apdex", 1, false)}}
 	}
-	keep, rollback := pol(policy.OnMarginalKeep), pol(policy.OnMarginalRollback)
+	keep, rollback, ask := pol(policy.OnMarginalKeep), pol(policy.OnMarginalRollback), pol(policy.OnMarginalAsk)
 	ok, failed, blind, none := policy.Tally{Pass: 9}, policy.Tally{Pass: 5, Fail: 1}, policy.Tally{Inconclusive: 9}, policy.Tally{}
 	snap := func(next time.Time, measured bool, tallies ...policy.Tally) runSnapshot {
 		s := runSnapshot{Start: t0, Since: t0, DueThen: at(2), Next: next, QueryTimeout: time.Second, Verdict: VerdictPending, Measured: measured}
@@ -273,6 +273,7 @@ func TestNextMoveScored(t *testing.T) {
 		verdict  string
 		record   string
 		rollback bool
+		ask      bool
 		checks   []int
 		score    float64 // of the verdict's detail; -1: none
 		reason   []string
@@ -301,6 +302,14 @@ func TestNextMoveScored(t *testing.T) {
 			s: snap(at(11), false, ok, failed, ok, ok), now: at(10), kind: moveDecide,
 			verdict: VerdictMarginal, record: audit.RunMarginal, rollback: true, checks: []int{1}, score: 75,
 			reason: []string{"on_marginal: rollback"}},
+		{name: "at the end, marginal, on_marginal ask: a rollback that asks", p: ask,
+			s: snap(at(11), false, ok, failed, ok, ok), now: at(10), kind: moveDecide,
+			verdict: VerdictMarginal, record: audit.RunMarginal, rollback: true, ask: true, checks: []int{1}, score: 75,
+			reason: []string{"on_marginal: ask, the rollback waits for `watcher approve`"}},
+		{name: "below marginal under on_marginal ask: a rollback that does not ask", p: ask,
+			s: snap(at(5), true, ok, failed, failed, failed), now: at(4.1), kind: moveDecide,
+			verdict: VerdictFailed, record: audit.RunFailed, rollback: true, checks: []int{1, 2, 3}, score: 37.5,
+			reason: []string{"score 37.5 below marginal 50"}},
 		{name: "inconclusive and unmeasured checks are left out", p: keep,
 			s: snap(at(11), false, ok, blind, none, failed), now: at(10), kind: moveDecide,
 			verdict: VerdictPassed, record: audit.RunPassed, score: 75, rollback: false,
@@ -319,9 +328,9 @@ func TestNextMoveScored(t *testing.T) {
 				p = &cp
 			}
 			got := nextMove(tc.s, p, tc.now)
-			if got.kind != tc.kind || got.verdict != tc.verdict || got.record != tc.record || got.rollback != tc.rollback {
-				t.Fatalf("move %s verdict %q record %q rollback %v (%s), want %s %q %q %v",
-					got.kind, got.verdict, got.record, got.rollback, got.reason, tc.kind, tc.verdict, tc.record, tc.rollback)
+			if got.kind != tc.kind || got.verdict != tc.verdict || got.record != tc.record || got.rollback != tc.rollback || got.ask != tc.ask {
+				t.Fatalf("move %s verdict %q record %q rollback %v ask %v (%s), want %s %q %q %v %v",
+					got.kind, got.verdict, got.record, got.rollback, got.ask, got.reason, tc.kind, tc.verdict, tc.record, tc.rollback, tc.ask)
 			}
 			if !reflect.DeepEqual(got.checks, tc.checks) {
 				t.Errorf("deciding checks %v, want %v", got.checks, tc.checks)

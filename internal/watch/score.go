@@ -91,10 +91,14 @@ func (sc score) closeMove(s runSnapshot, p *policy.Policy) move {
 		mv := move{kind: moveDecide, verdict: VerdictMarginal, record: audit.RunMarginal, checks: sc.failed, detail: detail,
 			reason: fmt.Sprintf("window closed marginal, score %s below pass %s and >= marginal %s: %s", formatScore(sc.value), formatScore(p.Score.Pass), formatScore(p.Score.Marginal), why)}
 		mv.detail.OnMarginal = p.OnMarginal
-		if p.OnMarginal == policy.OnMarginalRollback {
+		switch p.OnMarginal {
+		case policy.OnMarginalRollback:
 			mv.reason += "; on_marginal: rollback"
 			mv.rollback = true
-		} else {
+		case policy.OnMarginalAsk:
+			mv.reason += "; on_marginal: ask, the rollback waits for `watcher approve`"
+			mv.rollback, mv.ask = true, true
+		default:
 			mv.reason += "; on_marginal: keep, nothing rolled back"
 		}
 		return mv

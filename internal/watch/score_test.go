@@ -5,17 +5,19 @@ import (
 	"testing"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/events"
 )
 
 // TestScoredRunEndsMarginal: a scored run whose non-critical check fails
 // ends marginal at the window's end, recorded as run.marginal with its
-// score; on_marginal says whether that rolls back.
+// score; on_marginal says whether that rolls back, and whether the
+// rollback asks a person first.
 func TestScoredRunEndsMarginal(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		onMarginal string
 		rollbacks  int
-	}{{"keep", 0}, {"rollback", 1}} {
+	}{{"keep", 0}, {"rollback", 1}, {"ask", 1}} {
 		t.Run(c.onMarginal, func(t *testing.T) {
 			t.Parallel()
 			rules := "policies:\n" + policyYAML("shop-scored", shopMatch, `
@@ -31,6 +33,9 @@ on_marginal: `+c.onMarginal, `
   query: latency_seconds
   max: 0.5
   weight: 1`)
+			if c.onMarginal == "ask" {
+				rules += "      hold: 1m\n" // an ask waits for an answer this long
+			}
 			h := newHarness(t, rules, byQuery(map[string]script{"orders_total": always(100), "latency_seconds": always(0.9)}))
 			h.publish(deployEvent("d-score", "shop", "production", "v2"))
 			v := h.waitFor("d-score", append(verdictKinds, audit.RunMarginal)...)
@@ -44,8 +49,15 @@ on_marginal: `+c.onMarginal, `
 			if !ok || d.Score == nil || d.Score.Score != 75 || len(d.Score.Checks) != 2 || len(d.Checks) != 1 || d.Checks[0].Check != "latency" {
 				t.Errorf("verdict detail %+v (score %+v)", d, d.Score)
 			}
-			if n := len(h.rollbacks()); n != c.rollbacks {
+			reqs := h.rollbacks()
+			if n := len(reqs); n != c.rollbacks {
 				t.Errorf("%d rollback requests, want %d", n, c.rollbacks)
+			}
+			for _, m := range reqs {
+				r, err := events.DecodeRollbackRequest(m.Subject, m.Data)
+				if err != nil || r.Ask != (c.onMarginal == "ask") {
+					t.Errorf("rollback request %s (%v): ask %v, want %v", m.Data, err, r.Ask, c.onMarginal == "ask")
+				}
 			}
 			if got := h.mustMetric("watcher_runs_total", "verdict", "marginal"); got != 1 {
 				t.Errorf("watcher_runs_total{verdict=marginal} = %v, want 1", got)

@@ -325,9 +325,11 @@ func (w *Watcher) start(ctx context.Context, r *Run) {
 
 // requestRollback records the verdict and publishes the rollback request.
 // The request id derives from the run, so a retried publish is dropped by
-// the stream's duplicate window instead of rolling back twice.
-func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason string, detail audit.VerdictDetail) {
+// the stream's duplicate window instead of rolling back twice. ask makes
+// the executor hold it for a person's answer (on_marginal: ask).
+func (w *Watcher) requestRollback(ctx context.Context, r *Run, verdict, kind, reason string, detail audit.VerdictDetail, ask bool) {
 	req := rollbackreq.FromRun(r.ID, r.Deploy, r.seq, r.Policy.Name, reason, time.Now())
+	req.Ask = ask
 	detail.RequestID = req.ID
 	verify := make([]string, len(detail.Checks))
 	for i, c := range detail.Checks {
