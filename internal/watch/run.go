@@ -7,6 +7,7 @@ import (
 	"math"
 	"sync"
 	"time"
+	"unique"
 
 	"github.com/prometheus/common/model"
 
@@ -40,6 +41,10 @@ type Run struct {
 	verdict string
 	reason  string
 	ended   time.Time
+
+	// interned keeps the run's rendered queries shared with every other
+	// run that renders the same text (intern).
+	interned []unique.Handle[string]
 
 	cancel       context.CancelFunc // stops the run's loop
 	supersededBy *events.Deploy     // set when a newer deploy stopped it
@@ -99,11 +104,13 @@ func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run
 			if cs.query, err = c.RenderQuery(r.data); err != nil {
 				return nil, fmt.Errorf("check %q: %w", c.Name, err)
 			}
+			cs.query = r.intern(cs.query)
 		}
 		if c.Compare != nil {
 			if cs.cmp, err = newCompareState(c, r.data); err != nil {
 				return nil, fmt.Errorf("check %q: %w", c.Name, err)
 			}
+			cs.cmp.query, cs.cmp.errors, cs.cmp.total = r.intern(cs.cmp.query), r.intern(cs.cmp.errors), r.intern(cs.cmp.total)
 			if cs.query == "" {
 				cs.query = cs.cmp.errors // what the records name as the check's query
 			}
@@ -111,6 +118,19 @@ func newRun(id string, d events.Deploy, p *policy.Policy, start time.Time) (*Run
 		r.checks = append(r.checks, cs)
 	}
 	return r, nil
+}
+
+// intern returns s as the text every run holding it shares: the runs of
+// one service render the same queries, and 10,000 runs would otherwise
+// keep 10,000 copies. The run keeps the handle, which keeps the shared
+// copy from being let go while it runs.
+func (r *Run) intern(s string) string {
+	if s == "" {
+		return s
+	}
+	h := unique.Make(s)
+	r.interned = append(r.interned, h)
+	return h.Value()
 }
 
 // deployTime is when the deploy happened, for pre_deploy baselines: the

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -71,8 +72,10 @@ type Watcher struct {
 	mu     sync.Mutex
 	active map[string]*Run
 	// byService indexes active runs by environment and service, for
-	// superseding without a scan of every run.
-	byService map[string]map[string]*Run
+	// superseding without a scan of every run. A service rarely has more
+	// than one: a slice costs a pointer a run where a map costs hundreds
+	// of bytes (10,000 runs of as many services).
+	byService map[string][]*Run
 	recent    []*Run
 	// verifying counts the active runs that verify a rollback: they are
 	// in active (and byService, for a deploy to supersede them), and
@@ -88,10 +91,12 @@ func (w *Watcher) addActiveLocked(r *Run) {
 	}
 	w.active[r.ID] = r
 	k := serviceKey(r)
-	if w.byService[k] == nil {
-		w.byService[k] = map[string]*Run{}
+	runs := w.byService[k]
+	if i := slices.IndexFunc(runs, func(o *Run) bool { return o.ID == r.ID }); i >= 0 {
+		runs[i] = r
+		return
 	}
-	w.byService[k][r.ID] = r
+	w.byService[k] = append(runs, r)
 }
 
 func (w *Watcher) removeActiveLocked(r *Run) {
@@ -100,9 +105,11 @@ func (w *Watcher) removeActiveLocked(r *Run) {
 	}
 	delete(w.active, r.ID)
 	k := serviceKey(r)
-	delete(w.byService[k], r.ID)
-	if len(w.byService[k]) == 0 {
+	runs := slices.DeleteFunc(w.byService[k], func(o *Run) bool { return o.ID == r.ID })
+	if len(runs) == 0 {
 		delete(w.byService, k)
+	} else {
+		w.byService[k] = runs
 	}
 }
 
@@ -111,7 +118,7 @@ func (w *Watcher) init() {
 		return
 	}
 	w.active = map[string]*Run{}
-	w.byService = map[string]map[string]*Run{}
+	w.byService = map[string][]*Run{}
 	w.sched = newScheduler()
 	w.ctx = context.Background()
 	w.querier = newSharedQuerier(w.Querier)
