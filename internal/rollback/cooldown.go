@@ -67,6 +67,52 @@ func (e *Executor) cooldownOf(ctx context.Context, req events.RollbackRequest, p
 	return &rollbackreq.Earlier{RequestID: last.RequestID, CompletedAt: last.CompletedAt, CooldownEnds: ends}, nil
 }
 
+// claimCooldown is cooldownOf for a request about to execute: when no
+// automatic rollback cools its service down, it writes req as the last
+// one, with a compare-and-set on the key's revision, so that of two
+// automatic requests of one service executing at once on two replicas
+// one executes and the other finds the service in cooldown. The cooldown
+// then counts from the start of the rollback (noteRollback moves it to
+// its completion).
+func (e *Executor) claimCooldown(ctx context.Context, req events.RollbackRequest, p *policy.Policy, now time.Time) (*rollbackreq.Earlier, error) {
+	cooldown := time.Duration(p.Rollback.Cooldown)
+	if !automatic(req) || cooldown <= 0 || e.requests == nil {
+		return nil, nil
+	}
+	key := cooldownKey(req.Environment, req.Service)
+	b, err := json.Marshal(lastRollback{RequestID: req.ID, Service: req.Service, Environment: req.Environment, CompletedAt: now.UTC()})
+	if err != nil {
+		return nil, err
+	}
+	for range 5 {
+		earlier, err := e.cooldownOf(ctx, req, p, now)
+		if err != nil || earlier != nil {
+			return earlier, err
+		}
+		entry, err := e.requests.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			_, err = e.requests.Create(ctx, key, b)
+		case err != nil:
+			return nil, fmt.Errorf("reading the last automatic rollback of %s in %s: %w", req.Service, req.Environment, err)
+		default:
+			var last lastRollback
+			if json.Unmarshal(entry.Value(), &last) == nil && last.RequestID == req.ID {
+				return nil, nil // claimed before: this request, delivered again
+			}
+			_, err = e.requests.Update(ctx, key, b, entry.Revision())
+		}
+		if err == nil {
+			return nil, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, fmt.Errorf("claiming the cooldown of %s in %s: %w", req.Service, req.Environment, err)
+		}
+		// Another replica wrote it first: read what it wrote.
+	}
+	return nil, fmt.Errorf("the cooldown of %s in %s kept moving", req.Service, req.Environment)
+}
+
 // noteRollback records a completed automatic rollback, which starts its
 // service's cooldown.
 func (e *Executor) noteRollback(ctx context.Context, req events.RollbackRequest, at time.Time) {

@@ -61,12 +61,22 @@ func (e *Executor) gate(ctx context.Context, req events.RollbackRequest, tr *tra
 			// Recorded as not executed, or failed, at once: nothing to hold.
 			return gateGo, 0, nil
 		}
-		h, err := e.newHold(ctx, req, p, time.Now().UTC())
-		switch {
-		case err != nil:
+		now := time.Now().UTC()
+		h, err := e.newHold(ctx, req, p, now)
+		if err == nil && h == nil {
+			// Executing now: unless another replica's automatic
+			// rollback of the service got there first.
+			var earlier *rollbackreq.Earlier
+			if earlier, err = e.claimCooldown(ctx, req, p, now); err == nil && earlier == nil {
+				return gateGo, 0, nil
+			}
+			if earlier != nil {
+				h = &rollbackreq.Hold{State: rollbackreq.HoldHeld, Wait: time.Duration(p.Rollback.Hold), Request: req, Round: 1}
+				coolDown(h, earlier, p, now)
+			}
+		}
+		if err != nil {
 			return gateRetry, 0, err
-		case h == nil:
-			return gateGo, 0, nil
 		}
 		if err := e.indexHold(ctx, req.ID); err != nil {
 			return gateRetry, 0, err
@@ -171,7 +181,7 @@ func (e *Executor) due(ctx context.Context, tr *tracker, seq uint64, now time.Ti
 	rollsBack := !h.Ask || h.AskDefault == policy.AskRollback
 	if rollsBack && h.Why != rollbackreq.WhyCooldown {
 		if p := e.policyFor(req); p != nil {
-			earlier, err := e.cooldownOf(ctx, req, p, now)
+			earlier, err := e.claimCooldown(ctx, req, p, now)
 			if err != nil {
 				return err
 			}

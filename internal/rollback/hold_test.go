@@ -3,9 +3,11 @@ package rollback
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -460,6 +462,55 @@ func TestCooldownOvertakesHold(t *testing.T) {
 	}
 	if r.holds(t, holdHeld) != 3 || r.holds(t, holdExecuted) != 1 {
 		t.Errorf("watcher_rollback_holds_total: held %v, executed %v; want 3, 1", r.holds(t, holdHeld), r.holds(t, holdExecuted))
+	}
+}
+
+// TestCooldownClaimedOnce: automatic requests of one service about to
+// execute at the same moment on two replicas: one claims the cooldown and
+// executes, every other finds the service in cooldown, naming it. The
+// same request claiming again (delivered twice) still may.
+func TestCooldownClaimedOnce(t *testing.T) {
+	t.Parallel()
+	n := testutil.StartNATS(t)
+	h := deployed(t)
+	rules := loadRules(t, policyYAML("shop", "shop", h, "cooldown: 1h"))
+	a, b := startReplica(t, n, rules, "a"), startReplica(t, n, rules, "b")
+	p := rules().Policies[0]
+	now := time.Now().UTC()
+	earlier := make([]*rollbackreq.Earlier, 8)
+	var wg sync.WaitGroup
+	for i := range earlier {
+		e := a.e
+		if i%2 == 1 {
+			e = b.e
+		}
+		wg.Go(func() {
+			var err error
+			if earlier[i], err = e.claimCooldown(t.Context(), request(fmt.Sprintf("rb-%d", i)), p, now); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	winner := -1
+	for i, e := range earlier {
+		if e == nil {
+			if winner >= 0 {
+				t.Fatalf("requests %d and %d both claimed the cooldown", winner, i)
+			}
+			winner = i
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no request claimed the cooldown")
+	}
+	for i, e := range earlier {
+		if i != winner && e.RequestID != fmt.Sprintf("rb-%d", winner) {
+			t.Errorf("request %d: in the cooldown of %s, want rb-%d", i, e.RequestID, winner)
+		}
+	}
+	if again, err := a.e.claimCooldown(t.Context(), request(fmt.Sprintf("rb-%d", winner)), p, now); err != nil || again != nil {
+		t.Errorf("the winner claiming again: %+v, %v; want it may", again, err)
 	}
 }
 
