@@ -22,7 +22,10 @@ import (
 // open on it. Every file operation of the switch (read the link, make the
 // temporary link, rename it over the link, read it back, write ROLLED_BACK)
 // is an SFTP request: no process is spawned on the host for any of them.
-// Only Run (the after and data commands) opens an exec session.
+// Requests that do not wait for one another's answers go out together
+// (ssh_wire.go), so that a host far away costs round trips per step of the
+// rollback, not per request (ssh_pipeline.go). Only Run (the after and data
+// commands) opens an exec session.
 
 // SFTP extensions of OpenSSH that the switch relies on.
 const (

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pkg/sftp"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
@@ -27,7 +26,7 @@ import (
 // sshConn is one SSH connection and the SFTP session on it.
 type sshConn struct {
 	client      *ssh.Client
-	sftp        *sftp.Client
+	sftp        *sftpConn
 	posixRename bool
 	fsync       bool
 
@@ -35,12 +34,12 @@ type sshConn struct {
 	closeOnce sync.Once
 }
 
-// close closes the SSH connection first: sftp.Client.Close waits for its
-// reader, which only a closed transport ends when the peer stopped answering.
+// close closes the SSH connection, which ends the SFTP session on it;
+// requests waiting for an answer fail at once.
 func (c *sshConn) close() {
 	c.closeOnce.Do(func() {
 		_ = c.client.Close()
-		_ = c.sftp.Close()
+		c.sftp.close()
 	})
 }
 
@@ -139,27 +138,26 @@ func dialSSH(ctx context.Context, ep sshEndpoint) (*sshConn, error) {
 		return nil, fail(what, err)
 	}
 	client := ssh.NewClient(sc, chans, reqs)
-	sf, err := sftp.NewClient(client)
+	sf, err := startSFTP(client)
 	if err != nil {
 		_ = client.Close()
 		return nil, fail("starting the SFTP subsystem on", err)
 	}
 	if !stop() {
 		// The timeout fired just as the SFTP session came up.
-		_ = sf.Close()
+		sf.close()
 		_ = client.Close()
 		return nil, fail("connecting to", dctx.Err())
 	}
 	c := &sshConn{client: client, sftp: sf, done: make(chan struct{})}
-	_, c.posixRename = sf.HasExtension(extPosixRename)
-	v, ok := sf.HasExtension(extFsync)
-	c.fsync = ok && v == "1"
+	c.posixRename = sf.hasExt(extPosixRename, "")
+	c.fsync = sf.hasExt(extFsync, "1")
 	go func() {
 		// Whichever goes first takes the other with it: an SSH connection
 		// whose SFTP session died is of no use to the switch.
 		errc := make(chan struct{}, 2)
 		go func() { _ = client.Wait(); errc <- struct{}{} }()
-		go func() { _ = sf.Wait(); errc <- struct{}{} }()
+		go func() { <-sf.done; errc <- struct{}{} }()
 		<-errc
 		c.close()
 		close(c.done)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rollback-watcher/watcher/internal/policy"
@@ -20,6 +21,8 @@ type SSHPool struct {
 	// IdleTimeout closes connections unused for so long; 0 means
 	// DefaultSSHIdleTimeout.
 	IdleTimeout time.Duration
+
+	requests atomic.Int64 // SFTP requests sent
 
 	mu      sync.Mutex
 	targets map[sshKey]*SSHTarget
@@ -88,6 +91,11 @@ func (p *SSHPool) Drop(host string, cfg policy.SSH) {
 		p.closeLocked(t)
 	}
 }
+
+// SFTPRequests is the number of SFTP requests sent over the pool's
+// connections, for benchmarks and tests: every request is a little work
+// for the host's sshd, however many share a round trip.
+func (p *SSHPool) SFTPRequests() int64 { return p.requests.Load() }
 
 // Open is the number of connections open (or being dialed).
 func (p *SSHPool) Open() int {

@@ -13,8 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pkg/sftp"
-
 	"github.com/rollback-watcher/watcher/internal/policy"
 )
 
@@ -98,6 +96,7 @@ func (t *SSHTarget) acquire(ctx context.Context) (*sshConn, acquired, error) {
 		c.close()
 		return nil, acquired{}, ErrPoolClosed
 	}
+	c.sftp.sent = &p.requests
 	t.conn = c
 	t.inflight++
 	t.lastUse = time.Now()
@@ -125,7 +124,7 @@ func (t *SSHTarget) drop(c *sshConn) {
 // serverAnswered reports whether err is the SFTP server's answer (no such
 // file, permission denied, failure), as opposed to a transport problem.
 func serverAnswered(err error) bool {
-	var se *sftp.StatusError
+	var se *sftpStatus
 	return errors.As(err, &se) || errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) ||
 		errors.Is(err, ErrNoPosixRename)
 }
@@ -184,8 +183,11 @@ func pathErr(op, name string, err error) error {
 // Readlink implements Target.
 func (t *SSHTarget) Readlink(name string) (string, error) {
 	var s string
-	err := t.call(true, func(c *sshConn) (err error) {
-		s, err = c.sftp.ReadLink(name)
+	err := t.call(true, func(c *sshConn) error {
+		op, err := ask(c.sftp, func(f *flight) *sftpOp { return f.readlink(name) })
+		if err == nil {
+			s, err = op.target()
+		}
 		return err
 	})
 	return s, pathErr("readlink", name, err)
@@ -194,8 +196,11 @@ func (t *SSHTarget) Readlink(name string) (string, error) {
 // Stat implements Target.
 func (t *SSHTarget) Stat(name string) (fs.FileInfo, error) {
 	var fi fs.FileInfo
-	err := t.call(true, func(c *sshConn) (err error) {
-		fi, err = c.sftp.Stat(name)
+	err := t.call(true, func(c *sshConn) error {
+		op, err := ask(c.sftp, func(f *flight) *sftpOp { return f.stat(name) })
+		if err == nil {
+			fi, err = op.info(name)
+		}
 		return err
 	})
 	return fi, pathErr("stat", name, err)
@@ -204,42 +209,150 @@ func (t *SSHTarget) Stat(name string) (fs.FileInfo, error) {
 // Lstat implements Target.
 func (t *SSHTarget) Lstat(name string) (fs.FileInfo, error) {
 	var fi fs.FileInfo
-	err := t.call(true, func(c *sshConn) (err error) {
-		fi, err = c.sftp.Lstat(name)
+	err := t.call(true, func(c *sshConn) error {
+		op, err := ask(c.sftp, func(f *flight) *sftpOp { return f.lstat(name) })
+		if err == nil {
+			fi, err = op.info(name)
+		}
 		return err
 	})
 	return fi, pathErr("lstat", name, err)
+}
+
+// ask sends a flight of one request.
+func ask(c *sftpConn, req func(f *flight) *sftpOp) (*sftpOp, error) {
+	f := c.flight()
+	op := req(f)
+	return op, f.send()
 }
 
 // ReadFile implements Target.
 func (t *SSHTarget) ReadFile(name string) ([]byte, error) {
 	var b []byte
 	err := t.call(true, func(c *sshConn) error {
-		f, err := c.sftp.Open(name)
+		op, err := ask(c.sftp, func(f *flight) *sftpOp { return f.open(name, fxfRead) })
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		b, err = io.ReadAll(f)
+		h, err := op.handle()
+		if err != nil {
+			return err
+		}
+		b, err = readOpen(c.sftp, name, h)
 		return err
 	})
 	return b, pathErr("open", name, err)
+}
+
+// readOpen reads the file name, open as h, to its end and closes h. A file
+// shorter than a read request (the switch reads nothing longer) takes one
+// flight: the read and the close. A longer one is read on from a new
+// handle, a chunk a flight.
+func readOpen(c *sftpConn, name, h string) ([]byte, error) {
+	f := c.flight()
+	rd := f.read(h, 0, sftpChunk)
+	f.closeHandle(h)
+	if err := f.send(); err != nil {
+		return nil, err
+	}
+	b, err := rd.data()
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case len(b) < sftpChunk:
+		return b, nil
+	}
+	op, err := ask(c, func(f *flight) *sftpOp { return f.open(name, fxfRead) })
+	if err != nil {
+		return nil, err
+	}
+	if h, err = op.handle(); err != nil {
+		return nil, err
+	}
+	defer func() { _, _ = ask(c, func(f *flight) *sftpOp { return f.closeHandle(h) }) }()
+	for {
+		op, err := ask(c, func(f *flight) *sftpOp { return f.read(h, uint64(len(b)), sftpChunk) })
+		if err != nil {
+			return nil, err
+		}
+		more, err := op.data()
+		if errors.Is(err, io.EOF) {
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		b = append(b, more...)
+	}
 }
 
 // ReadDir implements Target. OpenSSH lists entries with lstat(2), as the
 // Target contract wants.
 func (t *SSHTarget) ReadDir(name string) ([]fs.FileInfo, error) {
 	var infos []fs.FileInfo
-	err := t.call(true, func(c *sshConn) (err error) {
-		infos, err = c.sftp.ReadDir(name)
+	err := t.call(true, func(c *sshConn) error {
+		op, err := ask(c.sftp, func(f *flight) *sftpOp { return f.opendir(name) })
+		if err != nil {
+			return err
+		}
+		h, err := op.handle()
+		if err != nil {
+			return err
+		}
+		infos, err = readDirOpen(c.sftp, name, h)
 		return err
 	})
 	return infos, pathErr("readdir", name, err)
 }
 
+// readDirOpen lists the directory name, open as h, and closes h: two
+// readdir requests and the close in one flight, which covers a directory
+// of up to 100 entries (OpenSSH sends at most 100 an answer) and tells
+// that the listing is complete. A longer directory is listed again from a
+// new handle, with four times as many readdirs in the flight.
+func readDirOpen(c *sftpConn, name, h string) ([]fs.FileInfo, error) {
+	for depth := 2; ; depth *= 4 {
+		f := c.flight()
+		ops := make([]*sftpOp, depth)
+		for i := range ops {
+			ops[i] = f.readdir(h)
+		}
+		f.closeHandle(h)
+		if err := f.send(); err != nil {
+			return nil, err
+		}
+		var out []fs.FileInfo
+		for _, op := range ops {
+			es, err := op.entries()
+			if errors.Is(err, io.EOF) {
+				return out, nil
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, es...)
+		}
+		op, err := ask(c, func(f *flight) *sftpOp { return f.opendir(name) })
+		if err != nil {
+			return nil, err
+		}
+		if h, err = op.handle(); err != nil {
+			return nil, err
+		}
+	}
+}
+
 // Symlink implements Target.
 func (t *SSHTarget) Symlink(oldname, newname string) error {
-	err := t.call(false, func(c *sshConn) error { return c.sftp.Symlink(oldname, newname) })
+	err := t.call(false, func(c *sshConn) error {
+		op, err := ask(c.sftp, func(f *flight) *sftpOp { return f.symlink(oldname, newname) })
+		if err == nil {
+			err = op.status()
+		}
+		return err
+	})
 	if err != nil {
 		return &os.LinkError{Op: "symlink", Old: oldname, New: newname, Err: err}
 	}
@@ -249,17 +362,22 @@ func (t *SSHTarget) Symlink(oldname, newname string) error {
 // Rename implements Target with posix-rename@openssh.com, which is rename(2)
 // on the host: newname is replaced atomically. The plain SFTP rename is no
 // substitute (it fails when newname exists), so a server without the
-// extension is an error.
+// extension is an error. Two flights: the rename and the opening of its
+// directory, then the directory's fsync and close.
 func (t *SSHTarget) Rename(oldname, newname string) error {
 	err := t.call(false, func(c *sshConn) error {
 		if !c.posixRename {
 			return fmt.Errorf("%w, needed to replace %s atomically", ErrNoPosixRename, newname)
 		}
-		if err := c.sftp.PosixRename(oldname, newname); err != nil {
+		f := c.sftp.flight()
+		rn := f.posixRename(oldname, newname)
+		dir := c.openDir(f, path.Dir(newname))
+		if err := f.send(); err != nil {
 			return err
 		}
-		c.syncDir(path.Dir(newname))
-		return nil
+		err := rn.status()
+		c.syncDir(dir, err == nil)
+		return err
 	})
 	if err != nil {
 		return &os.LinkError{Op: "rename", Old: oldname, New: newname, Err: err}
@@ -267,24 +385,41 @@ func (t *SSHTarget) Rename(oldname, newname string) error {
 	return nil
 }
 
-// syncDir makes a rename durable where the server allows it: OpenSSH opens
-// a directory read-only like a file and fsyncs the handle. Best effort, as in
-// Local.Rename: the rename has already taken effect.
-func (c *sshConn) syncDir(dir string) {
+// openDir adds to f the opening of dir for syncDir, when the server can
+// fsync (OpenSSH opens a directory read-only like a file and fsyncs the
+// handle); nil otherwise.
+func (c *sshConn) openDir(f *flight, dir string) *sftpOp {
 	if !c.fsync {
+		return nil
+	}
+	return f.open(dir, fxfRead)
+}
+
+// syncDir makes a rename durable where the server allows it, in one
+// flight: the fsync of the directory opened by openDir (when sync) and its
+// close. Best effort, as in Local.Rename: the rename has already taken
+// effect.
+func (c *sshConn) syncDir(dir *sftpOp, sync bool) {
+	if dir == nil {
 		return
 	}
-	f, err := c.sftp.Open(dir)
+	h, err := dir.handle()
 	if err != nil {
 		return
 	}
-	_ = f.Sync()
-	_ = f.Close()
+	f := c.sftp.flight()
+	if sync {
+		f.fsync(h)
+	}
+	f.closeHandle(h)
+	_ = f.send()
 }
 
 // WriteFile implements Target: a temporary file next to name, written,
 // fsynced (when the server offers fsync@openssh.com), given perm, then
-// renamed over name; the temporary file never outlives a failure.
+// renamed over name; the temporary file never outlives a failure. Three
+// flights: the opening of the file and of its directory; the writes, fsync,
+// fsetstat and close; the rename and the directory's fsync and close.
 func (t *SSHTarget) WriteFile(name string, data []byte, perm fs.FileMode) error {
 	return t.writeFile(name, data, perm, true)
 }
@@ -292,53 +427,72 @@ func (t *SSHTarget) WriteFile(name string, data []byte, perm fs.FileMode) error 
 // writeFile is WriteFile; without durable, the file keeps the mode the
 // server gives it and the directory is not synced.
 func (t *SSHTarget) writeFile(name string, data []byte, perm fs.FileMode, durable bool) error {
-	err := t.call(false, func(c *sshConn) (err error) {
+	err := t.call(false, func(c *sshConn) error {
 		if !c.posixRename {
 			return fmt.Errorf("%w, needed to replace %s atomically", ErrNoPosixRename, name)
 		}
 		dir, base := path.Dir(name), path.Base(name)
 		tmp := path.Join(dir, "."+base+".tmp-"+rand.Text()[:16])
-		f, err := c.sftp.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+		f := c.sftp.flight()
+		op := f.open(tmp, fxfWrite|fxfCreate|fxfExcl)
+		var dirOp *sftpOp
+		if durable {
+			dirOp = c.openDir(f, dir)
+		}
+		if err := f.send(); err != nil {
+			return err
+		}
+		h, err := op.handle()
 		if err != nil {
+			c.syncDir(dirOp, false)
 			return err
 		}
-		closed := false
-		defer func() {
-			if err == nil {
-				return
-			}
-			if !closed {
-				_ = f.Close()
-			}
-			_ = c.sftp.Remove(tmp)
-		}()
-		if _, err := f.Write(data); err != nil {
-			return err
-		}
+		f = c.sftp.flight()
+		ops := f.write(h, 0, data)
 		if c.fsync {
-			if err := f.Sync(); err != nil {
-				return err
-			}
+			ops = append(ops, f.fsync(h))
 		}
 		if durable {
-			if err := f.Chmod(perm); err != nil {
-				return err
-			}
+			ops = append(ops, f.chmod(h, perm))
 		}
-		closed = true
-		if err := f.Close(); err != nil {
+		ops = append(ops, f.closeHandle(h))
+		if err := f.send(); err != nil {
 			return err
 		}
-		if err := c.sftp.PosixRename(tmp, name); err != nil {
+		if err := firstErr(ops); err != nil {
+			f = c.sftp.flight()
+			f.remove(tmp)
+			_ = f.send()
+			c.syncDir(dirOp, false)
 			return err
 		}
-		if durable {
-			c.syncDir(dir)
+		f = c.sftp.flight()
+		rn := f.posixRename(tmp, name)
+		if err := f.send(); err != nil {
+			return err
 		}
+		if err := rn.status(); err != nil {
+			f = c.sftp.flight()
+			f.remove(tmp)
+			_ = f.send()
+			c.syncDir(dirOp, false)
+			return err
+		}
+		c.syncDir(dirOp, true)
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
+}
+
+// firstErr is the first failure among answered requests.
+func firstErr(ops []*sftpOp) error {
+	for _, op := range ops {
+		if err := op.status(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -349,13 +503,22 @@ func (t *SSHTarget) ReplaceFile(name string, data []byte) error {
 	return t.writeFile(name, data, 0, false)
 }
 
-// Remove implements Target. Removing a path twice does no harm, so a
-// dropped connection gets one retry.
+// Remove implements Target: a file, or else an empty directory. Removing
+// a path twice does no harm, so a dropped connection gets one retry.
 func (t *SSHTarget) Remove(name string) error {
-	err := t.call(true, func(c *sshConn) error { return c.sftp.Remove(name) })
-	var pe *fs.PathError
-	if errors.As(err, &pe) && pe.Path == name {
-		return err // sftp's Remove already says what and where
-	}
+	err := t.call(true, func(c *sshConn) error {
+		op, err := ask(c.sftp, func(f *flight) *sftpOp { return f.remove(name) })
+		if err != nil {
+			return err
+		}
+		err = op.status()
+		if err == nil || errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if rd, rerr := ask(c.sftp, func(f *flight) *sftpOp { return f.rmdir(name) }); rerr == nil && rd.status() == nil {
+			return nil
+		}
+		return err
+	})
 	return pathErr("remove", name, err)
 }

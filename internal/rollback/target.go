@@ -34,7 +34,7 @@ type Target interface {
 	// the mode is 0644 (0666 less the umask over SSH). It is for files
 	// whose loss in a crash costs nothing that matters, such as the
 	// ROLLED_BACK marker; over SSH it takes five requests where WriteFile
-	// takes nine.
+	// takes nine (three round trips either way).
 	ReplaceFile(name string, data []byte) error
 	Remove(name string) error
 	// Run executes argv (no shell) with extra environment entries
