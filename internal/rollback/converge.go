@@ -169,7 +169,21 @@ func (e *Executor) converge(ctx context.Context, req events.RollbackRequest, p *
 			}
 			removeTemps(view, filepath.Dir(pl.link), "."+filepath.Base(pl.link)+".tmp-")
 		}
-		if !st.switched {
+		ps, pipelined := unwrapTarget(view).(pipelinedSwitcher)
+		switch {
+		case st.switched:
+		case pipelined && pl.mark && !st.marked && !st.retried:
+			// Over SSH, the switch and the marker in three round trips.
+			m := Marker{Time: time.Now().UTC(), RunID: req.RunID, RequestID: req.ID, Reason: req.Reason, From: pl.release.Current, To: pl.release.Previous}
+			switched, marked, err := ps.switchAndMark(view, pl.link, pl.release.Current, pl.release.Previous, m)
+			st.switched, r.Switched, st.marked = switched, switched, marked
+			if err != nil && switched {
+				return fmt.Errorf("link switched, but marking %s rolled back failed: %w", pl.release.Current, err)
+			}
+			if err != nil {
+				return err
+			}
+		default:
 			if _, err := SwitchFrom(view, pl.link, pl.release.Current, pl.release.Previous); err != nil {
 				return err
 			}

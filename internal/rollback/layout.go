@@ -1,10 +1,8 @@
 package rollback
 
 import (
-	"bytes"
 	"cmp"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -303,6 +301,12 @@ func checkAbs(what, p string) error {
 // fails: over SSH the usual case then costs one round trip, not two.
 func readLink(t Target, link string) (raw, abs string, err error) {
 	raw, err = t.Readlink(link)
+	return judgeLink(t, link, raw, err)
+}
+
+// judgeLink is readLink's reading of what Readlink(link) returned, for a
+// caller that asked for it along with other requests.
+func judgeLink(t Target, link, raw string, err error) (string, string, error) {
 	if err != nil {
 		if fi, lerr := t.Lstat(link); lerr == nil && fi.Mode()&fs.ModeSymlink == 0 {
 			return "", "", newError(ErrNotSymlink, nil, "link %s is a %s, not a symbolic link", link, fileKind(fi))
@@ -397,8 +401,14 @@ func newestRelease(t Target, releasesDir, cur string) (string, error) {
 		}
 		return cmp.Compare(b.path, a.path)
 	})
-	// Markers are checked newest first, so that over SFTP only the
-	// candidates up to the chosen one cost a round trip.
+	// Markers are checked newest first; over SSH they are read all at once.
+	if ro, ok := t.(*readOnce); ok {
+		markers := make([]string, len(cands))
+		for i, c := range cands {
+			markers[i] = filepath.Join(c.path, MarkerFile)
+		}
+		ro.lstatAhead(markers)
+	}
 	for _, c := range cands {
 		marked, err := RolledBack(t, c.path)
 		if err != nil {
@@ -452,7 +462,13 @@ const maxSymlinks = 40
 func walkSymlinks(t Target, base, rest string) (string, error) {
 	resolved := base
 	todo := strings.Split(rest, "/")
+	ahead := true
 	for links := 0; len(todo) > 0; {
+		if ahead {
+			// Over SSH, the whole path in one round trip, not one a step.
+			lstatAhead(t, resolved, todo)
+			ahead = false
+		}
 		elem := todo[0]
 		todo = todo[1:]
 		switch elem {
@@ -482,8 +498,30 @@ func walkSymlinks(t Target, base, rest string) (string, error) {
 			resolved = "/"
 		}
 		todo = append(strings.Split(dest, "/"), todo...)
+		ahead = true
 	}
 	return resolved, nil
+}
+
+// lstatAhead asks a view for the Lstat of every step of base/elems (up to
+// a ".."), all at once, before a walk asks them one by one.
+func lstatAhead(t Target, base string, elems []string) {
+	ro, ok := t.(*readOnce)
+	if !ok {
+		return
+	}
+	var paths []string
+	p := base
+	for _, e := range elems {
+		if e == ".." {
+			break
+		}
+		if e != "" && e != "." {
+			p = filepath.Join(p, e)
+			paths = append(paths, p)
+		}
+	}
+	ro.lstatAhead(paths)
 }
 
 // Switch points link at target (an absolute release directory) atomically
@@ -513,56 +551,81 @@ func SwitchFrom(t Target, link, expect, target string) (from string, err error) 
 		return "", err
 	}
 	link, target = filepath.Clean(link), filepath.Clean(target)
+	raw, rerr := t.Readlink(link)
+	from, content, done, err := planSwitch(t, link, expect, target, raw, rerr)
+	if err != nil || done {
+		return from, err
+	}
+	if err := replaceLink(t, link, content); err != nil {
+		return from, fmt.Errorf("switch %s to %s: %w (link names %s)", link, target, err, where(t, link))
+	}
+	raw, err = t.Readlink(link)
+	return from, checkReadBack(t, link, target, raw, err)
+}
 
+// planSwitch is SwitchFrom's decision, from what reading the link returned
+// (raw, rerr) and before anything is written: from is where the link
+// stands; done says there is nothing to write (the link names target
+// already); otherwise content is what the new link holds, in the style of
+// the old one. link and target are clean and absolute.
+func planSwitch(t Target, link, expect, target, raw string, rerr error) (from, content string, done bool, err error) {
 	relative := false
-	switch raw, _, err := readLink(t, link); {
+	switch raw, _, err := judgeLink(t, link, raw, rerr); {
 	case errors.Is(err, fs.ErrNotExist) && expect == "":
 	case err != nil:
-		return "", fmt.Errorf("switch: %w", err)
+		return "", "", false, fmt.Errorf("switch: %w", err)
 	default:
 		from = linkDest(link, raw)
 		relative = !filepath.IsAbs(raw)
 	}
 	if expect != "" && !samePath(t, from, expect) {
-		return from, newError(ErrLinkMoved, nil, "switch %s to %s: the link names %s now, not %s as it did when the rollback was planned; nothing changed",
+		return from, "", false, newError(ErrLinkMoved, nil, "switch %s to %s: the link names %s now, not %s as it did when the rollback was planned; nothing changed",
 			link, target, from, filepath.Clean(expect))
 	}
 
 	if from != "" && samePath(t, from, target) {
-		return from, nil
+		return from, "", true, nil
 	}
 	fi, err := t.Stat(target)
 	if err != nil {
-		return from, fmt.Errorf("switch %s: release: %w", link, err)
+		return from, "", false, fmt.Errorf("switch %s: release: %w", link, err)
 	}
 	if !fi.IsDir() {
-		return from, fmt.Errorf("switch %s: release %s is not a directory", link, target)
+		return from, "", false, fmt.Errorf("switch %s: release %s is not a directory", link, target)
 	}
 
-	content := target
+	content = target
 	if relative {
 		if r, err := filepath.Rel(filepath.Dir(link), target); err == nil {
 			content = r
 		}
 	}
-	if err := replaceLink(t, link, content); err != nil {
-		return from, fmt.Errorf("switch %s to %s: %w (link names %s)", link, target, err, where(t, link))
-	}
+	return from, content, false, nil
+}
 
-	raw, err := t.Readlink(link)
+// checkReadBack judges the link's content read after the switch (raw, or
+// the error reading it): it must name target.
+func checkReadBack(t Target, link, target, raw string, err error) error {
 	if err != nil {
-		return from, fmt.Errorf("switch %s to %s: read back: %w", link, target, err)
+		return fmt.Errorf("switch %s to %s: read back: %w", link, target, err)
 	}
 	if now := linkDest(link, raw); now != target && !samePath(t, now, target) {
-		return from, newError(ErrLinkMismatch, nil, "switch %s to %s: link now names %s", link, target, now)
+		return newError(ErrLinkMismatch, nil, "switch %s to %s: link now names %s", link, target, now)
 	}
-	return from, nil
+	return nil
+}
+
+// tempName is the temporary name under which a file or link is made next
+// to p before it is renamed over p: hidden, and random so that two writers
+// never share one.
+func tempName(p string) string {
+	return filepath.Join(filepath.Dir(p), "."+filepath.Base(p)+".tmp-"+rand.Text()[:16])
 }
 
 // replaceLink makes link hold content through a temporary symlink renamed
 // over it; the temporary link never outlives a failure.
 func replaceLink(t Target, link, content string) error {
-	tmp := filepath.Join(filepath.Dir(link), "."+filepath.Base(link)+".tmp-"+rand.Text()[:16])
+	tmp := tempName(link)
 	if err := t.Symlink(content, tmp); err != nil {
 		return err
 	}
@@ -634,62 +697,4 @@ func Activate(t Target, link, release string) (previous string, err error) {
 		return previous, fmt.Errorf("activate: link %s switched to %s, but: %w", link, release, err)
 	}
 	return previous, nil
-}
-
-// Marker is the content of a ROLLED_BACK file.
-type Marker struct {
-	Time      time.Time `json:"time"`
-	RunID     string    `json:"run_id,omitempty"`
-	RequestID string    `json:"request_id,omitempty"`
-	Reason    string    `json:"reason"`
-	From      string    `json:"from"`
-	To        string    `json:"to"`
-}
-
-// MarkRolledBack writes m to releaseDir/ROLLED_BACK, atomically. A zero
-// m.Time is set to now.
-func MarkRolledBack(t Target, releaseDir string, m Marker) error {
-	if err := checkAbs("release", releaseDir); err != nil {
-		return err
-	}
-	if m.Time.IsZero() {
-		m.Time = time.Now().UTC()
-	}
-	// Reasons quote thresholds ("12 < min 50"): keep them readable for
-	// the person who opens the file.
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(m); err != nil {
-		return err
-	}
-	// Not followed by a directory fsync (ReplaceFile): if a crash loses the
-	// marker, the release is merely unmarked, while the link switch it
-	// follows was synced. Over SSH this saves four round trips per host.
-	if err := t.ReplaceFile(filepath.Join(releaseDir, MarkerFile), buf.Bytes()); err != nil {
-		return fmt.Errorf("mark rolled back: %w", err)
-	}
-	return nil
-}
-
-// RolledBack reports whether releaseDir carries a ROLLED_BACK marker. Only
-// the file's existence counts: a marker that does not parse still keeps the
-// release from being chosen.
-func RolledBack(t Target, releaseDir string) (bool, error) {
-	_, err := t.Lstat(filepath.Join(releaseDir, MarkerFile))
-	switch {
-	case err == nil:
-		return true, nil
-	case errors.Is(err, fs.ErrNotExist):
-		return false, nil
-	}
-	return false, fmt.Errorf("rolled back marker: %w", err)
-}
-
-func clearMarker(t Target, releaseDir string) error {
-	err := t.Remove(filepath.Join(releaseDir, MarkerFile))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove rolled back marker: %w", err)
-	}
-	return nil
 }

@@ -266,9 +266,13 @@ func (e *Executor) resolve(ctx context.Context, req events.RollbackRequest, p *p
 	if err != nil {
 		return err
 	}
-	// Every path is read from the host once (see readOnce).
+	// Every path is read from the host once (see readOnce); over SSH,
+	// what resolving asks is read ahead in as few round trips as it can be.
 	t := newReadOnce(pl.target)
 	pl.view = t
+	if pf, ok := pl.target.(prefetcher); ok {
+		pf.prefetchPlan(t, planGuess{link: link, releasesDir: dir, version: req.Version, toVersion: req.ToVersion})
+	}
 	if req.Version != "" {
 		// Check the link before resolving anything: a host that is not on
 		// the release the request rolls away from either ran this request
