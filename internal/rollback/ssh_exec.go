@@ -67,6 +67,12 @@ func (t *SSHTarget) run(ctx context.Context, argv []string, line string) ([]byte
 	}
 	sess, err := c.client.NewSession()
 	if err != nil {
+		if c.closed() || c.probe(ep.connectTimeout) != nil {
+			// Cut before the command started: nothing ran, and a new
+			// connection may well get through.
+			t.drop(c)
+			err = fmt.Errorf("%w to %s: %w", ErrConnectionLost, ep.name, err)
+		}
 		return nil, fmt.Errorf("run %s on %s: opening a session: %w", argv[0], ep.name, err)
 	}
 	defer sess.Close()
