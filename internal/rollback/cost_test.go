@@ -1,124 +1,98 @@
 package rollback
 
 import (
-	"context"
 	"errors"
-	"fmt"
-	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/policy"
+	"github.com/rollback-watcher/watcher/internal/sshkit"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
-// sftpCost is what each Target call costs an SSHTarget in SFTP requests
-// (ssh.go), for a small file on a server with fsync@openssh.com.
-var sftpCost = map[string]int{"ReadFile": 4, "WriteFile": 9, "ReplaceFile": 5, "Rename": 4}
+// flightRTT is the round trip time the flight tests' proxy adds: well
+// above the time between the writes of one flight, so that the count is
+// exact, and small enough to keep the tests quick.
+const flightRTT = 4 * time.Millisecond
 
-// counting counts the calls made to a Target, by method.
-type counting struct {
-	Target
-	mu sync.Mutex
-	n  map[string]int
+// flightHost is one host on a real sshd, reached through a proxy that adds
+// a round trip time and counts the flights (sshkit.Proxy): what a host
+// across a network costs, in round trips, whatever the machine's speed.
+type flightHost struct {
+	s   *testutil.SSHD
+	px  *sshkit.Proxy
+	cfg policy.SSH
+	kh  string
 }
 
-func (c *counting) add(op string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.n == nil {
-		c.n = map[string]int{}
+func startFlightHost(t *testing.T) flightHost {
+	t.Helper()
+	s := testutil.StartSSHD(t, "127.0.0.2")
+	px, err := sshkit.StartProxy("127.0.0.2:0", s.Addrs[0], flightRTT)
+	if err != nil {
+		t.Fatal(err)
 	}
-	c.n[op]++
+	t.Cleanup(func() { _ = px.Close() })
+	kh := otherKnownHosts(t, []string{px.Addr}, func(a string) string { return knownhosts.Line([]string{a}, s.HostPublicKey) })
+	cfg := sshConfig(s)
+	cfg.KnownHosts = kh
+	return flightHost{s: s, px: px, cfg: cfg, kh: kh}
 }
 
-func (c *counting) requests() (int, string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	total := 0
-	var parts []string
-	for _, op := range slices.Sorted(maps.Keys(c.n)) {
-		total += c.n[op] * max(sftpCost[op], 1)
-		parts = append(parts, fmt.Sprintf("%s %d", op, c.n[op]))
+// handshakeFlights is what opening a connection costs, in flights: the TCP
+// handshake, the SSH key exchange and login, the session channel and the
+// SFTP session.
+func (fh flightHost) handshakeFlights(t *testing.T) int64 {
+	t.Helper()
+	fh.px.Reset()
+	dialSSHTarget(t, newPool(t), fh.px.Addr, fh.cfg)
+	return fh.px.Flights()
+}
+
+// maxHandshakeFlights pins what x/crypto/ssh and OpenSSH take to open an
+// SFTP session: TCP (1), versions (1), key exchange (2), the ssh-userauth
+// service (1), the "none" method and the public key offered then signed
+// (3), the session channel (1), the sftp subsystem (1), SFTP's version
+// exchange (1).
+const maxHandshakeFlights = 11
+
+func TestHandshakeFlights(t *testing.T) {
+	fh := startFlightHost(t)
+	n := fh.handshakeFlights(t)
+	t.Logf("opening a connection: %d flights", n)
+	if n > maxHandshakeFlights {
+		t.Errorf("opening an SFTP session takes %d round trips, want at most %d", n, maxHandshakeFlights)
 	}
-	return total, strings.Join(parts, ", ")
 }
 
-func (c *counting) Readlink(name string) (string, error) {
-	c.add("Readlink")
-	return c.Target.Readlink(name)
-}
-
-func (c *counting) Stat(name string) (fs.FileInfo, error) {
-	c.add("Stat")
-	return c.Target.Stat(name)
-}
-
-func (c *counting) Lstat(name string) (fs.FileInfo, error) {
-	c.add("Lstat")
-	return c.Target.Lstat(name)
-}
-
-func (c *counting) ReadFile(name string) ([]byte, error) {
-	c.add("ReadFile")
-	return c.Target.ReadFile(name)
-}
-
-func (c *counting) ReadDir(name string) ([]fs.FileInfo, error) {
-	c.add("ReadDir")
-	return c.Target.ReadDir(name)
-}
-
-func (c *counting) Symlink(oldname, newname string) error {
-	c.add("Symlink")
-	return c.Target.Symlink(oldname, newname)
-}
-
-func (c *counting) Rename(oldname, newname string) error {
-	c.add("Rename")
-	return c.Target.Rename(oldname, newname)
-}
-
-func (c *counting) WriteFile(name string, data []byte, perm fs.FileMode) error {
-	c.add("WriteFile")
-	return c.Target.WriteFile(name, data, perm)
-}
-
-func (c *counting) ReplaceFile(name string, data []byte) error {
-	c.add("ReplaceFile")
-	return c.Target.ReplaceFile(name, data)
-}
-
-func (c *counting) Remove(name string) error {
-	c.add("Remove")
-	return c.Target.Remove(name)
-}
-
-func (c *counting) Run(ctx context.Context, argv, env []string) ([]byte, error) {
-	c.add("Run")
-	return c.Target.Run(ctx, argv, env)
-}
-
-// TestExecuteRoundTrips pins what a plain rollback of one host costs over
-// SSH, where every call is a round trip through the host's sshd and the
-// fleet's wall time is bound by the hosts' CPU (BENCHMARKS.md): read the
-// link, previousVersion and what the two releases are (7 requests), switch
-// and read back (7), mark the release rolled back (5). A change that asks
-// the host more questions fails here before it shows in the benchmark.
+// TestExecuteRoundTrips pins what a rollback of one host costs over SSH in
+// round trips (flights), which is what a fleet far away waits for: reading
+// the plan (the link, previousVersion, what the two releases are) in two
+// flights, the switch and the marker in three; one flight fewer when the
+// request names the release to go back to. A cold rollback pays the
+// handshake on top. A change that adds a round trip fails here before it
+// shows in the benchmark (BENCHMARKS.md).
 func TestExecuteRoundTrips(t *testing.T) {
+	fh := startFlightHost(t)
+	handshake := fh.handshakeFlights(t)
 	tests := []struct {
-		name   string
-		layout func(t *testing.T, h host)
-		max    int
+		name      string
+		layout    func(t *testing.T, h host)
+		toVersion string
+		cold      bool
+		max       int64
 	}{
-		{name: "previousVersion file, relative link", max: 19},
-		{name: "previous release is a symlink", max: 27, layout: func(t *testing.T, h host) {
+		{name: "previousVersion file, relative link", max: 5},
+		{name: "the request names the release", toVersion: "v1", max: 4},
+		{name: "cold: previousVersion file, relative link", cold: true, max: 5},
+		{name: "cold: the request names the release", toVersion: "v1", cold: true, max: 4},
+		{name: "previous release is a symlink", max: 9, layout: func(t *testing.T, h host) {
 			// A release kept in a store and linked in: telling it from the
 			// current release, and that it is inside the releases
 			// directory, takes a walk of the paths from "/".
@@ -129,31 +103,52 @@ func TestExecuteRoundTrips(t *testing.T) {
 			}
 			symlink(t, filepath.Join(store, "v1"), h.rel("v1"))
 		}},
+		{name: "no previousVersion: the newest release", max: 7, layout: func(t *testing.T, h host) {
+			if err := os.Remove(filepath.Join(h.rel("v2"), PreviousVersionFile)); err != nil {
+				t.Fatal(err)
+			}
+			touch(t, h.rel("v2"), t0)
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h := deployed(t)
+			f := newFleet(t, fh.s, "127.0.0.2")
+			h := f.hosts["127.0.0.2"]
 			if tc.layout != nil {
 				tc.layout(t, h)
 			}
-			c := &counting{Target: named{name: "web1"}}
-			rules := loadRules(t, policyYAML("shop", "shop", h, `hosts: ["web1"]`))
-			rec := &recorder{}
-			e := &Executor{Policies: rules, Audit: rec, AnnounceSource: "test",
-				Dial: func(context.Context, string, policy.SSH) (Target, error) { return c, nil }}
+			pool := newPool(t)
+			if !tc.cold {
+				dialSSHTarget(t, pool, fh.px.Addr, fh.cfg)
+			}
+			rules := loadRules(t, f.policy(fh.s, fh.kh, "5s", []string{fh.px.Addr}))
+			e := &Executor{Policies: rules, Audit: &recorder{}, AnnounceSource: "test", Dial: pool.Dial}
+			req := request("rb-flights")
+			req.ToVersion = tc.toVersion
+			fh.px.Reset()
+			requests := pool.SFTPRequests()
 
-			res := e.Execute(ctxFor(t), request("rb-cost"))
+			res := e.Execute(ctxFor(t), req)
 
+			n := fh.px.Flights()
+			requests = pool.SFTPRequests() - requests
 			if res.Status != ResultCompleted {
 				t.Fatalf("result %s: %v", res.Status, res.Err)
 			}
 			if got := readlink(t, h.link); got != "releases/v1" {
 				t.Fatalf("link -> %s, want releases/v1", got)
 			}
-			n, calls := c.requests()
-			t.Logf("%s = %d SFTP requests", calls, n)
+			if m := readMarker(t, h.rel("v2")); m.To != h.rel("v1") {
+				t.Errorf("marker %+v", m)
+			}
+			if tc.cold {
+				n -= handshake
+				t.Logf("%d flights after the handshake's %d, %d SFTP requests", n, handshake, requests)
+			} else {
+				t.Logf("%d flights, %d SFTP requests", n, requests)
+			}
 			if n > tc.max {
-				t.Errorf("one host's rollback makes %s = %d SFTP requests, want at most %d", calls, n, tc.max)
+				t.Errorf("one host's rollback takes %d round trips, want at most %d", n, tc.max)
 			}
 		})
 	}
