@@ -86,9 +86,11 @@ func TestExecuteRoundTrips(t *testing.T) {
 		layout    func(t *testing.T, h host)
 		toVersion string
 		cold      bool
+		idle      bool // the warm connection was idle long enough to be checked
 		max       int64
 	}{
 		{name: "previousVersion file, relative link", max: 5},
+		{name: "idle connection: its keepalive goes with the first flight", idle: true, max: 5},
 		{name: "the request names the release", toVersion: "v1", max: 4},
 		{name: "cold: previousVersion file, relative link", cold: true, max: 5},
 		{name: "cold: the request names the release", toVersion: "v1", cold: true, max: 4},
@@ -119,7 +121,12 @@ func TestExecuteRoundTrips(t *testing.T) {
 			}
 			pool := newPool(t)
 			if !tc.cold {
-				dialSSHTarget(t, pool, fh.px.Addr, fh.cfg)
+				tg := dialSSHTarget(t, pool, fh.px.Addr, fh.cfg)
+				if tc.idle {
+					pool.mu.Lock()
+					tg.lastUse = time.Now().Add(-time.Minute)
+					pool.mu.Unlock()
+				}
 			}
 			rules := loadRules(t, f.policy(fh.s, fh.kh, "5s", []string{fh.px.Addr}))
 			e := &Executor{Policies: rules, Audit: &recorder{}, AnnounceSource: "test", Dial: pool.Dial}

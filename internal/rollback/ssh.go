@@ -40,7 +40,7 @@ const (
 	// DefaultSSHIdleTimeout closes connections that nothing used for so long.
 	DefaultSSHIdleTimeout = 15 * time.Minute
 	// sshProbeAfter: a cached connection idle for longer is checked with a
-	// keepalive before Dial hands it out, so that a connection the network
+	// keepalive as Dial hands it out, so that a connection the network
 	// dropped meanwhile costs a redial now rather than a failed host later.
 	sshProbeAfter = 2 * time.Second
 	// defaultConnectTimeout applies when the policy gives none (a

@@ -36,9 +36,16 @@ func NewSSHPool(maxOpen int) *SSHPool { return &SSHPool{MaxOpen: maxOpen} }
 var _ Dialer = (&SSHPool{}).Dial
 
 // Dial returns the target for host ("web1" or "web1:2222"), connected: a
-// cached connection when one is open and answers, else a new one. A cached
-// connection that dropped is worth one redial; any other failure (refused,
-// timed out, host key not verified, login refused) is returned as is.
+// cached connection when one is open, else a new one; a failure to connect
+// (refused, timed out, host key not verified, login refused) is returned as
+// is.
+//
+// A cached connection idle for a while is checked with a keepalive sent as
+// Dial returns, so that its answer comes back with the first requests'
+// instead of costing a round trip of its own: when none comes within the
+// connect timeout, the connection is closed, and the requests waiting on it
+// fail and are tried again on a new one (reads at once, changes once the
+// host was read back).
 func (p *SSHPool) Dial(ctx context.Context, host string, cfg policy.SSH) (Target, error) {
 	ep, err := newEndpoint(host, cfg)
 	if err != nil {
@@ -66,13 +73,11 @@ func (p *SSHPool) Dial(ctx context.Context, host string, cfg policy.SSH) (Target
 		return nil, err
 	}
 	if !st.fresh && st.idle > sshProbeAfter {
-		if perr := c.probe(ep.connectTimeout); perr != nil {
-			t.release()
-			t.drop(c)
-			if _, _, err = t.acquire(ctx); err != nil {
-				return nil, fmt.Errorf("%w (the cached connection had dropped: %v)", err, perr)
+		go func() {
+			if c.probe(ep.connectTimeout) != nil {
+				t.drop(c)
 			}
-		}
+		}()
 	}
 	t.release()
 	return t, nil
