@@ -41,7 +41,14 @@ type servers struct {
 	// orphans is the CPU time of the processes that left the sshd trees
 	// (see adoptOrphans) and that this process reaped.
 	orphans time.Duration
+	// ignored is a child of this process that is not an orphan of the sshd
+	// trees: the proxies (0: none).
+	ignored int
 }
+
+// ignore makes adopted leave out pid, a child this process started (0:
+// none).
+func (s *servers) ignore(pid int) { s.ignored = pid }
 
 // prSetChildSubreaper is PR_SET_CHILD_SUBREAPER for prctl(2).
 const prSetChildSubreaper = 36
@@ -68,7 +75,7 @@ func (s *servers) adopted(procs map[int]procStat) []int {
 	listeners := s.pids()
 	var out []int
 	for pid, st := range procs {
-		if st.ppid == me && !slices.Contains(listeners, pid) {
+		if st.ppid == me && pid != s.ignored && !slices.Contains(listeners, pid) {
 			out = append(out, pid)
 		}
 	}
@@ -219,11 +226,16 @@ func (s *servers) stop() {
 }
 
 // knownHosts writes a known_hosts file with a "[127.0.0.2]:PORT" line for
-// every address.
-func (s *servers) knownHosts(path string) error {
+// every address, and one for the address on proxyPort when not 0 (the
+// proxies pass the host key through).
+func (s *servers) knownHosts(path string, proxyPort int) error {
 	var b bytes.Buffer
 	for _, a := range s.addrs {
 		fmt.Fprintln(&b, knownhosts.Line([]string{a}, s.hostKey))
+		if proxyPort != 0 {
+			host, _, _ := net.SplitHostPort(a)
+			fmt.Fprintln(&b, knownhosts.Line([]string{net.JoinHostPort(host, strconv.Itoa(proxyPort))}, s.hostKey))
+		}
 	}
 	return os.WriteFile(path, b.Bytes(), 0o600)
 }

@@ -15,12 +15,13 @@ import (
 // delay applies only to what goes through the proxy.
 //
 // It counts flights: the round trips a client waits for. A connection's
-// first flight is its TCP handshake; after that, a chunk from the client
-// starts a new flight when an answer reached the client since the current
-// flight started. A client that sends its requests together and then waits
-// for their answers makes one flight of them, however many they are. The
-// count is exact only with a round trip time well above the time a client
-// takes between the writes of one flight (a millisecond does).
+// first flight is its TCP handshake; after that, a flight is counted when
+// something reaches the client after it sent something: a client that
+// sends its requests together and then waits for their answers makes one
+// flight of them, however many they are, and what it sends without
+// waiting for an answer (a last close) makes none. The count is exact only
+// with a round trip time well above the time a client takes between the
+// writes of one flight (a millisecond does).
 type Proxy struct {
 	Addr    string
 	backend string
@@ -121,19 +122,19 @@ func (p *Proxy) serve(c net.Conn) {
 		return
 	}
 	var mu sync.Mutex
-	answered := true // the handshake's answer
+	waiting := false // the client sent something that got no answer yet
 	sent := func() {
 		mu.Lock()
 		defer mu.Unlock()
-		if answered {
-			p.flights.Add(1)
-			answered = false
-		}
+		waiting = true
 	}
 	delivered := func() {
 		mu.Lock()
 		defer mu.Unlock()
-		answered = true
+		if waiting {
+			p.flights.Add(1)
+			waiting = false
+		}
 	}
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -150,8 +151,7 @@ type chunk struct {
 
 // pipe copies src to dst, each chunk half a round trip after it was read,
 // until src ends; then it closes dst for writing.
-// read is called as a chunk arrives, before is called just before it is
-// delivered (so that what the receiver does next is seen after it).
+// read is called as a chunk arrives, before just before it is delivered.
 func (p *Proxy) pipe(dst, src net.Conn, read, before func()) {
 	q := make(chan chunk, 4096)
 	go func() {
