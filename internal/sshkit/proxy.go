@@ -1,6 +1,7 @@
 package sshkit
 
 import (
+	"bytes"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -153,17 +154,17 @@ type chunk struct {
 // until src ends; then it closes dst for writing.
 // read is called as a chunk arrives, before just before it is delivered.
 func (p *Proxy) pipe(dst, src net.Conn, read, before func()) {
-	q := make(chan chunk, 4096)
+	q := make(chan chunk, 256)
 	go func() {
 		defer close(q)
+		buf := make([]byte, 32<<10)
 		for {
-			buf := make([]byte, 32<<10)
 			n, err := src.Read(buf)
 			if n > 0 {
 				if read != nil {
 					read()
 				}
-				q <- chunk{buf[:n], time.Now().Add(p.rtt / 2)}
+				q <- chunk{bytes.Clone(buf[:n]), time.Now().Add(p.rtt / 2)}
 			}
 			if err != nil {
 				return
