@@ -159,7 +159,7 @@ func startSFTP(client *ssh.Client) (*sftpConn, error) {
 		_ = ch.Close()
 		return nil, err
 	}
-	r := bufio.NewReaderSize(ch, 64<<10)
+	r := bufio.NewReaderSize(ch, 8<<10)
 	typ, body, err := readPacket(r)
 	if err == nil && typ != fxpVersion {
 		err = fmt.Errorf("expected a version packet, got type %d", typ)
