@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -213,7 +214,7 @@ var probeKey = sync.OnceValue(func() ssh.PublicKey {
 // for the host, so that a host known by its ed25519 key is not asked for its
 // ECDSA key and then reported as changed.
 func hostKeyCallback(ep sshEndpoint, refused **HostKeyError) (ssh.HostKeyCallback, []string, error) {
-	db, err := knownhosts.New(ep.knownHosts)
+	db, err := knownHostsDB(ep.knownHosts)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil, fmt.Errorf("%w: known_hosts file %s does not exist, and host keys are always verified: create it with %s >> %s",
@@ -255,6 +256,46 @@ func hostKeyCallback(ep sshEndpoint, refused **HostKeyError) (ssh.HostKeyCallbac
 		return e
 	}
 	return cb, algos, nil
+}
+
+// knownHosts holds each known_hosts file parsed, until its content changes. Every
+// connection keeps its host key callback (for key re-exchanges), and a
+// callback holds the whole parsed file: parsed once a dial, a fleet's
+// known_hosts (a line per host) cost every connection about 330 bytes a
+// line, memory quadratic in the fleet (330 KiB a connection with 1000
+// hosts), and as much CPU a dial.
+var knownHosts = struct {
+	sync.Mutex
+	files map[string]knownHostsFile
+}{files: map[string]knownHostsFile{}}
+
+type knownHostsFile struct {
+	sum [sha256.Size]byte
+	db  ssh.HostKeyCallback
+}
+
+// knownHostsDB is knownhosts.New(path), parsed again only when the file's
+// content changed. Reading and hashing it costs a fraction of parsing it,
+// and no timestamp can miss an edit.
+func knownHostsDB(path string) (ssh.HostKeyCallback, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(b)
+	knownHosts.Lock()
+	defer knownHosts.Unlock()
+	if f, ok := knownHosts.files[path]; ok && f.sum == sum {
+		return f.db, nil
+	}
+	// Parsed from the file again: if it changed since it was read, the
+	// next dial finds the sums differ and parses it once more.
+	db, err := knownhosts.New(path)
+	if err != nil {
+		return nil, err
+	}
+	knownHosts.files[path] = knownHostsFile{sum: sum, db: db}
+	return db, nil
 }
 
 func algorithmsFor(keyType string) []string {
