@@ -49,6 +49,8 @@ type options struct {
 	quiet      time.Duration
 	rtts       []time.Duration
 	maxOpen    int
+	// connectTimeout is the policy's connect_timeout.
+	connectTimeout time.Duration
 }
 
 // maxHosts: addresses 127.0.0.2 ... 127.0.3.251, 250 a /24.
@@ -66,6 +68,7 @@ func run() int {
 	flag.IntVar(&o.runs, "runs", 7, "measured runs of the watcher, cold and warm each, per round trip time")
 	flag.IntVar(&o.psshRuns, "pssh-runs", 5, "measured runs of parallel-ssh, per round trip time")
 	flag.StringVar(&rtt, "rtt", rtt, "round trip times to measure at, comma-separated (0,20ms,100ms): above 0, every host is reached through a proxy adding it (latency mode); 0 is loopback without the proxy")
+	flag.DurationVar(&o.connectTimeout, "connect-timeout", 10*time.Second, "the policy's connect_timeout: every handshake of a cold rollback must finish within it, and with hundreds of hosts on this machine's cores they queue for CPU")
 	flag.IntVar(&o.maxOpen, "max-open", 0, fmt.Sprintf("MaxOpen of the watcher's SSH pools; 0: the pool's default (%d), or the number of hosts if larger", rollback.DefaultSSHMaxOpen))
 	flag.StringVar(&o.user, "user", "rwbench", "user the rollbacks log in as (created with shell /bin/sh if missing)")
 	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file; the watcher's timed sections carry the label section=warm or section=cold (go tool pprof -tagfocus section=warm ...)")
@@ -193,8 +196,8 @@ func bench(ctx context.Context, o options) (err error) {
 	fmt.Printf("fleet: %d hosts %s ... %s, %d sshd processes on port %d, user %s (/bin/sh), one fresh host key and client key\n",
 		o.hosts, srv.addrs[0], srv.addrs[len(srv.addrs)-1], len(srv.cmds), srv.port, o.user)
 	fmt.Printf("side A: %s %s\n", pssh, shellJoin(psshArgs(env, "HOSTS-FILE")))
-	fmt.Printf("side B: rollback.Executor.Execute, SSHPool dialer (MaxOpen %d), policy %s (parallelism %d), recording auditor, no NATS\n",
-		o.maxOpen, filepath.Join(dir, "rules.yml"), o.hosts)
+	fmt.Printf("side B: rollback.Executor.Execute, SSHPool dialer (MaxOpen %d), policy %s (parallelism %d, connect_timeout %s), recording auditor, no NATS\n",
+		o.maxOpen, filepath.Join(dir, "rules.yml"), o.hosts, o.connectTimeout)
 	fmt.Printf("each run: fleet reset (every link back on v2, markers removed, previousVersion restored, sync) and a %s pause, untimed;"+
 		" the watcher's runs also start after a runtime.GC(), the warm ones after every host's connection was dialed or checked and its link read;"+
 		" sides interleaved, one untimed warm-up round first, per round trip time\n", o.quiet)

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/common/model"
+
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/events"
 	"github.com/rollback-watcher/watcher/internal/policy"
@@ -349,8 +351,14 @@ func measureWatcher(ctx context.Context, env *phaseEnv, label string, e *rollbac
 func dialAll(ctx context.Context, pool *rollback.SSHPool, addrs []string, cfg policy.SSH, fl fleet) error {
 	errs := make([]error, len(addrs))
 	var wg sync.WaitGroup
+	// A few at a time, as the watcher's Warmer opens them: hundreds of
+	// handshakes at once on this machine's cores would not finish within
+	// the connect timeout.
+	sem := make(chan struct{}, 32)
 	for i, a := range addrs {
+		sem <- struct{}{}
 		wg.Go(func() {
+			defer func() { <-sem }()
 			t, err := pool.Dial(ctx, a, cfg)
 			if err == nil {
 				_, err = t.Readlink(fl.link(fl.ips[i]))
@@ -382,8 +390,8 @@ func loadPolicy(dir string, fl fleet, addrs []string, o options, identity, known
       releases_dir: %q
       hosts: [%s]
       parallelism: %d
-      ssh: {user: %q, identity_file: %q, known_hosts: %q, connect_timeout: 10s, command_timeout: 30s}
-`, base+"/{{ .Host }}/current", base+"/{{ .Host }}/releases", strings.Join(q, ", "), o.hosts, o.user, identity, knownHosts)
+      ssh: {user: %q, identity_file: %q, known_hosts: %q, connect_timeout: %s, command_timeout: 60s}
+`, base+"/{{ .Host }}/current", base+"/{{ .Host }}/releases", strings.Join(q, ", "), o.hosts, o.user, identity, knownHosts, model.Duration(o.connectTimeout))
 	file := filepath.Join(dir, "rules.yml")
 	if err := os.WriteFile(file, []byte(rules), 0o644); err != nil {
 		return nil, err
