@@ -257,7 +257,10 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 	link, expect, target = filepath.Clean(link), filepath.Clean(expect), filepath.Clean(target)
 	markerFile := filepath.Join(expect, MarkerFile)
 	markerTmp, linkTmp := tempName(markerFile), tempName(link)
-	var markErr error
+	// decided is the outcome when the host answered: a refusal, or a
+	// marker that could not be put in place. The operation itself fails
+	// only when the connection does, so that call probes it only then.
+	var decided error
 	err = t.call(false, func(c *sshConn) error {
 		if !c.posixRename {
 			return fmt.Errorf("%w, needed to replace %s atomically", ErrNoPosixRename, link)
@@ -293,7 +296,8 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 				temps = append(temps, markerTmp)
 			}
 			_ = cleanup(f, temps...)
-			return err
+			decided = err
+			return nil
 		}
 
 		f = s.flight()
@@ -321,7 +325,7 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 			return err
 		}
 		if !done {
-			failed := func(op, old, new string, err error) error {
+			failed := func(op, oldname, newname string, err error) error {
 				var temps []string
 				if op == "rename" {
 					temps = append(temps, linkTmp)
@@ -331,7 +335,7 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 				}
 				_ = cleanup(s.flight(), temps...)
 				return fmt.Errorf("switch %s to %s: %w (link names %s)", link, target,
-					&os.LinkError{Op: op, Old: old, New: new, Err: err}, standsAt(link, rb))
+					&os.LinkError{Op: op, Old: oldname, New: newname, Err: err}, standsAt(link, rb))
 			}
 			if err := sym.status(); err != nil {
 				return failed("symlink", content, linkTmp, err)
@@ -345,17 +349,18 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 				if merr == nil {
 					_ = cleanup(s.flight(), markerTmp)
 				}
-				return err
+				decided = err
+				return nil
 			}
 		}
 		switched = true
 		if merr != nil {
-			markErr = fmt.Errorf("mark rolled back: write %s: %w", markerFile, merr)
+			decided = fmt.Errorf("mark rolled back: write %s: %w", markerFile, merr)
 			return nil
 		}
 		if err := firstErr(writes); err != nil {
 			_ = cleanup(s.flight(), markerTmp)
-			markErr = fmt.Errorf("mark rolled back: write %s: %w", markerFile, err)
+			decided = fmt.Errorf("mark rolled back: write %s: %w", markerFile, err)
 			return nil
 		}
 		f = s.flight()
@@ -365,14 +370,14 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 		}
 		if err := mr.status(); err != nil {
 			_ = cleanup(s.flight(), markerTmp)
-			markErr = fmt.Errorf("mark rolled back: write %s: %w", markerFile, err)
+			decided = fmt.Errorf("mark rolled back: write %s: %w", markerFile, err)
 			return nil
 		}
 		marked = true
 		return nil
 	})
 	if err == nil {
-		err = markErr
+		err = decided
 	}
 	return switched, marked, err
 }
