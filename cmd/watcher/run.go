@@ -168,6 +168,10 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	ingestCreds, err := ingestCredentials(cfg.Ingest)
+	if err != nil {
+		return err
+	}
 	set, err := policy.Load(cfg.RuleFiles...)
 	if err != nil {
 		return fmt.Errorf("policies are invalid (`watcher check` lists every problem): %w", err)
@@ -269,6 +273,8 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	x.Register(reg)
 	alertReceiver := &alerts.Receiver{JS: js, Policies: policies.Load, Audit: aud, Logger: logger}
 	alertReceiver.Register(reg)
+	ingest := &web.Ingest{JS: js, Audit: aud, Credentials: ingestCreds, Logger: logger.With("component", "ingest")}
+	ingest.Register(reg)
 	var notifier *notify.Notifier
 	if len(targets) > 0 {
 		notifier = &notify.Notifier{JS: js, Targets: targets, Audit: aud, Logger: logger, ExternalURL: o.externalURL, Replicas: cfg.NATS.Replicas}
@@ -300,6 +306,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
 			Page:   web.StreamPage{Watcher: w, JS: js},
 			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused, AlertsRefusedQuiet: alertReceiver.CountRefused,
+			Ingest: ingest,
 			// On loopback, POSTs must name a loopback Host or the external
 			// URL's (DNS rebinding).
 			ListenAddress: ln.Addr().String(), ExternalURL: o.externalURL,
@@ -322,7 +329,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 		}
 	}()
 	logger.Info("watcher running", "web", ln.Addr().String(), "nats", redactURLs(cfg.NATS.URL), "prometheus", redactURLs(cfg.Prometheus.URL),
-		"policies", len(set.Policies), "dry_run", o.dryRun, "version", version.Version)
+		"policies", len(set.Policies), "dry_run", o.dryRun, "ingest", ingestCreds, "version", version.Version)
 
 	for {
 		select {

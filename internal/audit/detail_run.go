@@ -226,6 +226,9 @@ type EventRejectedDetail struct {
 	Field   string `json:"field"`
 	// DecodeRejection is there when the deploy event's decoder refused it.
 	*DecodeRejection
+	// HTTP is there when the event came over HTTP (README "Send deploy
+	// events from your tool"): which request, and who sent it.
+	HTTP *IngestRequest `json:"http,omitempty"`
 }
 
 // DecodeRejection is why the decoder refused a deploy event, and which
@@ -241,6 +244,9 @@ func (d EventRejectedDetail) Map() map[string]any {
 	m := map[string]any{"subject": d.Subject, "field": d.Field}
 	if d.DecodeRejection != nil {
 		m["reason"], m["size"], m["stream_seq"] = d.Reason, d.Size, d.StreamSeq
+	}
+	if d.HTTP != nil {
+		m["http"] = d.HTTP
 	}
 	return m
 }
