@@ -188,6 +188,13 @@ func (d *Decisions) refusal(c *decisionCall, status int, field string) refusal {
 func (d *Decisions) record(ctx context.Context, c *decisionCall, status int, field, why string) {
 	id := c.requestID()
 	rec := audit.Record{Kind: audit.EventRejected, RequestID: id}
+	if c.hold == nil && id != "" {
+		// Recorded with the request's service and environment, where
+		// `watcher history --service` finds it, when the id names one.
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		c.hold, _ = rollbackreq.Lookup(lctx, d.JS, id)
+		cancel()
+	}
 	if h := c.hold; h != nil {
 		rec.Service, rec.Environment, rec.Version = h.Request.Service, h.Request.Environment, h.Request.Version
 		rec.RunID, rec.DeployID = h.Request.RunID, h.Request.DeployID
