@@ -203,7 +203,11 @@ func (d *Decisions) record(ctx context.Context, c *decisionCall, status int, fie
 	if id != "" {
 		what += " " + id
 	}
-	rec.Message = fmt.Sprintf("%s of %s over %s refused (%d): %s", c.action, what, c.via, status, events.ClampReason(why))
+	how := "HTTP API"
+	if c.via == events.ViaLink {
+		how = "signed link"
+	}
+	rec.Message = fmt.Sprintf("%s of %s refused (%s, %d): %s", c.action, what, how, status, events.ClampReason(why))
 	err := rec.SetDetail(audit.EventRejectedDetail{Field: field, HTTPDecision: &audit.DecisionRequest{
 		Action: c.action, RequestID: id, Via: c.via, Method: c.r.Method, Path: clipRunes(c.r.URL.Path, 256),
 		Remote: c.r.RemoteAddr, UserAgent: clipRunes(c.r.UserAgent(), 256), User: c.user, Status: status,
@@ -262,9 +266,11 @@ func (s *Server) apiDecide(w http.ResponseWriter, r *http.Request, c *decisionCa
 		refuse(http.StatusBadRequest, "body", "the body must be one JSON object, with nothing after it")
 		return
 	}
+	// by is who the caller says decides; the user it authenticated as
+	// is kept in front of it.
 	by := user
 	if body.By != "" && body.By != user {
-		by = body.By + " (authenticated as " + user + ")"
+		by = user + " for " + body.By
 	}
 	dd := events.RollbackDecision{Action: c.action, RequestID: r.PathValue("id"), Reason: body.Reason, By: by, Via: events.ViaHTTP}
 	if field, err := checkDecision(dd); err != nil {

@@ -227,9 +227,11 @@ func holdFacts(h *rollbackreq.Hold, now time.Time) []fact {
 	default:
 		facts = append(facts, fact{"Held because", "rollback.hold: it executes unless cancelled"}, fact{"Executes at", at})
 	}
-	facts = append(facts, fact{"Held since", h.Since.UTC().Format("2006-01-02 15:04:05 UTC")}, fact{"Now", h.Describe()},
-		fact{"Request", req.ID})
-	return facts
+	facts = append(facts, fact{"Held since", h.Since.UTC().Format("2006-01-02 15:04:05 UTC")})
+	if h.State != rollbackreq.HoldHeld {
+		facts = append(facts, fact{"State", h.Describe()})
+	}
+	return append(facts, fact{"Request", req.ID})
 }
 
 // countdown is t from now for a person: "in 1m20s", "due now".

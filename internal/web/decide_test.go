@@ -224,7 +224,7 @@ func TestDecideAPINeedsUsers(t *testing.T) {
 	}
 	rec, d := hw.nextRefusal(t, "rb-open", 0, http.StatusForbidden)
 	if d.Field != "authorization" || d.HTTPDecision.Via != events.ViaHTTP || d.HTTPDecision.Action != events.ActionCancel ||
-		!strings.HasPrefix(rec.Message, "cancel of rollback request rb-open over http refused (403): ") {
+		!strings.HasPrefix(rec.Message, "cancel of rollback request rb-open refused (HTTP API, 403): ") {
 		t.Errorf("refusal %q %+v %+v", rec.Message, d, d.HTTPDecision)
 	}
 }
@@ -342,7 +342,7 @@ func TestDecideAPI(t *testing.T) {
 	// Approve, on behalf of someone: both names are kept.
 	resp, body = do(t, http.MethodPost, api("rb-cart", "approve"), `{"reason": "confirmed with the cart team", "by": "alice"}`, jsonAs("oncall:s3cret"))
 	ans = apiAnswer{}
-	if err := json.Unmarshal([]byte(body), &ans); err != nil || resp.StatusCode != http.StatusOK || ans.Data.Decision.By != "alice (authenticated as oncall)" {
+	if err := json.Unmarshal([]byte(body), &ans); err != nil || resp.StatusCode != http.StatusOK || ans.Data.Decision.By != "oncall for alice" {
 		t.Fatalf("approve: %d %s (%v)", resp.StatusCode, body, err)
 	}
 	testutil.Eventually(t, 10*time.Second, "cart rolled back", func() bool {
