@@ -143,11 +143,11 @@ func (s *Server) checkLink(w http.ResponseWriter, r *http.Request, c *decisionCa
 		case lerr != nil && !errors.Is(lerr, rollbackreq.ErrUnknownRequest):
 			msg += "; what became of it could not be read: " + lerr.Error()
 		}
-		s.refuse(quietWriter{}, r, http.StatusGone, d.refusal(c, http.StatusGone, "expires"), err.Error())
+		s.refuseLink(r, c, http.StatusGone, "expires", err.Error())
 		s.renderLink(w, http.StatusGone, &linkPageData{Title: "Link expired", Badge: "expired", Class: "muted", Message: msg,
 			Facts: holdFacts(h, s.clock()), Hint: historyHint(h)})
 	default:
-		s.refuse(quietWriter{}, r, http.StatusForbidden, d.refusal(c, http.StatusForbidden, "signature"), "link signature does not match")
+		s.refuseLink(r, c, http.StatusForbidden, "signature", "link signature does not match")
 		s.renderLink(w, http.StatusForbidden, &linkPageData{Title: "Link not valid", Badge: "refused", Class: "bad",
 			Message: "This link's signature does not match: it was altered, cut short when it was copied, or signed by another watcher. " +
 				"Open the link from the rollback.held notification as it came, or use `watcher " + c.action + " --request=ID --reason=TEXT`."})
@@ -167,7 +167,7 @@ func (s *Server) heldFor(w http.ResponseWriter, r *http.Request, c *decisionCall
 		return h, true
 	}
 	status, field := decideStatus(err)
-	s.refuse(quietWriter{}, r, status, d.refusal(c, status, field), err.Error())
+	s.refuseLink(r, c, status, field, err.Error())
 	p := &linkPageData{Title: "Nothing to decide", Badge: "not held", Class: "muted", Message: err.Error(), Facts: holdFacts(h, s.clock()), Hint: historyHint(h)}
 	switch {
 	case errors.Is(err, rollbackreq.ErrDecided) && h != nil:
@@ -179,6 +179,17 @@ func (s *Server) heldFor(w http.ResponseWriter, r *http.Request, c *decisionCall
 	}
 	s.renderLink(w, status, p)
 	return nil, false
+}
+
+// refuseLink records and counts a link request that decides nothing. A
+// GET asks for no decision: it is recorded only when its signature does
+// not match (someone tried a link of their own), not when it finds an
+// old link or a decided request, which unfurlers and scanners fetch.
+func (s *Server) refuseLink(r *http.Request, c *decisionCall, status int, field, why string) {
+	if r.Method == http.MethodGet && field != "signature" {
+		return
+	}
+	s.refuse(quietWriter{}, r, status, s.Decisions.refusal(c, status, field), why)
 }
 
 // heldPage is the page of a held request, with the form that decides it.

@@ -457,10 +457,16 @@ func TestDecideLink(t *testing.T) {
 	if dd, _ := rec.RollbackDecision(); dd.By != "bob" || dd.Via != events.ViaLink || dd.Reason != "not us: the provider is down" {
 		t.Errorf("rollback.cancelled detail %+v", dd)
 	}
-	// The link again: what became of the request.
+	// The link again: what became of the request. A GET asks for no
+	// decision, so it is no refusal either (a refusal is recorded before
+	// the answer is sent).
+	n := len(hw.refusals(t, "rb-link"))
 	resp, body = do(t, http.MethodGet, cancelURL, "", nil)
 	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "This rollback was cancelled by bob (link) at ") || strings.Contains(body, "<form") {
 		t.Errorf("GET after the cancel: %d\n%s", resp.StatusCode, body)
+	}
+	if got := len(hw.refusals(t, "rb-link")); got != n {
+		t.Errorf("a GET of a decided request's link was recorded as a refusal (%d, was %d)", got, n)
 	}
 	if s, _ := os.Readlink(filepath.Join(hw.dir, "shop", "current")); s != "releases/v2" {
 		t.Errorf("shop's link -> %s, want releases/v2", s)
