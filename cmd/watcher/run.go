@@ -25,6 +25,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/config"
+	"github.com/rollback-watcher/watcher/internal/links"
 	"github.com/rollback-watcher/watcher/internal/notify"
 	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/promclient"
@@ -269,6 +270,16 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: o.dryRun,
 		Dial: sshPool.Dial, AnnounceSource: "rollback-watcher/" + host,
 		Replica: o.replica, Replicas: cfg.NATS.Replicas, AckWait: 3 * o.lease}
+	// Held rollbacks are decided over HTTP too; with an external URL,
+	// rollback.held carries signed links (README "HTTP").
+	decisions := &web.Decisions{JS: js, Audit: aud, WebConfigFile: o.webConfig, Logger: logger.With("component", "decisions")}
+	if o.externalURL != "" {
+		if decisions.Links, err = links.Open(setupCtx, js, cfg.NATS.Replicas, o.externalURL); err != nil {
+			return err
+		}
+		x.Links = decisions.Links.Links
+	}
+	decisions.Register(reg)
 	w.Register(reg)
 	x.Register(reg)
 	alertReceiver := &alerts.Receiver{JS: js, Policies: policies.Load, Audit: aud, Logger: logger}
@@ -311,7 +322,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 			// URL's (DNS rebinding).
 			ListenAddress: ln.Addr().String(), ExternalURL: o.externalURL,
 			// Readiness ignores Prometheus: see "Prometheus unreachable" in README.md.
-			Degraded: promUp.Degraded,
+			Degraded: promUp.Degraded, Decisions: decisions,
 			Ready: func() error {
 				if nc.Status() != nats.CONNECTED {
 					return fmt.Errorf("NATS connection is %s", nc.Status())

@@ -46,6 +46,10 @@ type Server struct {
 	// AlertsRefusedQuiet, when set, is told of the refusals past that
 	// budget instead: count them, record nothing.
 	AlertsRefusedQuiet func(ctx context.Context, why string)
+	// Decisions, when set, cancels and approves held rollbacks over HTTP
+	// (POST /api/v1/rollbacks/{id}/cancel and /approve, and the signed
+	// links: see decide.go).
+	Decisions *Decisions
 	// ListenAddress is the host:port the server listens on. On a loopback
 	// address (127.0.0.1:9797 by default; unset counts as loopback) a
 	// state-changing request must name a loopback host (localhost,
@@ -188,6 +192,7 @@ func (s *Server) Handler() http.Handler {
 		page.degraded = s.Degraded
 		mux.Handle("GET /{$}", page)
 	}
+	s.decisionRoutes(mux, guard)
 	mux.HandleFunc("GET /api/v1/runs", func(w http.ResponseWriter, _ *http.Request) {
 		active, recent := s.Runs()
 		if active == nil {
