@@ -433,7 +433,9 @@ func TestExampleArgoCD(t *testing.T) {
 	}
 
 	t.Run("annotated", func(t *testing.T) {
-		d := decodeHTTP(t, render(argoApp(t)))
+		b := render(argoApp(t))
+		t.Logf("rendered:\n%s", b)
+		d := decodeHTTP(t, b)
 		if d.ID != "argocd-shop-api-production-7" || d.Service != "shop-api" || d.Environment != "production" ||
 			d.Version != ciEnv["VERSION"] || d.PreviousVersion != ciEnv["PREVIOUS_VERSION"] ||
 			!d.Time.Equal(time.Date(2026, 12, 4, 13, 12, 0, 0, time.UTC)) ||
@@ -530,4 +532,64 @@ func TestExampleFlux(t *testing.T) {
 		}
 		t.Logf("refused: %v", err)
 	})
+}
+
+// argoBody is the Argo CD template's body rendered for the test's
+// Application.
+func argoBody(t *testing.T) []byte {
+	t.Helper()
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	readYAML(t, "argocd/argocd-notifications-cm.yaml", &cm)
+	var tmpl struct {
+		Webhook map[string]struct{ Body string }
+	}
+	if err := yaml.Unmarshal([]byte(cm.Data["template.watcher-deploy-event"]), &tmpl); err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	body := template.Must(template.New("watcher-deploy-event").Parse(tmpl.Webhook["watcher"].Body))
+	if err := body.Execute(&b, map[string]any{"app": argoApp(t)}); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+// TestExampleREADMESnippets: every snippet of README "Examples per tool"
+// is what an example runs (or, for Argo CD, what its template renders),
+// so that the README shows what the tests check.
+func TestExampleREADMESnippets(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(data), "\n#### Examples per tool\n")
+	if !ok {
+		t.Fatal("README has no \"Examples per tool\"")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	flat := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	var sources []string
+	for _, f := range []string{"github-actions/deploy.yml", "gitlab-ci/.gitlab-ci.yml"} {
+		b, err := os.ReadFile(filepath.Join(examplesDir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sources = append(sources, flat(string(b)))
+	}
+	sources = append(sources, flat(string(argoBody(t))))
+	blocks := regexp.MustCompile("(?s)```[a-z]*\n(.*?)\n *```").FindAllStringSubmatch(section, -1)
+	if len(blocks) != 3 {
+		t.Fatalf("%d snippets in README \"Examples per tool\", want 3", len(blocks))
+	}
+	for _, b := range blocks {
+		found := false
+		for _, s := range sources {
+			found = found || strings.Contains(s, flat(b[1]))
+		}
+		if !found {
+			t.Errorf("README snippet is in no example (nor the rendered Argo CD body):\n%s", b[1])
+		}
+	}
 }
