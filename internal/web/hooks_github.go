@@ -51,17 +51,22 @@ func (c *ingestCall) github() {
 		return
 	}
 	d, ignored, err := githubDeploy(payload)
+	c.storeAdapted(d, ignored, err, len(body), "the GitHub webhook", c.in.Credentials.github.scope)
+}
+
+// storeAdapted stores the deploy event a provider's delivery was turned
+// into, when it was one (ignored says why not) within the sender's scope.
+func (c *ingestCall) storeAdapted(d events.Deploy, ignored string, err error, size int, sender string, scope scope) {
 	switch {
 	case err != nil:
-		c.rejectEvent(err, len(body), "")
+		c.rejectEvent(err, size, "")
 		return
 	case ignored != "":
 		c.ignore(ignored)
 		return
 	}
-	scope := c.in.Credentials.github.scope
 	if !scope.allows(d.Service, d.Environment) {
-		c.outOfScope(d, "the GitHub webhook", scope)
+		c.outOfScope(d, sender, scope)
 		return
 	}
 	c.storeNative(d)

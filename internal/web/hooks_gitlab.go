@@ -30,20 +30,7 @@ func (c *ingestCall) gitlab() {
 		return
 	}
 	d, ignored, err := gitlabDeploy(c.r.Header.Get("X-Gitlab-Event"), body)
-	switch {
-	case err != nil:
-		c.rejectEvent(err, len(body), "")
-		return
-	case ignored != "":
-		c.ignore(ignored)
-		return
-	}
-	scope := c.in.Credentials.gitlab.scope
-	if !scope.allows(d.Service, d.Environment) {
-		c.outOfScope(d, "the GitLab webhook", scope)
-		return
-	}
-	c.storeNative(d)
+	c.storeAdapted(d, ignored, err, len(body), "the GitLab webhook", c.in.Credentials.gitlab.scope)
 }
 
 // gitlabDelivery is what the watcher reads of a deployment event; the rest
