@@ -86,8 +86,9 @@ bench-runs-compare:
 	$(GO) run ./bench/runs -compare -intervals 40 -events 0 $(BENCHFLAGS)
 
 # The demo: a good and a bad release of a sample service, the bad one
-# rolled back, the history and the status page shown, everything stopped
-# and removed at the end (about 90 seconds).
+# rolled back, the notifications, the bad one again with its rollback held
+# and cancelled, the history and the status page shown, everything stopped
+# and removed at the end (about two minutes).
 .PHONY: demo
 demo: build deps
 	./scripts/demo.sh

@@ -482,17 +482,19 @@ func exportedMetrics(t *testing.T) map[string]bool {
 // metricLabels are the labels (besides the target's job and instance) and
 // values of each metric, as the README describes them ("HTTP").
 var metricLabels = map[string]map[string][]string{
-	"up":                                 {},
-	"watcher_runs_active":                {},
-	"watcher_runs_total":                 {"verdict": {"passed", "failed", "inconclusive", "superseded"}},
-	"watcher_rollbacks_total":            {"result": {"completed", "failed", "skipped"}},
-	"watcher_deploy_events_total":        {"result": {"started", "rejected", "skipped", "duplicate", "ignored"}},
-	"watcher_measurements_total":         {"outcome": {"pass", "fail", "inconclusive", "error"}},
-	"watcher_build_info":                 {"version": nil, "revision": nil, "goversion": nil},
-	"watcher_deploys_total":              {"service": nil, "environment": nil},
-	"watcher_verdicts_total":             {"service": nil, "environment": nil, "verdict": verdicts},
-	"watcher_rollbacks_by_service_total": {"service": nil, "environment": nil, "result": {"completed", "failed", "skipped"}},
-	"watcher_notifications_total":        {"target": nil, "result": {"sent", "failed", "retried"}},
+	"up":                                   {},
+	"watcher_runs_active":                  {},
+	"watcher_runs_total":                   {"verdict": {"passed", "failed", "inconclusive", "superseded"}},
+	"watcher_rollbacks_total":              {"result": {"completed", "failed", "skipped"}},
+	"watcher_deploy_events_total":          {"result": {"started", "rejected", "skipped", "duplicate", "ignored"}},
+	"watcher_measurements_total":           {"outcome": {"pass", "fail", "inconclusive", "error"}},
+	"watcher_build_info":                   {"version": nil, "revision": nil, "goversion": nil},
+	"watcher_deploys_total":                {"service": nil, "environment": nil},
+	"watcher_verdicts_total":               {"service": nil, "environment": nil, "verdict": verdicts},
+	"watcher_rollbacks_by_service_total":   {"service": nil, "environment": nil, "result": {"completed", "failed", "skipped"}},
+	"watcher_notifications_total":          {"target": nil, "result": {"sent", "failed", "retried"}},
+	"watcher_rollback_holds_total":         {"result": {"held", "approved", "cancelled", "deadline_keep", "deadline_rollback", "executed", "refused"}},
+	"watcher_rollback_verifications_total": {"service": nil, "environment": nil, "result": {"verified", "unhelpful"}},
 
 	// Recorded by watcher-alerts.yml (group rollback-watcher-dora).
 	"service_environment:watcher_deploys:increase7d":          {"service": nil, "environment": nil},

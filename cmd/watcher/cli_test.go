@@ -257,7 +257,7 @@ func TestCheck(t *testing.T) {
 		}
 	})
 
-	t.Run("on_marginal ask is refused until approvals exist", func(t *testing.T) {
+	t.Run("on_marginal ask needs a hold to wait for an answer", func(t *testing.T) {
 		rules := filepath.Join(t.TempDir(), "rules.yml")
 		writeFile(t, rules, `policies:
   - name: scored
@@ -268,7 +268,7 @@ func TestCheck(t *testing.T) {
     rollback: {mode: publish}
 `)
 		code, _, errOut := cli(t, "check", rules)
-		if want := rules + ":4: on_marginal: ask needs `watcher approve` (not built yet); use keep or rollback\n"; code != 1 || errOut != want {
+		if want := rules + ":4: on_marginal: ask waits for `watcher approve` until rollback.hold ends: set rollback.hold (such as 15m)\n"; code != 1 || errOut != want {
 			t.Errorf("exit %d, stderr %q; want 1 and %q", code, errOut, want)
 		}
 	})

@@ -25,6 +25,7 @@ import (
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/config"
+	"github.com/rollback-watcher/watcher/internal/links"
 	"github.com/rollback-watcher/watcher/internal/notify"
 	"github.com/rollback-watcher/watcher/internal/policy"
 	"github.com/rollback-watcher/watcher/internal/promclient"
@@ -168,6 +169,10 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	ingestCreds, err := ingestCredentials(cfg.Ingest)
+	if err != nil {
+		return err
+	}
 	set, err := policy.Load(cfg.RuleFiles...)
 	if err != nil {
 		return fmt.Errorf("policies are invalid (`watcher check` lists every problem): %w", err)
@@ -265,10 +270,22 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	x := &rollback.Executor{JS: js, Policies: policies.Load, Audit: aud, Logger: logger, DryRun: o.dryRun,
 		Dial: sshPool.Dial, AnnounceSource: "rollback-watcher/" + host,
 		Replica: o.replica, Replicas: cfg.NATS.Replicas, AckWait: 3 * o.lease}
+	// Held rollbacks are decided over HTTP too; with an external URL,
+	// rollback.held carries signed links (README "HTTP").
+	decisions := &web.Decisions{JS: js, Audit: aud, WebConfigFile: o.webConfig, Logger: logger.With("component", "decisions")}
+	if o.externalURL != "" {
+		if decisions.Links, err = links.Open(setupCtx, js, cfg.NATS.Replicas, o.externalURL); err != nil {
+			return err
+		}
+		x.Links = decisions.Links.Links
+	}
+	decisions.Register(reg)
 	w.Register(reg)
 	x.Register(reg)
 	alertReceiver := &alerts.Receiver{JS: js, Policies: policies.Load, Audit: aud, Logger: logger}
 	alertReceiver.Register(reg)
+	ingest := &web.Ingest{JS: js, Audit: aud, Credentials: ingestCreds, Logger: logger.With("component", "ingest")}
+	ingest.Register(reg)
 	var notifier *notify.Notifier
 	if len(targets) > 0 {
 		notifier = &notify.Notifier{JS: js, Targets: targets, Audit: aud, Logger: logger, ExternalURL: o.externalURL, Replicas: cfg.NATS.Replicas}
@@ -300,11 +317,12 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
 			Page:   web.StreamPage{Watcher: w, JS: js},
 			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused, AlertsRefusedQuiet: alertReceiver.CountRefused,
+			Ingest: ingest,
 			// On loopback, POSTs must name a loopback Host or the external
 			// URL's (DNS rebinding).
 			ListenAddress: ln.Addr().String(), ExternalURL: o.externalURL,
 			// Readiness ignores Prometheus: see "Prometheus unreachable" in README.md.
-			Degraded: promUp.Degraded,
+			Degraded: promUp.Degraded, Decisions: decisions,
 			Ready: func() error {
 				if nc.Status() != nats.CONNECTED {
 					return fmt.Errorf("NATS connection is %s", nc.Status())
@@ -322,7 +340,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 		}
 	}()
 	logger.Info("watcher running", "web", ln.Addr().String(), "nats", redactURLs(cfg.NATS.URL), "prometheus", redactURLs(cfg.Prometheus.URL),
-		"policies", len(set.Policies), "dry_run", o.dryRun, "version", version.Version)
+		"policies", len(set.Policies), "dry_run", o.dryRun, "ingest", ingestCreds, "version", version.Version)
 
 	for {
 		select {

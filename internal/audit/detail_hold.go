@@ -25,6 +25,11 @@ type RollbackHeldDetail struct {
 	// Cancel and Approve are the commands that decide it.
 	Cancel  string `json:"cancel"`
 	Approve string `json:"approve"`
+	// CancelURL and ApproveURL are signed links that decide it without
+	// other credentials until ExecuteAt, there when the watcher has
+	// --web.external-url (ApproveURL only when Ask).
+	CancelURL  string `json:"cancel_url,omitempty"`
+	ApproveURL string `json:"approve_url,omitempty"`
 	// Earlier is the rollback that a cooldown hold follows.
 	Earlier *EarlierRollback `json:"earlier,omitempty"`
 }

@@ -222,10 +222,17 @@ func (r Record) RunSkipped() (RunSkippedDetail, bool) {
 // EventRejectedDetail is the detail of an event.rejected record: a deploy
 // event or rollback request refused, and the field that made it so.
 type EventRejectedDetail struct {
+	// HTTPDecision is there when an HTTP request to decide a held
+	// rollback decided nothing.
+	HTTPDecision *DecisionRequest `json:"http_decision,omitempty"`
+
 	Subject string `json:"subject"`
 	Field   string `json:"field"`
 	// DecodeRejection is there when the deploy event's decoder refused it.
 	*DecodeRejection
+	// HTTP is there when the event came over HTTP (README "Send deploy
+	// events from your tool"): which request, and who sent it.
+	HTTP *IngestRequest `json:"http,omitempty"`
 }
 
 // DecodeRejection is why the decoder refused a deploy event, and which
@@ -239,8 +246,14 @@ type DecodeRejection struct {
 // Map is d as the watcher keeps it in memory.
 func (d EventRejectedDetail) Map() map[string]any {
 	m := map[string]any{"subject": d.Subject, "field": d.Field}
+	if d.HTTPDecision != nil {
+		m["http_decision"] = d.HTTPDecision
+	}
 	if d.DecodeRejection != nil {
 		m["reason"], m["size"], m["stream_seq"] = d.Reason, d.Size, d.StreamSeq
+	}
+	if d.HTTP != nil {
+		m["http"] = d.HTTP
 	}
 	return m
 }

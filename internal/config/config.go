@@ -26,6 +26,9 @@ type Config struct {
 	NATS       bus.Options        `yaml:"nats"`
 	// Notify lists where audit records are sent (README "Notifications").
 	Notify []NotifyTarget `yaml:"notify"`
+	// Ingest says who may send deploy events over HTTP (README "Send
+	// deploy events from your tool").
+	Ingest Ingest `yaml:"ingest"`
 }
 
 // Load reads a config file strictly (unknown keys are errors) and resolves
@@ -71,7 +74,9 @@ func Load(path string) (*Config, error) {
 		}
 		return nil, errors.New(strings.Join(lines, "\n"))
 	}
-	if problems := validateNotify(path, dir, b, c.Notify); len(problems) > 0 {
+	problems := validateNotify(path, dir, b, c.Notify)
+	problems = append(problems, validateIngest(path, dir, b, &c.Ingest)...)
+	if len(problems) > 0 {
 		return nil, errors.New(strings.Join(problems, "\n"))
 	}
 	return c, nil

@@ -39,6 +39,18 @@ func DecodeDeploy(subject string, header map[string][]string, data []byte) (Depl
 	return d, nil
 }
 
+// DecodeDeployPayload is DecodeDeploy for an event that arrives without a
+// subject (over HTTP): everything but the subject check. The caller
+// publishes it on Subject(DeploysPrefix, d.Environment, d.Service), where
+// DecodeDeploy reads it the same way.
+func DecodeDeployPayload(header map[string][]string, data []byte) (Deploy, error) {
+	if len(data) > MaxEventSize {
+		return Deploy{}, &RejectError{Field: "size", Value: strconv.Itoa(len(data)) + " bytes",
+			Reason: "is over the limit of " + strconv.Itoa(MaxEventSize) + " bytes"}
+	}
+	return decodeDeploy(header, data)
+}
+
 func decodeDeploy(header map[string][]string, data []byte) (Deploy, error) {
 	if _, binary, err := headerValue(header, "ce-specversion", "specversion"); err != nil {
 		return Deploy{}, err

@@ -141,6 +141,12 @@ var layers = []rule{
 			testsOnly)},
 
 	// Layer 2: reading the deploy history, the configuration file.
+	{pkg: "internal/links", layer: 2, role: "the signed cancel and approve links of held rollbacks",
+		forbid: join(
+			walls("a link is signed and checked; the code that signs it neither decides nor executes",
+				"internal/watch", "internal/rollback", "internal/policy", "internal/promclient"),
+			walls("signing runs nothing on hosts", noRemoteExec...),
+			testsOnly)},
 	{pkg: "internal/deploys", layer: 2, role: "the deploy history on DEPLOYS",
 		forbid: join(walls("reading deploys measures nothing", "internal/promclient"), testsOnly)},
 	{pkg: "internal/config", layer: 2, role: "the configuration file", forbid: testsOnly},

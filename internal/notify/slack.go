@@ -146,6 +146,15 @@ func detailLines(rec audit.Record) []string {
 		}
 		return lines
 	}
+	if d, ok := rec.RollbackHeld(); ok {
+		return heldLines(d)
+	}
+	if d, ok := rec.RollbackDecision(); ok {
+		return decisionLines(rec.Kind, d)
+	}
+	if d, ok := rec.Verification(); ok {
+		return verifyLines(rec.Kind, d)
+	}
 	return nil
 }
 

@@ -338,14 +338,23 @@ func TestExecuteCutAfterCommandIsStoppedBeforeItRunsAgain(t *testing.T) {
 	s := testutil.StartSSHD(t, cutHosts...)
 	f := newCutFleet(t, s, 0)
 	dir := t.TempDir()
-	started, log := filepath.Join(dir, "started"), filepath.Join(dir, "ran")
+	started, log, release := filepath.Join(dir, "started"), filepath.Join(dir, "ran"), filepath.Join(dir, "release")
+	// The command waits for release, which the test writes only once the
+	// second copy has started: the cut always falls while the first runs,
+	// however slow the machine, and a first copy left running would finish
+	// too.
 	rules := loadRules(t, f.policy(s, f.knownHosts, "2s", f.addrs[:1],
-		"after: "+yamlList("sh", "-c", `echo x >> "$0"; sleep 1; echo ran >> "$1"`, started, log)))
+		"after: "+yamlList("sh", "-c", `echo x >> "$0"; while [ ! -e "$2" ]; do sleep 0.05; done; echo ran >> "$1"`, started, log, release)))
 	e, rec := fleetExecutor(t, n, rules)
 	e.RetryBackoff = 100 * time.Millisecond
 	go func() {
 		testutil.Eventually(t, 10*time.Second, "the after command to start", func() bool { return exists(t, started) })
 		f.proxies[0].cutNow()
+		testutil.Eventually(t, 10*time.Second, "the after command to start again", func() bool {
+			b, err := os.ReadFile(started)
+			return err == nil && strings.Count(string(b), "x") >= 2
+		})
+		writeFile(t, release, "")
 	}()
 
 	res := e.Execute(ctxFor(t), request("rb-cut-after"))
@@ -356,7 +365,7 @@ func TestExecuteCutAfterCommandIsStoppedBeforeItRunsAgain(t *testing.T) {
 	if !f.proxies[0].cut.Load() {
 		t.Fatal("the connection was never cut")
 	}
-	time.Sleep(1500 * time.Millisecond) // long enough for a first copy left running to finish
+	time.Sleep(500 * time.Millisecond) // long enough for a first copy left running to see release and finish
 	if got := readFile(t, started); got != "x\nx\n" {
 		t.Errorf("the after command started %d times, want twice (cut, then again)", strings.Count(got, "x"))
 	}

@@ -59,6 +59,10 @@ type Executor struct {
 	// second attempt (default 1s), doubling after each, up to 10s.
 	HostAttempts int
 	RetryBackoff time.Duration
+	// Links, when set, mints the signed links that cancel (and, when ask,
+	// approve) a held request until its execute_at, for its rollback.held
+	// (README "Notifications, holds and verification").
+	Links func(requestID string, executeAt time.Time, ask bool) (cancelURL, approveURL string)
 
 	requests jetstream.KeyValue
 

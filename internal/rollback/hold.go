@@ -251,6 +251,9 @@ func (e *Executor) announce(ctx context.Context, tr *tracker) error {
 		RequestID: req.ID, Source: req.Source, Reason: req.Reason, Why: h.Why, Hold: model.Duration(h.Wait).String(),
 		HeldAt: h.Since, ExecuteAt: h.ExecuteAt, Ask: h.Ask, AskDefault: h.AskDefault, Cancel: cancel, Approve: approve,
 	}
+	if e.Links != nil {
+		detail.CancelURL, detail.ApproveURL = e.Links(req.ID, h.ExecuteAt, h.Ask)
+	}
 	switch h.Why {
 	case rollbackreq.WhyCooldown:
 		ea := h.Earlier

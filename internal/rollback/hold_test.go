@@ -610,3 +610,43 @@ func TestDecideRefusesWhatItCannotDecide(t *testing.T) {
 		t.Error("the cancelled request rolled back")
 	}
 }
+
+// TestHeldRecordCarriesLinks: with Links set (`watcher run` with
+// --web.external-url), rollback.held carries the links it mints for the
+// request, its execute_at and whether it asks.
+func TestHeldRecordCarriesLinks(t *testing.T) {
+	t.Parallel()
+	n := testutil.StartNATS(t)
+	h := deployed(t)
+	var mu sync.Mutex
+	var gotAt time.Time
+	var gotAsk bool
+	e := &Executor{JS: n.JS, Policies: loadRules(t, policyYAML("shop", "shop", h, "mode: ask", "hold: 1h")), Audit: &audit.Publisher{JS: n.JS},
+		AnnounceSource: "test", Replica: "a", AckWait: 2 * time.Second,
+		Links: func(id string, executeAt time.Time, ask bool) (string, string) {
+			mu.Lock()
+			defer mu.Unlock()
+			gotAt, gotAsk = executeAt, ask
+			return "https://w.example.com/rollbacks/" + id + "/cancel?sig=c", "https://w.example.com/rollbacks/" + id + "/approve?sig=a"
+		}}
+	e.Register(prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); e.Wait() })
+	send(t, n, request("rb-links"))
+	held := waitKind(t, n, "rb-links", audit.RollbackHeld, 5*time.Second)
+	d, _ := held.RollbackHeld()
+	if d.CancelURL != "https://w.example.com/rollbacks/rb-links/cancel?sig=c" || d.ApproveURL != "https://w.example.com/rollbacks/rb-links/approve?sig=a" {
+		t.Errorf("rollback.held links: cancel %q, approve %q", d.CancelURL, d.ApproveURL)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !gotAt.Equal(d.ExecuteAt) || !gotAsk {
+		t.Errorf("Links called with execute_at %s, ask %v; want %s, true", gotAt, gotAsk, d.ExecuteAt)
+	}
+	if strings.Contains(held.Message, "sig=") {
+		t.Errorf("the message carries a link: %q", held.Message)
+	}
+}

@@ -134,9 +134,7 @@ func (e *Executor) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(2 * time.Second)
 		return
 	}
-	if res.Status == ResultCompleted {
-		e.noteRollback(ctx, req, time.Now())
-	}
+	e.endCooldownClaim(ctx, req, res.Status == ResultCompleted, time.Now())
 	if tr.hold() != nil {
 		e.holds.WithLabelValues(holdExecuted).Inc()
 	}

@@ -30,7 +30,7 @@ var (
 // Decider is the part of jetstream.JetStream that Decide uses.
 type Decider interface {
 	Publisher
-	KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error)
+	KeyValuer
 }
 
 // Decide cancels or approves a held rollback request: it finds the request
@@ -50,25 +50,9 @@ func Decide(ctx context.Context, js Decider, d events.RollbackDecision) (*Hold, 
 	if err := d.Validate(); err != nil {
 		return nil, err
 	}
-	kv, err := js.KeyValue(ctx, RequestsBucket)
+	kv, h, err := lookup(ctx, js, d.RequestID)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			return nil, fmt.Errorf("%w %s: no rollback was ever held here (no %s bucket: is this the watcher's NATS?)", ErrUnknownRequest, d.RequestID, RequestsBucket)
-		}
-		return nil, fmt.Errorf("reading rollback request %s: %w", d.RequestID, err)
-	}
-	prog, err := read(ctx, kv, d.RequestID)
-	if err != nil {
-		return nil, err
-	}
-	h := prog.Hold
-	switch {
-	case h == nil && len(prog.Steps) > 0:
-		return nil, fmt.Errorf("%w: %s was not held; it executed at once (result: %s)", ErrNotHeld, d.RequestID, orUnknown(prog.Result))
-	case h == nil:
-		return nil, fmt.Errorf("%w %s: no such request has been held (check the id: `watcher history --kind=rollback.held` lists them)", ErrUnknownRequest, d.RequestID)
-	case h.State != HoldHeld:
-		return h, fmt.Errorf("%w: %s was %s", ErrDecided, d.RequestID, h.Describe())
+		return h, err
 	}
 	d.Service, d.Environment = h.Request.Service, h.Request.Environment
 	b, err := events.EncodeRollbackDecision(d)
@@ -100,6 +84,44 @@ func Decide(ctx context.Context, js Decider, d events.RollbackDecision) (*Hold, 
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// KeyValuer is the part of jetstream.JetStream that Lookup uses.
+type KeyValuer interface {
+	KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error)
+}
+
+// Lookup is the hold of request id while it is held, as Decide reads it
+// before sending a decision: a page that offers to decide shows what it
+// decides. It fails with ErrUnknownRequest or ErrNotHeld, or with
+// ErrDecided and the hold as it ended.
+func Lookup(ctx context.Context, js KeyValuer, id string) (*Hold, error) {
+	_, h, err := lookup(ctx, js, id)
+	return h, err
+}
+
+func lookup(ctx context.Context, js KeyValuer, id string) (jetstream.KeyValue, *Hold, error) {
+	kv, err := js.KeyValue(ctx, RequestsBucket)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			return nil, nil, fmt.Errorf("%w %s: no rollback was ever held here (no %s bucket: is this the watcher's NATS?)", ErrUnknownRequest, id, RequestsBucket)
+		}
+		return nil, nil, fmt.Errorf("reading rollback request %s: %w", id, err)
+	}
+	prog, err := read(ctx, kv, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	h := prog.Hold
+	switch {
+	case h == nil && len(prog.Steps) > 0:
+		return nil, nil, fmt.Errorf("%w: %s was not held; it executed at once (result: %s)", ErrNotHeld, id, orUnknown(prog.Result))
+	case h == nil:
+		return nil, nil, fmt.Errorf("%w %s: no such request has been held (check the id: `watcher history --kind=rollback.held` lists them)", ErrUnknownRequest, id)
+	case h.State != HoldHeld:
+		return nil, h, fmt.Errorf("%w: %s was %s", ErrDecided, id, h.Describe())
+	}
+	return kv, h, nil
 }
 
 // read is request id's entry in RequestsBucket; an unknown id has none.

@@ -21,13 +21,16 @@ type metrics struct {
 	deploys  *prometheus.CounterVec
 	verdicts *prometheus.CounterVec
 	decision *prometheus.HistogramVec
+	// verifications are by service and environment: an unhelpful
+	// rollback is the alert that says the problem is elsewhere.
+	verifications *prometheus.CounterVec
 }
 
 // Register adds the watcher's metrics to reg. Call it once before Run.
 func (w *Watcher) Register(reg prometheus.Registerer) {
 	w.init()
 	reg.MustRegister(w.metrics.active, w.metrics.runs, w.metrics.byPolicy, w.metrics.events, w.metrics.measurements, w.metrics.queries,
-		w.metrics.deploys, w.metrics.verdicts, w.metrics.decision)
+		w.metrics.deploys, w.metrics.verdicts, w.metrics.decision, w.metrics.verifications)
 }
 
 // decisionBuckets spans a verdict on the first measurement (a minute or

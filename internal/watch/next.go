@@ -190,12 +190,23 @@ func nextMove(s runSnapshot, p *policy.Policy, now time.Time) move {
 		return move{kind: moveWait, at: s.Next}
 	}
 
+	return measureOrClose(s, now, end, deadline, interval, timeout, func(sk skipped) move {
+		sk.why = why
+		return closeMove(s, p, sk)
+	})
+}
+
+// measureOrClose is the move of a run (or a verification) whose next
+// measurement, at s.Next, has not been taken: wait for it, take it with
+// the time left, or, past the window or out of time to catch up, close
+// with what could not be measured.
+func measureOrClose(s runSnapshot, now, end, deadline time.Time, interval, timeout time.Duration, close func(skipped) move) move {
 	budget, skip := catchUp(now, s.Next, end, deadline, interval, timeout)
 	switch {
 	case s.Next.After(end) && now.Before(end):
 		return move{kind: moveWait, at: end}
 	case s.Next.After(end) || skip > 0:
-		return closeMove(s, p, skipped{n: skip, from: s.Next, why: why})
+		return close(skipped{n: skip, from: s.Next})
 	case now.Before(s.Next):
 		return move{kind: moveWait, at: s.Next}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"sync"
 	"time"
 	"unique"
@@ -270,14 +271,28 @@ func (r *Run) take(ctx context.Context, q Querier, steps *stepStores, ts time.Ti
 			a.j = c.Judge(policy.SeriesOf(a.vec), cs.baseline, a.err)
 		case c.HasThresholds():
 			var jc policy.Judgement
-			jc, a.cr = c.JudgeCompare(a.sides, a.cmpErr)
+			jc, a.cr = judgeCompare(c, a.sides, a.cmpErr)
 			a.j = policy.Combine(c.Judge(policy.SeriesOf(a.vec), cs.baseline, a.err), jc)
 		default:
-			a.j, a.cr = c.JudgeCompare(a.sides, a.cmpErr)
+			a.j, a.cr = judgeCompare(c, a.sides, a.cmpErr)
 		}
 		out[i] = a.taken
 	}
 	return out, nil
+}
+
+// judgeSlots bounds how many comparisons are judged at once to the
+// cores: judging is arithmetic, and its working memory (ranks, the
+// pairwise differences' candidates: tens of KB at a window's end) is
+// held only while it runs. Hundreds of runs measuring at once would
+// otherwise each hold theirs while sharing the same cores.
+var judgeSlots = make(chan struct{}, runtime.GOMAXPROCS(0))
+
+// judgeCompare is c.JudgeCompare in one of judgeSlots.
+func judgeCompare(c *policy.Check, in policy.Sides, err error) (policy.Judgement, *policy.Comparison) {
+	judgeSlots <- struct{}{}
+	defer func() { <-judgeSlots }()
+	return c.JudgeCompare(in, err)
 }
 
 // count counts check i's measurement m at ts in its tally and returns the

@@ -133,7 +133,7 @@ func TestStepStoresShared(t *testing.T) {
 		t.Errorf("an idle store was kept: %d stores", len(ss.stores))
 	}
 	var none *stepStores
-	if none.get(k, false, 0, t0) == none.get(k, false, 0, t0) {
+	if first, second := none.get(k, false, 0, t0), none.get(k, false, 0, t0); first == second {
 		t.Error("without a registry, two looks share a store")
 	}
 }

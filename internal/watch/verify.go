@@ -255,6 +255,7 @@ func (w *Watcher) concludeVerify(ctx context.Context, r *Run, verdict, reason st
 	if err := w.verifies.Purge(ctx, verifyKey(v.RequestID)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		w.logger.Debug("verified rollback not removed from "+VerifyBucket+"; it expires", "request", v.RequestID, "err", err)
 	}
+	w.metrics.verifications.WithLabelValues(r.Deploy.Service, r.Deploy.Environment, verdict).Inc()
 	log := w.logger.Info
 	if verdict == verdictUnhelpful {
 		log = w.logger.Warn

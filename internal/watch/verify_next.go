@@ -67,16 +67,10 @@ func nextVerifyMove(s runSnapshot, p *policy.Policy, now time.Time) move {
 	case s.Measured:
 		return move{kind: moveWait, at: s.Next}
 	}
-	budget, skip := catchUp(now, s.Next, end, deadline, interval, timeout)
-	switch {
-	case s.Next.After(end) && now.Before(end):
-		return move{kind: moveWait, at: end}
-	case s.Next.After(end) || skip > 0:
-		return verifyClose(s, p, skipped{n: skip, from: s.Next, why: why})
-	case now.Before(s.Next):
-		return move{kind: moveWait, at: s.Next}
-	}
-	return move{kind: moveMeasure, at: s.Next, budget: budget, timeout: timeout}
+	return measureOrClose(s, now, end, deadline, interval, timeout, func(sk skipped) move {
+		sk.why = why
+		return verifyClose(s, p, sk)
+	})
 }
 
 // recovered reports whether every check's last measurement passed.

@@ -193,6 +193,13 @@ func (sc verifyScenario) run(t *testing.T, b *backend) {
 	if !ok {
 		t.Fatalf("%s detail does not read: %#v", verdict.Kind, verdict.Detail)
 	}
+	if sc.restart == 0 {
+		result := map[string]string{audit.RollbackVerified: "verified", audit.RollbackUnhelpful: "unhelpful"}[sc.want]
+		m := h.series("watcher_rollback_verifications_total", "service", verdict.Service, "environment", "production", "result", result)
+		if m == nil || m.GetCounter().GetValue() != 1 {
+			t.Errorf("watcher_rollback_verifications_total{result=%q} = %v, want 1", result, m)
+		}
+	}
 	reqID := failed.Detail["request_id"]
 	if d.Outcome != sc.outcome || d.RequestID != reqID || verdict.RequestID != reqID || verdict.RunID != failed.RunID ||
 		d.From != "v2" || d.To != "v1" || d.WithinSeconds != sc.within.Seconds() {

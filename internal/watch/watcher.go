@@ -181,6 +181,9 @@ func (w *Watcher) init() {
 			Name: "watcher_decision_seconds", Help: "Time from a deploy to its run's verdict, by verdict.",
 			Buckets: decisionBuckets,
 		}, []string{"verdict"}),
+		verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "watcher_rollback_verifications_total", Help: "Rollbacks measured again after they completed (rollback.verify), by service, environment and result (verified, unhelpful).",
+		}, []string{"service", "environment", "result"}),
 	}
 	for _, v := range []string{VerdictPassed, VerdictFailed, VerdictInconclusive, VerdictMarginal, VerdictSuperseded} {
 		w.metrics.runs.WithLabelValues(v)

@@ -123,7 +123,9 @@ type pageData struct {
 	Runs      []runRow
 	MoreRuns  int
 	Rollbacks []rollbackView
-	Details   []runDetail
+	// Held counts the rollbacks among them that are held.
+	Held    int
+	Details []runDetail
 	// Uncharted counts the runs in the table without charts.
 	Uncharted int
 }
@@ -170,6 +172,8 @@ type rollbackView struct {
 	Checks                        []causeCheck
 	Alert                         *alertView
 	Hosts                         []hostView
+	// Held is there while the request is held.
+	Held *heldView
 }
 
 type causeCheck struct{ Name, Reason string }
@@ -286,6 +290,9 @@ func (p *statusPage) build(ctx context.Context) *pageData {
 	d.Rollbacks = make([]rollbackView, len(rollbacks))
 	for i, rb := range rollbacks {
 		d.Rollbacks[i] = rb.rollbackView
+		if rb.Held != nil {
+			d.Held++
+		}
 	}
 	return d
 }

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"fmt"
 	"net/url"
 	"path"
 	"sort"
@@ -34,7 +35,8 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 	done := map[string]bool{}
 	for _, r := range recs {
 		switch r.Kind {
-		case audit.RollbackRequested, audit.RollbackHost, audit.RollbackCompleted, audit.RollbackFailed:
+		case audit.RollbackRequested, audit.RollbackHost, audit.RollbackCompleted, audit.RollbackFailed,
+			audit.RollbackHeld, audit.RollbackApproved, audit.RollbackCancelled:
 		default:
 			continue
 		}
@@ -57,16 +59,43 @@ func rollbacksOf(recs []audit.Record, now time.Time) []rollbackGroup {
 			}
 		}
 		switch r.Kind {
+		case audit.RollbackHeld:
+			d, _ := r.RollbackHeld()
+			g.at = r.Time
+			g.Source, g.Reason = d.Source, d.Reason
+			if !done[r.RequestID] {
+				g.Status, g.StatusClass, g.Note = "held", "warn", ""
+				g.Held = heldOf(d, now)
+			}
+		case audit.RollbackApproved, audit.RollbackCancelled:
+			d, _ := r.RollbackDecision()
+			g.Held = nil
+			if r.Kind == audit.RollbackCancelled {
+				g.Status, g.StatusClass = "cancelled", "muted"
+				g.Note = fmt.Sprintf("cancelled by %s (%s): %s", d.By, d.Via, d.Reason)
+			} else if !done[r.RequestID] {
+				g.Status, g.StatusClass = "approved", "info"
+				g.Note = fmt.Sprintf("approved by %s (%s): %s", d.By, d.Via, d.Reason)
+			}
+			if d.Via == events.ViaDeadline {
+				g.Note = "nobody answered: " + d.Reason
+			}
 		case audit.RollbackRequested:
 			req, _ := r.RollbackRequested()
-			g.at = r.Time
+			if g.Held == nil && g.Status != "approved" {
+				g.at = r.Time
+			}
+			g.Held = nil
 			g.Source, g.Reason = req.Source, req.Reason
 			if req.Alert != nil {
 				g.Alert = alertOf(*req.Alert, now)
 			}
-			if !req.Executed && !done[r.RequestID] {
+			switch {
+			case !req.Executed && !done[r.RequestID]:
 				g.Status, g.StatusClass = "not executed", "muted"
 				g.Note = "not executed: " + req.NotExecuted(r.Policy)
+			case !done[r.RequestID]:
+				g.Status, g.StatusClass = "rolling back", "info"
 			}
 		case audit.RollbackHost:
 			h, _ := r.RollbackHost()
@@ -162,4 +191,32 @@ func alertOf(a events.AlertRef, now time.Time) *alertView {
 	}
 	sort.Slice(v.Labels, func(i, j int) bool { return v.Labels[i].Name < v.Labels[j].Name })
 	return v
+}
+
+// heldView is a held rollback on the status page: when it executes (or
+// its ask_default applies), why it is held, and the commands that decide
+// it. Never the signed links of rollback.held: the page needs no
+// credentials, and a link is one.
+type heldView struct {
+	What, At, In, Why string
+	Cancel, Approve   string
+}
+
+func heldOf(d audit.RollbackHeldDetail, now time.Time) *heldView {
+	h := &heldView{What: "executes at", At: clock(d.ExecuteAt, now) + " UTC", In: countdown(d.ExecuteAt, now), Cancel: d.Cancel}
+	switch d.Why {
+	case "cooldown":
+		h.What, h.Why = "left to a person until", "cooldown after an automatic rollback; kept unless approved"
+		if e := d.Earlier; e != nil {
+			h.Why = fmt.Sprintf("cooldown after the automatic rollback %s (completed %s); kept unless approved", e.RequestID, clock(e.CompletedAt, now))
+		}
+	case "ask":
+		h.What, h.Why = "waits for an answer until", "the policy asks; without an answer, ask_default: "+d.AskDefault
+	default:
+		h.Why = "rollback.hold " + d.Hold + ": it executes unless cancelled"
+	}
+	if d.Ask {
+		h.Approve = d.Approve
+	}
+	return h
 }

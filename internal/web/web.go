@@ -46,6 +46,10 @@ type Server struct {
 	// AlertsRefusedQuiet, when set, is told of the refusals past that
 	// budget instead: count them, record nothing.
 	AlertsRefusedQuiet func(ctx context.Context, why string)
+	// Decisions, when set, cancels and approves held rollbacks over HTTP
+	// (POST /api/v1/rollbacks/{id}/cancel and /approve, and the signed
+	// links: see decide.go).
+	Decisions *Decisions
 	// ListenAddress is the host:port the server listens on. On a loopback
 	// address (127.0.0.1:9797 by default; unset counts as loopback) a
 	// state-changing request must name a loopback host (localhost,
@@ -57,7 +61,10 @@ type Server struct {
 	// a proxy that keeps the client's Host; its host is accepted too.
 	ExternalURL string
 	// Page, when set, serves the status page at GET /.
-	Page   PageSource
+	Page PageSource
+	// Ingest, when set, takes deploy events over HTTP (POST
+	// /api/v1/events and /api/v1/hooks/{github,gitlab}; see ingest.go).
+	Ingest *Ingest
 	Logger *slog.Logger
 
 	now     func() time.Time // for tests; time.Now when nil
@@ -108,18 +115,18 @@ func (s *Server) Handler() http.Handler {
 	cop := http.NewCrossOriginProtection()
 	hostOK := s.hostCheck()
 	// guard runs h only for a request that names this watcher and is not
-	// cross-origin; refused is told about the others.
-	guard := func(h http.HandlerFunc, refused func(context.Context, string)) http.HandlerFunc {
+	// cross-origin; on is told about the others.
+	guard := func(h http.HandlerFunc, on refusal) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if !hostOK(r.Host) {
-				s.refuse(w, r, http.StatusForbidden, refused, fmt.Sprintf(
+				s.refuse(w, r, http.StatusForbidden, on, fmt.Sprintf(
 					"Host %.200q is not this watcher's (it listens on %s, where only localhost, 127.0.0.1 or [::1]%s reach it): DNS rebinding? "+
 						"Use one of those names, or listen on a non-loopback address",
 					r.Host, s.listenAddress(), s.externalNote()))
 				return
 			}
 			if err := cop.Check(r); err != nil {
-				s.refuse(w, r, http.StatusForbidden, refused, fmt.Sprintf(
+				s.refuse(w, r, http.StatusForbidden, on, fmt.Sprintf(
 					"cross-origin request refused (%v; Origin %.200q, Sec-Fetch-Site %.40q): only the watcher's own page, Alertmanager or a client such as curl may change state",
 					err, r.Header.Get("Origin"), r.Header.Get("Sec-Fetch-Site")))
 				return
@@ -150,7 +157,8 @@ func (s *Server) Handler() http.Handler {
 			return
 		}
 		_, _ = w.Write([]byte("Policies reloaded.\n"))
-	}, nil))
+	}, refusal{}))
+	alertsRefused := refusal{record: s.AlertsRefused, count: s.AlertsRefusedQuiet}
 	if s.Alerts != nil {
 		mux.HandleFunc("POST /api/v1/alerts", guard(func(w http.ResponseWriter, r *http.Request) {
 			// Alertmanager sends JSON. Requiring it also keeps out a browser
@@ -158,7 +166,7 @@ func (s *Server) Handler() http.Handler {
 			// text/plain anywhere, but application/json only after a CORS
 			// preflight that the watcher never answers.
 			if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
-				s.refuse(w, r, http.StatusUnsupportedMediaType, s.AlertsRefused, fmt.Sprintf(
+				s.refuse(w, r, http.StatusUnsupportedMediaType, alertsRefused, fmt.Sprintf(
 					"Content-Type must be application/json (Alertmanager's webhook sends it), got %.200q", r.Header.Get("Content-Type")))
 				return
 			}
@@ -176,13 +184,15 @@ func (s *Server) Handler() http.Handler {
 			default:
 				w.WriteHeader(http.StatusOK)
 			}
-		}, s.AlertsRefused))
+		}, alertsRefused))
 	}
+	s.ingestRoutes(mux, guard)
 	if s.Page != nil {
 		page := newStatusPage(s.Page, s.Logger)
 		page.degraded = s.Degraded
 		mux.Handle("GET /{$}", page)
 	}
+	s.decisionRoutes(mux, guard)
 	mux.HandleFunc("GET /api/v1/runs", func(w http.ResponseWriter, _ *http.Request) {
 		active, recent := s.Runs()
 		if active == nil {
@@ -197,13 +207,19 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
+// refusal is told why a request was refused: record (audit it) within
+// RefusalAuditBudget refusals from the remote IP in a minute, count past
+// it. Either may be nil.
+type refusal struct {
+	record, count func(ctx context.Context, why string)
+}
+
 // refuse answers a request that must change nothing, logs it and tells
-// refused (when set) why. Past RefusalAuditBudget refusals from the
-// remote IP in a minute, it logs once that the rest are only counted and
-// tells AlertsRefusedQuiet instead (when refused is AlertsRefused): a web
-// page can send refused requests in a loop, and each would otherwise be
-// a log line and an audit record.
-func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, refused func(context.Context, string), why string) {
+// on.record why. Past RefusalAuditBudget refusals from the remote IP in a
+// minute, it logs once that the rest are only counted and tells on.count
+// instead: a web page or a broken script can send refused requests in a
+// loop, and each would otherwise be a log line and an audit record.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, on refusal, why string) {
 	ip := r.RemoteAddr
 	if h, _, err := net.SplitHostPort(ip); err == nil {
 		ip = h
@@ -220,8 +236,8 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, refu
 			s.Logger.Warn("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr,
 				"user_agent", r.UserAgent(), "status", status, "reason", why)
 		}
-		if refused != nil {
-			refused(r.Context(), why)
+		if on.record != nil {
+			on.record(r.Context(), why)
 		}
 	default:
 		if firstPast && s.Logger != nil {
@@ -229,8 +245,8 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, refu
 				RefusalAuditBudget, ip, t.Truncate(time.Minute).Add(time.Minute).Format(time.RFC3339)),
 				"remote", r.RemoteAddr, "path", r.URL.Path, "user_agent", r.UserAgent(), "reason", why)
 		}
-		if refused != nil && s.AlertsRefusedQuiet != nil {
-			s.AlertsRefusedQuiet(r.Context(), why)
+		if on.count != nil {
+			on.count(r.Context(), why)
 		}
 	}
 	http.Error(w, why, status)

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/testutil"
+)
+
+// TestDeployEventsOverHTTP runs `watcher run` with `ingest:` in its
+// --config.file: an event POSTed with a bearer token, and GitHub's
+// documented deployment_status example signed with the webhook secret,
+// are stored on DEPLOYS and start their runs through the watcher's own
+// consumer, as events from NATS do; a wrong token gets 401 and an
+// event.rejected record, never a run.
+func TestDeployEventsOverHTTP(t *testing.T) {
+	dir := t.TempDir()
+	const token, secret = "ci-token-5f2b8c0e9d7a4b1c8e6f3a2d", "github-secret-9e8d7c6b5a4f3e2d1c0b"
+	writeFile(t, filepath.Join(dir, "ci-token"), token+"\n")
+	writeFile(t, filepath.Join(dir, "github-secret"), secret+"\n")
+	writeFile(t, filepath.Join(dir, "rules.yml"), `policies:
+  - name: shop
+    match: {service: "shop-*", environment: production}
+    window: 1s
+    interval: 500ms
+    checks:
+      - {name: orders, query: 'shop_orders{service="{{ .Service }}"}', min: 1}
+    rollback: {mode: publish}
+`)
+	cfg := filepath.Join(dir, "watcher.yml")
+	writeFile(t, cfg, `rule_files: [rules.yml]
+ingest:
+  tokens:
+    - name: ci
+      token_file: ci-token
+      services: ["shop-*"]
+      environments: [production]
+  github:
+    secret_file: github-secret
+    services: ["*"]
+    environments: [production]
+`)
+	w := startWatcher(t, "--config.file="+cfg, "--prometheus.url=http://127.0.0.1:1")
+	base := "http://" + w.web
+
+	post := func(path string, body []byte, headers map[string]string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodPost, base+path, bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range headers {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	event := []byte(`{"id": "d-http-1", "service": "shop-api", "environment": "production", "version": "2026.11.25-1"}`)
+	if code, body := post("/api/v1/events", event, map[string]string{"Authorization": "Bearer " + token, "Content-Type": "application/json"}); code != http.StatusAccepted ||
+		!strings.Contains(body, `"id":"d-http-1"`) {
+		t.Fatalf("POST /api/v1/events: %d %s", code, body)
+	}
+	example, err := os.ReadFile("../../internal/web/testdata/github/deployment_status.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(example)
+	if code, body := post("/api/v1/hooks/github", example, map[string]string{"Content-Type": "application/json", "X-GitHub-Event": "deployment_status",
+		"X-Hub-Signature-256": "sha256=" + hex.EncodeToString(mac.Sum(nil))}); code != http.StatusAccepted {
+		t.Fatalf("POST /api/v1/hooks/github: %d %s", code, body)
+	}
+	if code, body := post("/api/v1/events", []byte(`{"id": "d-http-2", "service": "shop-api", "environment": "production", "version": "2"}`),
+		map[string]string{"Authorization": "Bearer wrong-" + token}); code != http.StatusUnauthorized {
+		t.Fatalf("a wrong token: %d %s", code, body)
+	}
+
+	var recs []audit.Record
+	testutil.Eventually(t, 20*time.Second, "run.started for d-http-1 and run.skipped for the GitHub deployment", func() bool {
+		recs = history(t, w.nats)
+		return hasKind(byDeploy(recs, "d-http-1"), audit.RunStarted) && hasKind(byDeploy(recs, "github-deployment-145988746"), audit.RunSkipped)
+	})
+	started := byKind(byDeploy(recs, "d-http-1"), audit.RunStarted)[0]
+	if started.Policy != "shop" || started.Detail["format"] != "json" {
+		t.Errorf("run.started %+v", started)
+	}
+	skipped := byKind(byDeploy(recs, "github-deployment-145988746"), audit.RunSkipped)[0]
+	if skipped.Service != "Hello-World" || skipped.Environment != "production" || skipped.Version != "f95f852bd8fca8fcc58a9a2d6c842781e32a215e" {
+		t.Errorf("run.skipped %+v", skipped)
+	}
+	var rejected []audit.Record
+	for _, r := range byKind(recs, audit.EventRejected) {
+		if d, ok := r.EventRejected(); ok && d.HTTP != nil && d.HTTP.Status == http.StatusUnauthorized {
+			rejected = append(rejected, r)
+		}
+	}
+	if len(rejected) != 1 || len(byDeploy(recs, "d-http-2")) != 0 {
+		t.Errorf("the wrong token: %d event.rejected records with status 401, and %d records of d-http-2", len(rejected), len(byDeploy(recs, "d-http-2")))
+	}
+	metrics := httpGet(t, base+"/metrics")
+	for _, want := range []string{
+		`watcher_ingest_requests_total{endpoint="events",result="accepted"} 1`,
+		`watcher_ingest_requests_total{endpoint="github",result="accepted"} 1`,
+		`watcher_ingest_requests_total{endpoint="events",result="unauthorized"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if log := w.stderr.String(); strings.Contains(log, token) || strings.Contains(log, secret) {
+		t.Error("a secret is in the log")
+	}
+	if !strings.Contains(w.stderr.String(), `ingest="token ci, github"`) {
+		t.Errorf("the start-up line does not name the senders:\n%s", grepLines(w.stderr.String(), "watcher running"))
+	}
+}
+
+// TestIngestConfigErrors: `watcher run` refuses an `ingest:` it cannot
+// honour before starting anything, in one line that names the sender and
+// the file, never a secret; `watcher check` reports the file's mistakes
+// as file:line.
+func TestIngestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "rules.yml"), "policies: []\n")
+	writeFile(t, filepath.Join(dir, "short"), "hunter2\n")
+	for _, tc := range []struct {
+		name, ingest, want string
+	}{
+		{"missing token file", "  tokens:\n    - {name: ci, token_file: nowhere, services: [shop], environments: [production]}\n",
+			"ingest.tokens ci: token_file: open " + filepath.Join(dir, "nowhere") + ": no such file or directory"},
+		{"short secret", "  github: {secret_file: short, services: [shop], environments: [production]}\n",
+			"ingest.github: secret_file: " + filepath.Join(dir, "short") + " holds 7 characters, fewer than 16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := filepath.Join(dir, "watcher.yml")
+			writeFile(t, cfg, "rule_files: [rules.yml]\ningest:\n"+tc.ingest)
+			code, _, errOut := cliWithin(t, 20*time.Second, "run", "--config.file="+cfg, "--storage.path="+t.TempDir(),
+				"--nats.listen="+testutil.FreeAddr(t), "--web.listen-address="+testutil.FreeAddr(t))
+			if code == 0 || !strings.Contains(errOut, tc.want) || strings.Contains(errOut, "hunter2") {
+				t.Errorf("exit %d, stderr %q; want it to say %q", code, errOut, tc.want)
+			}
+			assertOneLine(t, errOut)
+		})
+	}
+	cfg := filepath.Join(dir, "bad.yml")
+	writeFile(t, cfg, "rule_files: [rules.yml]\ningest:\n  gitlab:\n    token_file: t\n    services: [shop]\n")
+	code, _, errOut := cli(t, "check", "--config.file="+cfg)
+	if want := cfg + ":3: ingest.gitlab: environments is required"; code == 0 || !strings.Contains(errOut, want) {
+		t.Errorf("check: exit %d, stderr %q; want %q", code, errOut, want)
+	}
+}

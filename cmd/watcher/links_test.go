@@ -1,0 +1,181 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/events"
+	"github.com/rollback-watcher/watcher/internal/links"
+	"github.com/rollback-watcher/watcher/internal/testutil"
+)
+
+// heldDetail is the rollback.held detail of request id.
+func heldDetail(t *testing.T, natsURL, service, id string) audit.RollbackHeldDetail {
+	t.Helper()
+	for _, r := range byRequest(historyURL(t, natsURL, "--service="+service), id) {
+		if d, ok := r.RollbackHeld(); ok {
+			return d
+		}
+	}
+	t.Fatalf("no rollback.held of %s", id)
+	return audit.RollbackHeldDetail{}
+}
+
+func request(t *testing.T, method, u, body string, header http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, u, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestCancelLink: `watcher run` with --web.external-url puts signed links
+// in rollback.held. GET on the cancel link shows the request and changes
+// nothing; its form's POST cancels (rollback.cancelled, via link). An
+// altered or expired link decides nothing. Without basic auth in
+// --web.config.file, the unsigned API refuses everyone.
+func TestCancelLink(t *testing.T) {
+	dir := t.TempDir()
+	shop := release(t, filepath.Join(dir, "shop"), "v1", "v2")
+	release(t, filepath.Join(dir, "cart"), "v1", "v2")
+	web, natsAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	ext := "http://" + web + "/"
+	startRun(t, web, "--nats.listen="+natsAddr, "--storage.path="+t.TempDir(), "--rules="+holdRules(t, dir),
+		"--prometheus.url=http://127.0.0.1:1", "--web.external-url="+ext)
+	natsURL := "nats://" + natsAddr
+
+	id := heldRequest(t, natsURL, "shop", "v2")
+	held := heldDetail(t, natsURL, "shop", id)
+	if !strings.HasPrefix(held.CancelURL, ext+"rollbacks/"+id+"/cancel?expires=") || held.ApproveURL != "" {
+		t.Fatalf("rollback.held links: cancel %q, approve %q", held.CancelURL, held.ApproveURL)
+	}
+	cartID := heldRequest(t, natsURL, "cart", "v2")
+	if d := heldDetail(t, natsURL, "cart", cartID); !strings.HasPrefix(d.ApproveURL, ext+"rollbacks/"+cartID+"/approve?") {
+		t.Errorf("an ask's rollback.held has no approve link: %q", d.ApproveURL)
+	}
+
+	status, body := request(t, http.MethodGet, held.CancelURL, "", nil)
+	if status != http.StatusOK || !strings.Contains(body, "Cancel the rollback of shop in production?") || !strings.Contains(body, "checkout is broken") {
+		t.Fatalf("GET the link: %d\n%s", status, body)
+	}
+	if got := kinds(byRequest(historyURL(t, natsURL, "--service=shop"), id)); strings.Join(got, " ") != "rollback.held" {
+		t.Fatalf("after GET, the audit of %s is %v", id, got)
+	}
+
+	u, _ := url.Parse(held.CancelURL)
+	q := u.Query()
+	q.Set(links.ParamSignature, strings.Repeat("A", len(q.Get(links.ParamSignature))))
+	form := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}
+	if status, body := request(t, http.MethodPost, ext+"rollbacks/"+id+"/cancel?"+q.Encode(), "by=eve&reason=x", form); status != http.StatusForbidden ||
+		!strings.Contains(body, "signature does not match") {
+		t.Errorf("a forged link: %d\n%s", status, body)
+	}
+	// An expired link, signed with the watcher's own key as it is kept.
+	kv, err := natsClient(t, natsURL).KeyValue(t.Context(), links.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := kv.Get(t.Context(), "hmac-sha256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := links.New(entry.Value(), ext)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status, body := request(t, http.MethodPost, signer.URL(id, events.ActionCancel, time.Now().Add(-time.Second)), "by=eve&reason=x", form); status != http.StatusGone ||
+		!strings.Contains(body, "This link expired at") {
+		t.Errorf("an expired link: %d\n%s", status, body)
+	}
+
+	status, body = request(t, http.MethodPost, held.CancelURL, url.Values{"by": {"bob"}, "reason": {"the dip is the provider"}}.Encode(), form)
+	if status != http.StatusOK || !strings.Contains(body, "Rollback cancelled") {
+		t.Fatalf("POST the link: %d\n%s", status, body)
+	}
+	recs := byRequest(historyURL(t, natsURL, "--service=shop"), id)
+	var refused []string
+	var cancelled audit.RollbackDecisionDetail
+	for _, r := range recs {
+		if d, ok := r.RollbackDecision(); ok {
+			cancelled = d
+		}
+		if d, ok := r.EventRejected(); ok && d.HTTPDecision != nil {
+			refused = append(refused, d.Field)
+		}
+	}
+	if cancelled.By != "bob" || cancelled.Via != events.ViaLink || cancelled.Reason != "the dip is the provider" {
+		t.Errorf("rollback.cancelled detail %+v", cancelled)
+	}
+	if strings.Join(refused, " ") != "signature expires" {
+		t.Errorf("refusals recorded: %v, want the forged and the expired link", refused)
+	}
+	if got := readlink(t, shop); got != "v2" {
+		t.Errorf("shop on %s after the cancel, want v2", got)
+	}
+
+	// No basic_auth_users: the unsigned API takes nobody.
+	status, body = request(t, http.MethodPost, ext+"api/v1/rollbacks/"+cartID+"/approve", `{"reason": "go"}`, http.Header{"Content-Type": {"application/json"}})
+	if status != http.StatusForbidden || !strings.Contains(body, "basic_auth_users in --web.config.file") {
+		t.Errorf("the API without users: %d %s", status, body)
+	}
+}
+
+// TestDecideAPIBehindBasicAuth: with basic_auth_users in
+// --web.config.file, exporter-toolkit asks every caller for them, and the
+// API decides as the user it authenticated.
+func TestDecideAPIBehindBasicAuth(t *testing.T) {
+	dir := t.TempDir()
+	cart := release(t, filepath.Join(dir, "cart"), "v1", "v2")
+	release(t, filepath.Join(dir, "shop"), "v1", "v2")
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webConfig := filepath.Join(dir, "web.yml")
+	writeFile(t, webConfig, fmt.Sprintf("basic_auth_users:\n  oncall: %s\n", hash))
+	w := startWatcher(t, "--rules="+holdRules(t, dir), "--web.config.file="+webConfig, "--prometheus.url=http://127.0.0.1:1")
+	natsURL := "nats://" + w.nats
+	id := heldRequest(t, natsURL, "cart", "v2")
+	api := "http://" + w.web + "/api/v1/rollbacks/" + id + "/approve"
+	hdr := http.Header{"Content-Type": {"application/json"}}
+
+	if status, _ := request(t, http.MethodPost, api, `{"reason": "go"}`, hdr); status != http.StatusUnauthorized {
+		t.Errorf("without credentials: %d, want 401", status)
+	}
+	req, _ := http.NewRequest(http.MethodPost, api, nil)
+	req.SetBasicAuth("oncall", "s3cret")
+	hdr.Set("Authorization", req.Header.Get("Authorization"))
+	status, body := request(t, http.MethodPost, api, `{"reason": "confirmed with the cart team"}`, hdr)
+	if status != http.StatusOK || !strings.Contains(body, `"state":"`) || !strings.Contains(body, `"by":"oncall","via":"http"`) {
+		t.Fatalf("approve: %d %s", status, body)
+	}
+	testutil.Eventually(t, 10*time.Second, "cart rolled back", func() bool { return readlink(t, cart) == "v1" })
+	var approved audit.RollbackDecisionDetail
+	for _, r := range byRequest(historyURL(t, natsURL, "--service=cart"), id) {
+		if d, ok := r.RollbackDecision(); ok {
+			approved = d
+		}
+	}
+	if approved.By != "oncall" || approved.Via != events.ViaHTTP || approved.Action != events.ActionApprove {
+		t.Errorf("rollback.approved detail %+v", approved)
+	}
+}
