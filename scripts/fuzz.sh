@@ -14,7 +14,7 @@ FUZZTIME=${FUZZTIME:-10s}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
-for pkg in ./internal/events ./internal/policy; do
+for pkg in ./internal/events ./internal/policy ./internal/rollback; do
 	targets=$($GO test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true)
 	if [ -z "$targets" ]; then
 		echo "no fuzz targets in $pkg" >&2

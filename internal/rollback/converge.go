@@ -173,7 +173,7 @@ func (e *Executor) converge(ctx context.Context, req events.RollbackRequest, p *
 		switch {
 		case st.switched:
 		case pipelined && pl.mark && !st.marked && !st.retried:
-			// Over SSH, the switch and the marker in three round trips.
+			// Over SSH, the switch and the marker in two round trips.
 			m := Marker{Time: time.Now().UTC(), RunID: req.RunID, RequestID: req.ID, Reason: req.Reason, From: pl.release.Current, To: pl.release.Previous}
 			switched, marked, err := ps.switchAndMark(view, pl.link, pl.release.Current, pl.release.Previous, m)
 			st.switched, r.Switched, st.marked = switched, switched, marked
@@ -192,7 +192,10 @@ func (e *Executor) converge(ctx context.Context, req events.RollbackRequest, p *
 	}
 	if pl.mark && !st.marked {
 		if st.retried {
+			// switchAndMark makes the marker's temporary file in the
+			// release switched to; the ordinary way, next to the marker.
 			removeTemps(view, pl.release.Current, "."+MarkerFile+".tmp-")
+			removeTemps(view, pl.release.Previous, "."+MarkerFile+".tmp-")
 		}
 		m := Marker{Time: time.Now().UTC(), RunID: req.RunID, RequestID: req.ID, Reason: req.Reason, From: pl.release.Current, To: pl.release.Previous}
 		if err := MarkRolledBack(view, pl.release.Current, m); err != nil {

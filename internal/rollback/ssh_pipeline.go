@@ -11,7 +11,7 @@ import (
 
 // A host's rollback over its SFTP session in as few round trips as the
 // layout allows (README "Fleets over SSH"): the plan's reads in two flights
-// and the switch with its marker in three, instead of a round trip per
+// and the switch with its marker in two, instead of a round trip per
 // request. The decisions stay with the layout code (Resolve, planSwitch,
 // checkReadBack), which reads what the flights brought from a readOnce
 // view; only the order of the requests on the wire is decided here.
@@ -234,21 +234,28 @@ func learnInfo(view *readOnce, p string, op *sftpOp) {
 }
 
 // switchAndMark switches link from expect to target and marks expect
-// rolled back, in three flights:
+// rolled back, in two flights:
 //
 //  1. readlink of the link (a link that moved since the plan is refused,
 //     nothing changed); the opening of the link's directory, and the
-//     creation of the marker's temporary file;
+//     creation of the marker's temporary file, made in target;
 //  2. the temporary link, its rename over the link, the directory's fsync,
-//     the link read back; the marker's content, fsync and close;
-//  3. the rename of the marker into place, once the link was read back on
-//     target and the marker's content written whole.
+//     the link read back; the marker's content, fsync and close, then its
+//     rename into expect from link/<its name>.
+//
+// The marker's rename resolves its source through the link, so it finds
+// the temporary file only where the link names target when the rename
+// runs: the server puts the marker in place exactly when the switch took
+// effect, without the round trip that waiting for the read-back would
+// cost. When that rename fails all the same (target and expect on two
+// filesystems), the marker is left to MarkRolledBack: marked is false with
+// no error.
 //
 // Each change is sent only once the answers it depends on are in, as
-// SwitchFrom and MarkRolledBack make them one by one; what is decided
-// (where the link stands, its style, the read-back) is decided by the
-// same code. A failure leaves no temporary file behind, except when the
-// connection drops, after which converge's retry removes them.
+// SwitchFrom makes them one by one; what is decided (where the link
+// stands, its style, the read-back) is decided by the same code. A failure
+// leaves no temporary file behind, except when the connection drops, after
+// which converge's retry removes them.
 func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m Marker) (switched, marked bool, err error) {
 	data, err := markerJSON(m)
 	if err != nil {
@@ -256,7 +263,7 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 	}
 	link, expect, target = filepath.Clean(link), filepath.Clean(expect), filepath.Clean(target)
 	markerFile := filepath.Join(expect, MarkerFile)
-	markerTmp, linkTmp := tempName(markerFile), tempName(link)
+	markerTmp, linkTmp := tempName(filepath.Join(target, MarkerFile)), tempName(link)
 	// decided is the outcome when the host answered: a refusal, or a
 	// marker that could not be put in place. The operation itself fails
 	// only when the connection does, so that call probes it only then.
@@ -275,8 +282,8 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 		}
 		dh, derr := handleOf(dirOp)
 		mh, merr := mo.handle()
-		// cleanup closes and removes what was made for a switch or a
-		// marker that will not happen.
+		// cleanup removes what was made for a switch or a marker that
+		// will not happen.
 		cleanup := func(f *flight, temps ...string) error {
 			for _, tmp := range temps {
 				f.remove(tmp)
@@ -301,7 +308,7 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 		}
 
 		f = s.flight()
-		var sym, rn, rb *sftpOp
+		var sym, rn, rb, mr *sftpOp
 		if !done {
 			sym = f.symlink(content, linkTmp)
 			rn = f.posixRename(linkTmp, link)
@@ -320,18 +327,24 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 				writes = append(writes, f.fsync(mh))
 			}
 			writes = append(writes, f.closeHandle(mh))
+			mr = f.posixRename(throughLink(link, markerTmp), markerFile)
 		}
 		if err := f.send(); err != nil {
 			return err
 		}
+		// leftover is the marker's temporary file when its rename did not
+		// take it away.
+		leftover := func() []string {
+			if merr != nil || mr.status() == nil {
+				return nil
+			}
+			return []string{markerTmp}
+		}
 		if !done {
 			failed := func(op, oldname, newname string, err error) error {
-				var temps []string
+				temps := leftover()
 				if op == "rename" {
 					temps = append(temps, linkTmp)
-				}
-				if merr == nil {
-					temps = append(temps, markerTmp)
 				}
 				_ = cleanup(s.flight(), temps...)
 				return fmt.Errorf("switch %s to %s: %w (link names %s)", link, target,
@@ -346,8 +359,8 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 			view.forget()
 			raw, err := rb.target()
 			if err := checkReadBack(view, link, target, raw, err); err != nil {
-				if merr == nil {
-					_ = cleanup(s.flight(), markerTmp)
+				if temps := leftover(); temps != nil {
+					_ = cleanup(s.flight(), temps...)
 				}
 				decided = err
 				return nil
@@ -359,18 +372,13 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 			return nil
 		}
 		if err := firstErr(writes); err != nil {
-			_ = cleanup(s.flight(), markerTmp)
+			_ = cleanup(s.flight(), leftover()...)
 			decided = fmt.Errorf("mark rolled back: write %s: %w", markerFile, err)
 			return nil
 		}
-		f = s.flight()
-		mr := f.posixRename(markerTmp, markerFile)
-		if err := f.send(); err != nil {
-			return err
-		}
-		if err := mr.status(); err != nil {
-			_ = cleanup(s.flight(), markerTmp)
-			decided = fmt.Errorf("mark rolled back: write %s: %w", markerFile, err)
+		if temps := leftover(); temps != nil {
+			// MarkRolledBack writes it the ordinary way.
+			_ = cleanup(s.flight(), temps...)
 			return nil
 		}
 		marked = true
@@ -380,6 +388,13 @@ func (t *SSHTarget) switchAndMark(view *readOnce, link, expect, target string, m
 		err = decided
 	}
 	return switched, marked, err
+}
+
+// throughLink is the path of tmp, made in the release the link is switched
+// to, as reached through the link (a test points it elsewhere to see the
+// marker written the ordinary way).
+var throughLink = func(link, tmp string) string {
+	return filepath.Join(link, filepath.Base(tmp))
 }
 
 // handleOf is the handle op opened, or why there is none (op nil: not

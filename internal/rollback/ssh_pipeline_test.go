@@ -1,6 +1,8 @@
 package rollback
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -80,5 +82,87 @@ func TestSSHSwitchAndMarkRefusals(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRenameThroughLink: what switchAndMark's one-flight marker rests on.
+// A rename whose source is reached through the link finds the file only
+// when the link names the directory it was made in: on a real sshd, with
+// the link elsewhere the rename fails and nothing moves; with the link
+// there, the file moves.
+func TestRenameThroughLink(t *testing.T) {
+	s := testutil.StartSSHD(t, "127.0.0.2")
+	tg := dialSSHTarget(t, newPool(t), s.Addrs[0], sshConfig(s))
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	mkdir(t, a)
+	mkdir(t, b)
+	link := filepath.Join(dir, "current")
+	symlink(t, "b", link)
+	writeFile(t, filepath.Join(a, ".tmp"), "marker")
+	dst := filepath.Join(dir, "ROLLED_BACK")
+
+	rename := func() error {
+		return tg.call(false, func(c *sshConn) error {
+			op, err := ask(c.sftp, func(f *flight) *sftpOp { return f.posixRename(filepath.Join(link, ".tmp"), dst) })
+			if err != nil {
+				return err
+			}
+			return op.status()
+		})
+	}
+	if err := rename(); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("rename through a link naming b: %v, want no such file", err)
+	}
+	if exists(t, dst) || !exists(t, filepath.Join(a, ".tmp")) {
+		t.Fatal("the rename through a link naming another directory moved the file")
+	}
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	symlink(t, "a", link)
+	if err := rename(); err != nil {
+		t.Fatalf("rename through a link naming a: %v", err)
+	}
+	if got := readFile(t, dst); got != "marker" {
+		t.Errorf("moved file holds %q", got)
+	}
+}
+
+// TestSSHMarkerFallsBack: when the marker's rename through the link fails
+// although the switch took effect (target and expect on two filesystems),
+// the marker is written the ordinary way and no temporary file is left.
+func TestSSHMarkerFallsBack(t *testing.T) {
+	s := testutil.StartSSHD(t, "127.0.0.2")
+	throughLink = func(link, tmp string) string { return filepath.Join(filepath.Dir(link), "elsewhere", filepath.Base(tmp)) }
+	t.Cleanup(func() {
+		throughLink = func(link, tmp string) string { return filepath.Join(link, filepath.Base(tmp)) }
+	})
+	f := newFleet(t, s, "127.0.0.2")
+	h := f.hosts["127.0.0.2"]
+	rules := loadRules(t, f.policy(s, s.KnownHosts, "5s", f.addrs))
+	e := &Executor{Policies: rules, Audit: &recorder{}, AnnounceSource: "test", Dial: newPool(t).Dial}
+
+	res := e.Execute(ctxFor(t), request("rb-fallback"))
+
+	if res.Status != ResultCompleted {
+		t.Fatalf("result %s: %v", res.Status, res.Err)
+	}
+	if got := readlink(t, h.link); got != "releases/v1" {
+		t.Errorf("link -> %s, want releases/v1", got)
+	}
+	if m := readMarker(t, h.rel("v2")); m.To != h.rel("v1") || m.RequestID != "rb-fallback" {
+		t.Errorf("marker %+v", m)
+	}
+	for _, dir := range []string{h.root, h.rel("v1"), h.rel("v2")} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if strings.Contains(e.Name(), ".tmp-") {
+				t.Errorf("temporary %s left in %s", e.Name(), dir)
+			}
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,7 +24,10 @@ import (
 // returns, the release a previousVersion file names) goes in the next
 // flight. The server (OpenSSH's sftp-server) handles a session's requests
 // one at a time, in the order they arrive: within a flight, a rename
-// written after a symlink sees the symlink.
+// written after a symlink sees the symlink. The draft lets a server handle
+// requests in any order, so with a server that does not say it is OpenSSH
+// a flight's requests go one at a time, each after the previous answer:
+// slower, never out of order.
 //
 // github.com/pkg/sftp cannot be driven this way: each of its calls blocks
 // for its answer, a read loops until its buffer is full and a directory
@@ -129,6 +133,9 @@ type sftpConn struct {
 	err    error // why the session ended
 
 	done chan struct{} // closed when the session ended
+	// serial sends a flight's requests one at a time: the server is not
+	// known to handle them in order.
+	serial bool
 	// sent counts the requests sent (SSHPool.SFTPRequests); set before
 	// the first flight.
 	sent *atomic.Int64
@@ -151,7 +158,8 @@ func startSFTP(client *ssh.Client) (*sftpConn, error) {
 		_ = ch.Close()
 		return nil, err
 	}
-	c := &sftpConn{ch: ch, exts: map[string]string{}, wait: map[uint32]*sftpOp{}, done: make(chan struct{})}
+	c := &sftpConn{ch: ch, exts: map[string]string{}, wait: map[uint32]*sftpOp{}, done: make(chan struct{}),
+		serial: !sftpInOrder(string(client.ServerVersion()))}
 	var init sftpBuf
 	init.begin(fxpInit)
 	init.u32(3)
@@ -186,6 +194,18 @@ func startSFTP(client *ssh.Client) (*sftpConn, error) {
 	go c.readLoop(r)
 	return c, nil
 }
+
+// inOrderServer tells whether the SSH server's version banner names a
+// server whose sftp-server answers a session's requests in the order they
+// arrive (OpenSSH's, also run by Dropbear, which says so only in its own
+// name: it is sent one request at a time).
+func inOrderServer(banner string) bool {
+	return strings.HasPrefix(banner, "SSH-2.0-OpenSSH_")
+}
+
+// sftpInOrder is inOrderServer; a test makes the OpenSSH server of the
+// tests one that is not known to keep order.
+var sftpInOrder = inOrderServer
 
 func readPacket(r io.Reader) (byte, []byte, error) {
 	var hdr [5]byte
@@ -376,6 +396,17 @@ func (f *flight) posixRename(oldname, newname string) *sftpOp {
 // outcome is read from its op.
 func (f *flight) send() error {
 	if len(f.ops) == 0 {
+		return nil
+	}
+	if f.c.serial && len(f.ops) > 1 {
+		for i, op := range f.ops {
+			if err := (&flight{c: f.c, ops: []*sftpOp{op}}).send(); err != nil {
+				for _, rest := range f.ops[i+1:] {
+					rest.err = err
+				}
+				return err
+			}
+		}
 		return nil
 	}
 	c := f.c
