@@ -134,7 +134,9 @@ func TestRenameThroughLink(t *testing.T) {
 // the marker is written the ordinary way and no temporary file is left.
 func TestSSHMarkerFallsBack(t *testing.T) {
 	s := testutil.StartSSHD(t, "127.0.0.2")
-	throughLink = func(link, tmp string) string { return filepath.Join(filepath.Dir(link), "elsewhere", filepath.Base(tmp)) }
+	throughLink = func(link, tmp string) string {
+		return filepath.Join(filepath.Dir(link), "elsewhere", filepath.Base(tmp))
+	}
 	t.Cleanup(func() {
 		throughLink = func(link, tmp string) string { return filepath.Join(link, filepath.Base(tmp)) }
 	})
