@@ -1506,7 +1506,7 @@ func TestKubernetes(t *testing.T) {
 // TestReadme checks that deploy/README.md covers each way to run the watcher.
 func TestReadme(t *testing.T) {
 	doc := string(readFile(t, readme))
-	for _, s := range []string{"useradd", "systemctl reload rollback-watcher", "docker compose", "kubectl apply", "scripts/deps.sh"} {
+	for _, s := range []string{"useradd", "systemctl reload rollback-watcher", "docker compose", "make image", "kubectl apply", "scripts/deps.sh"} {
 		if !strings.Contains(doc, s) {
 			t.Errorf("%s does not mention %q", readme, s)
 		}
