@@ -47,6 +47,22 @@ lint:
 		echo "$$out"; exit 1; \
 	fi
 
+# The container image, IMAGE, built from deploy/compose/Dockerfile with
+# podman when it is installed, else docker (BuildKit: Docker 23 or later).
+# Nothing is pulled: deploy/compose/image-context.sh compiles the static
+# binary here into IMAGE_CONTEXT, which stands in for the Dockerfile's Go
+# stage (deploy/README.md "The image"). IMAGEFLAGS passes flags to the
+# engine's build. deploy/image_test.go builds and runs it.
+IMAGE         ?= rollback-watcher/watcher:dev
+IMAGE_CONTEXT ?= bin/image
+ENGINE        ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+IMAGEFLAGS    ?=
+
+.PHONY: image
+image:
+	GO=$(GO) VERSION=$(VERSION) REVISION=$(REVISION) deploy/compose/image-context.sh $(IMAGE_CONTEXT)
+	$(ENGINE) build $(IMAGEFLAGS) --build-context build=$(IMAGE_CONTEXT) -f deploy/compose/Dockerfile -t $(IMAGE) .
+
 check-rules: build
 	./$(BIN) check 'rules/*.yml'
 

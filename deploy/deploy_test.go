@@ -869,16 +869,7 @@ func invocations(t *testing.T) []invocation {
 		inv = append(inv, invocation{where: kubeDir + " container " + ctr.Name, args: ctr.Args})
 	}
 
-	cmdRE := regexp.MustCompile(`(?m)^CMD (\[.*\])$`)
-	m := cmdRE.FindSubmatch(readFile(t, dockerfile))
-	if m == nil {
-		t.Fatalf("%s: no CMD [...]", dockerfile)
-	}
-	var cmdArgs []string
-	if err := json.Unmarshal(m[1], &cmdArgs); err != nil {
-		t.Fatalf("%s: CMD: %v", dockerfile, err)
-	}
-	inv = append(inv, invocation{where: dockerfile + " CMD", args: cmdArgs})
+	inv = append(inv, invocation{where: dockerfile + " CMD", args: dockerfileCmd(t)})
 
 	// `watcher run ...` in the README, continuation lines joined.
 	text := strings.ReplaceAll(string(readFile(t, readme)), "\\\n", " ")
@@ -896,6 +887,20 @@ func invocations(t *testing.T) []invocation {
 		inv = append(inv, invocation{where: readme + ": " + strings.TrimSpace(line), args: flags, extra: true})
 	}
 	return inv
+}
+
+// dockerfileCmd is the Dockerfile's CMD, in its exec (JSON) form.
+func dockerfileCmd(t *testing.T) []string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^CMD (\[.*\])$`).FindSubmatch(readFile(t, dockerfile))
+	if m == nil {
+		t.Fatalf("%s: no CMD [...]", dockerfile)
+	}
+	var args []string
+	if err := json.Unmarshal(m[1], &args); err != nil {
+		t.Fatalf("%s: CMD: %v", dockerfile, err)
+	}
+	return args
 }
 
 // TestRunFlags checks that every `watcher run` of the kit uses flags that
@@ -1095,16 +1100,48 @@ func TestCompose(t *testing.T) {
 	run(t, dir, "docker", "compose", "-f", filepath.Base(composeFile), "config", "--quiet")
 }
 
+// TestDockerfile checks the two ways the Dockerfile builds (deploy/README.md
+// "The image"): its Go stage and `make image` both run image-context.sh,
+// and the stage that `make image` replaces with its directory is the one
+// the final stage copies from. TestImage builds and runs the image.
 func TestDockerfile(t *testing.T) {
 	df := string(readFile(t, dockerfile))
-	if n := len(regexp.MustCompile(`(?m)^FROM `).FindAllString(df, -1)); n < 2 {
-		t.Errorf("%s: %d stages; want a multi-stage build", dockerfile, n)
+	froms := regexp.MustCompile(`(?m)^FROM (\S+)(?: AS (\S+))?$`).FindAllStringSubmatch(df, -1)
+	if len(froms) < 2 {
+		t.Fatalf("%s: %d stages; want a Go stage and a final one", dockerfile, len(froms))
 	}
-	if !strings.Contains(df, "./cmd/watcher") {
-		t.Errorf("%s does not build ./cmd/watcher", dockerfile)
+	if final := froms[len(froms)-1]; final[1] != "scratch" {
+		t.Errorf("%s: the final stage is FROM %s; want scratch, which needs no image pulled", dockerfile, final[1])
+	}
+	if !strings.Contains(df, "deploy/compose/image-context.sh /out") {
+		t.Errorf("%s: the Go stage does not run deploy/compose/image-context.sh, as `make image` does", dockerfile)
 	}
 	if !regexp.MustCompile(`(?m)^USER \S+`).MatchString(df) {
 		t.Errorf("%s: no USER: the image would run as root", dockerfile)
+	}
+
+	m := regexp.MustCompile(`--build-context (\w+)=\$\(IMAGE_CONTEXT\)`).FindStringSubmatch(string(readFile(t, "../Makefile")))
+	if m == nil {
+		t.Fatalf("../Makefile: the image target passes no --build-context NAME=$(IMAGE_CONTEXT)")
+	}
+	stage := -1
+	for i, f := range froms {
+		if f[2] == m[1] {
+			stage = i
+		}
+	}
+	if stage < 0 || stage == len(froms)-1 {
+		t.Fatalf("%s: no stage %q before the final one, for `make image` to replace", dockerfile, m[1])
+	}
+	if !strings.Contains(df, "COPY --from="+m[1]+" ") {
+		t.Errorf("%s: the final stage copies nothing from stage %q", dockerfile, m[1])
+	}
+	// image-context.sh writes each path the final stage takes from that stage.
+	script := string(readFile(t, "compose/image-context.sh"))
+	for _, c := range regexp.MustCompile(`(?m)^COPY --from=`+m[1]+`(?: --chown=\S+)? /(\S*) `).FindAllStringSubmatch(df, -1) {
+		if p := strings.TrimSuffix(c[1], "/"); !strings.Contains(script, `"$out/`+p+`"`) {
+			t.Errorf("%s copies /%s from stage %s, which compose/image-context.sh does not write", dockerfile, c[1], m[1])
+		}
 	}
 }
 
@@ -1469,7 +1506,7 @@ func TestKubernetes(t *testing.T) {
 // TestReadme checks that deploy/README.md covers each way to run the watcher.
 func TestReadme(t *testing.T) {
 	doc := string(readFile(t, readme))
-	for _, s := range []string{"useradd", "systemctl reload rollback-watcher", "docker compose", "kubectl apply", "scripts/deps.sh"} {
+	for _, s := range []string{"useradd", "systemctl reload rollback-watcher", "docker compose", "make image", "kubectl apply", "scripts/deps.sh"} {
 		if !strings.Contains(doc, s) {
 			t.Errorf("%s does not mention %q", readme, s)
 		}

@@ -4,7 +4,10 @@
 # ("openssh-server") and PostgreSQL for the data rollback tests
 # ("postgresql"; its server binaries live off the PATH), and for the deploy/
 # kit's checks: promtool (in "prometheus"), amtool ("prometheus-alertmanager")
-# and systemd-analyze ("systemd", with "procps" for /bin/kill). Idempotent.
+# and systemd-analyze ("systemd", with "procps" for /bin/kill), and for the
+# image test (deploy/image_test.go): podman with runc, which runs where
+# crun cannot (cgroups v1 beside v2), and the CA bundle the image carries
+# ("ca-certificates"). Idempotent.
 set -eu
 
 need=""
@@ -17,6 +20,10 @@ command -v amtool >/dev/null 2>&1 || need="$need prometheus-alertmanager"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 # The unit's ExecReload runs /bin/kill; systemd-analyze verify checks it exists.
 [ -x /bin/kill ] || need="$need procps"
+# `make image` and the image test: the engine, the runtime, the CA bundle.
+command -v podman >/dev/null 2>&1 || need="$need podman"
+command -v runc >/dev/null 2>&1 || need="$need runc"
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates"
 # The status page test screenshots / in a real headless browser.
 command -v chromium >/dev/null 2>&1 || need="$need chromium"
 
