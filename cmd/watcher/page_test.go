@@ -4,17 +4,22 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"html"
 	"image"
 	"image/png"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/rollback-watcher/watcher/internal/audit"
+	"github.com/rollback-watcher/watcher/internal/bus"
 	"github.com/rollback-watcher/watcher/internal/testutil"
 )
 
@@ -22,41 +27,12 @@ import (
 // and failed verdicts (--bad in internal/web/page.html.tmpl).
 var pageFailColour = [3]uint8{0xd6, 0x28, 0x28}
 
-// chromium finds the browser, or fails the test saying how to install it.
-func chromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Fatal("chromium is not installed: the status page test needs a real headless browser; run scripts/deps.sh (or apt-get install chromium)")
-	return ""
-}
-
-// headless runs chromium on url with args and returns its standard output.
-func headless(t *testing.T, bin, url string, args ...string) []byte {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	all := append([]string{"--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-		"--no-first-run", "--disable-extensions", "--user-data-dir=" + t.TempDir()}, args...)
-	cmd := exec.CommandContext(ctx, bin, append(all, url)...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", bin, strings.Join(all, " "), err, errb.String())
-	}
-	return out.Bytes()
-}
-
 // TestPageInBrowser renders the status page of a real watcher, after a bad
 // deploy was rolled back by its validation and another by an alert, in
-// headless Chromium: the DOM it builds, and a screenshot that shows the
-// failure.
+// headless Chromium: the DOM it builds, its layout on a laptop and on
+// phones with screenshots that show the failure, and the banners once
+// Prometheus stops and a stream fills.
 func TestPageInBrowser(t *testing.T) {
-	bin := chromium(t)
 	exp := testutil.NewExporter(t)
 	exp.Set("shop_orders_per_minute", map[string]string{"service": "shop"}, 120)
 	exp.Set("shop_orders_per_minute", map[string]string{"service": "cart"}, 120)
@@ -126,7 +102,16 @@ func TestPageInBrowser(t *testing.T) {
 	time.Sleep(3 * time.Second)
 
 	url := "http://" + w.web + "/"
-	dom := string(headless(t, bin, url, "--dump-dom"))
+	ctx := testutil.Browser(t)
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := chromedp.Do(dctx, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("loading %s: %v", url, err)
+	}
+	dom, err := chromedp.Run(dctx, chromedp.OuterHTML("html"))
+	if err != nil {
+		t.Fatalf("reading the DOM of %s: %v", url, err)
+	}
 	for _, want := range []string{"Rollback Watcher", "shop", "cart", "2026.11.25-1", "failed", "passed", "rolled back",
 		"<svg", "min 50", "orders-per-minute", "Cause: alert", "CartErrorsHigh", "c0ffee0123456789", "Cause: failed checks",
 		"2026.11.24-3", "/api/v1/runs", "/metrics", "&lt;script&gt;alert(1)&lt;/script&gt;"} {
@@ -142,32 +127,86 @@ func TestPageInBrowser(t *testing.T) {
 		t.Errorf("%d charts in the DOM, want one per run", strings.Count(dom, "<svg"))
 	}
 
-	shot := filepath.Join(t.TempDir(), "page.png")
-	if keep := os.Getenv("WATCHER_PAGE_SCREENSHOT"); keep != "" {
-		shot = keep // to look at it
+	// On a laptop and on phones, every run's service, version, verdict
+	// and time are on screen and the page does not scroll sideways
+	// (README "HTTP").
+	for _, width := range []int64{testutil.Desktop, testutil.PhoneWide, testutil.PhoneNarrow} {
+		l, shot := testutil.LayoutAt(t, ctx, url, width, 2000)
+		for _, p := range l.Problems() {
+			t.Errorf("at %dpx: %s", width, p)
+		}
+		file := testutil.KeepScreenshot(t, fmt.Sprintf("page-%d.png", width), shot)
+		img, err := png.Decode(bytes.NewReader(shot))
+		if err != nil {
+			t.Fatalf("screenshot %s is not a PNG: %v", file, err)
+		}
+		if b := img.Bounds(); b.Dx() != int(width) || b.Dy() < 600 {
+			t.Errorf("screenshot at %dpx is %dx%d", width, b.Dx(), b.Dy())
+		}
+		colours, fail := pixels(img)
+		if colours < 100 {
+			t.Errorf("screenshot at %dpx has %d colours: a blank or broken page", width, colours)
+		}
+		// Badges and failed points are filled with it: hundreds of pixels.
+		if fail < 200 {
+			t.Errorf("screenshot at %dpx has %d pixels of the failure colour #%02x%02x%02x, want the failed verdicts and points",
+				width, fail, pageFailColour[0], pageFailColour[1], pageFailColour[2])
+		}
+		t.Logf("at %dpx: page %dpx wide, %d runs, %d badges, %d charts; screenshot %s %dx%d, %d colours, %d failure-coloured pixels",
+			width, l.ScrollWidth, len(l.Runs), len(l.Badges), len(l.Charts), file, img.Bounds().Dx(), img.Bounds().Dy(), colours, fail)
 	}
-	headless(t, bin, url, "--screenshot="+shot, "--window-size=1280,2000")
-	f, err := os.Open(shot)
+
+	// Prometheus stops. The next run's first query fails, the watcher
+	// probes Prometheus, and the page says so at its top.
+	prom.Stop()
+	if code, _, errOut := cli(t, "publish", natsURL, "--service=search", "--environment=production", "--version=2026.11.26-1"); code != 0 {
+		t.Fatalf("publish search: exit %d: %s", code, errOut)
+	}
+	promBanner := "Prometheus " + prom.URL + " unreachable since"
+	testutil.Eventually(t, 30*time.Second, "the page's banner on Prometheus", func() bool {
+		_, page := httpGetStatus(url)
+		return strings.Contains(page, promBanner)
+	})
+
+	// DEPLOYS is limited to what it holds, discarding new messages: the
+	// next deploy event is refused, and the page says the storage is full.
+	nc, err := nats.Connect("nats://" + w.nats)
 	if err != nil {
-		t.Fatalf("no screenshot: %v", err)
+		t.Fatal(err)
 	}
-	defer f.Close()
-	img, err := png.Decode(f)
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	nctx, cancelNATS := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelNATS()
+	st, err := js.Stream(nctx, bus.DeploysStream)
 	if err != nil {
-		t.Fatalf("screenshot %s is not a PNG: %v", shot, err)
+		t.Fatal(err)
 	}
-	if b := img.Bounds(); b.Dx() != 1280 || b.Dy() != 2000 {
-		t.Errorf("screenshot is %dx%d, want 1280x2000", b.Dx(), b.Dy())
+	cfg := st.CachedInfo().Config
+	cfg.MaxBytes, cfg.Discard = int64(st.CachedInfo().State.Bytes), jetstream.DiscardNew
+	if _, err := js.UpdateStream(nctx, cfg); err != nil {
+		t.Fatal(err)
 	}
-	colours, fail := pixels(img)
-	if colours < 100 {
-		t.Errorf("screenshot has %d colours: a blank or broken page", colours)
+	if code, _, errOut := cli(t, "publish", natsURL, "--service=search", "--environment=production", "--version=2026.11.26-2"); code == 0 || !strings.Contains(errOut, "maximum bytes exceeded") {
+		t.Errorf("publish to a full DEPLOYS: exit %d: %s; want refused, maximum bytes exceeded", code, errOut)
 	}
-	// Badges and failed points are filled with it: hundreds of pixels.
-	if fail < 200 {
-		t.Errorf("screenshot has %d pixels of the failure colour #%02x%02x%02x, want the failed verdicts and points", fail, pageFailColour[0], pageFailColour[1], pageFailColour[2])
+	var page string
+	testutil.Eventually(t, 10*time.Second, "the page's banner on the full stream", func() bool {
+		_, page = httpGetStatus(url)
+		return strings.Contains(page, "Storage full: stream DEPLOYS holds")
+	})
+	for _, m := range regexp.MustCompile(`<div class="banner (\w+)" role="alert">(.*)`).FindAllStringSubmatch(page, -1) {
+		t.Logf("banner %s: %s", m[1], strings.Join(strings.Fields(html.UnescapeString(regexp.MustCompile(`<[^>]+>`).ReplaceAllString(m[2], " "))), " "))
 	}
-	t.Logf("screenshot %s: %d colours, %d failure-coloured pixels", shot, colours, fail)
+	l, shot := testutil.LayoutAt(t, ctx, url, testutil.PhoneWide, 2000)
+	if len(l.Banners) != 2 {
+		t.Errorf("%d banners at %dpx, want 2 (Prometheus, DEPLOYS)", len(l.Banners), testutil.PhoneWide)
+	}
+	for _, p := range l.Problems() {
+		t.Errorf("at %dpx with banners: %s", testutil.PhoneWide, p)
+	}
+	t.Logf("at %dpx with banners: %d banners, page %dpx wide; screenshot %s", testutil.PhoneWide, len(l.Banners), l.ScrollWidth,
+		testutil.KeepScreenshot(t, fmt.Sprintf("page-%d-banners.png", testutil.PhoneWide), shot))
 }
 
 // pixels counts img's distinct colours and its pixels of pageFailColour.

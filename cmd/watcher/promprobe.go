@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/rollback-watcher/watcher/internal/watch"
+	"github.com/rollback-watcher/watcher/internal/web"
 )
 
 // How often promProbe asks Prometheus whether it answers: often while it
@@ -127,15 +128,24 @@ func (p *promProbe) set(err error) {
 	}
 }
 
-// Degraded says what is wrong with Prometheus, for /-/ready and the status
-// page: nothing while it answers or before the first probe has finished.
+// Degraded says what is wrong with Prometheus, for /-/ready: nothing while
+// it answers or before the first probe has finished.
 func (p *promProbe) Degraded() []string {
+	d := p.Down()
+	if d == nil {
+		return nil
+	}
+	return []string{fmt.Sprintf("Prometheus %s unreachable since %s: %s", d.URL, d.Since.UTC().Format(time.RFC3339), d.Err)}
+}
+
+// Down is Degraded for the status page's banner.
+func (p *promProbe) Down() *web.PrometheusDown {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.probed || p.up {
 		return nil
 	}
-	return []string{fmt.Sprintf("Prometheus %s unreachable since %s: %v", p.url, p.since.UTC().Format(time.RFC3339), p.err)}
+	return &web.PrometheusDown{URL: p.url, Since: p.since, Err: p.err.Error()}
 }
 
 // Collector is watcher_prometheus_up.

@@ -201,6 +201,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 
 	var opts []nats.Option
 	storageErr := func() error { return nil }
+	var embedded *bus.Embedded // the status page shows its storage
 	conn := cfg.NATS
 	if cfg.NATS.URL == "" {
 		unlock, err := lockStorage(o.storage)
@@ -219,7 +220,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 		// In-process, TLS is neither needed nor offered ("tls://" would ask for it).
 		conn = bus.Options{URL: strings.Replace(srv.ClientURL(), "tls://", "nats://", 1), Replicas: cfg.NATS.Replicas}
 		opts = append(opts, srv.ClientOptions()...)
-		storageErr = srv.StorageError
+		storageErr, embedded = srv.StorageError, srv
 		go func() {
 			// A full disk stops JetStream's writes until it restarts:
 			// restart it once there is room again.
@@ -315,7 +316,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	srv := &http.Server{
 		Handler: (&web.Server{
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
-			Page:   web.StreamPage{Watcher: w, JS: js},
+			Page:   web.StreamPage{Watcher: w, JS: js, Prometheus: promUp.Down, Server: embedded},
 			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused, AlertsRefusedQuiet: alertReceiver.CountRefused,
 			Ingest: ingest,
 			// On loopback, POSTs must name a loopback Host or the external

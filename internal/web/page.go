@@ -23,6 +23,9 @@ type PageSource interface {
 	Runs() (active, recent []watch.RunStatus)
 	// Records returns the audit records matching f, oldest first.
 	Records(ctx context.Context, f audit.Filter) ([]audit.Record, error)
+	// Health says what is wrong with Prometheus and the storage, for
+	// the banners.
+	Health(ctx context.Context) Health
 }
 
 // The page's bounds: it is rendered every few seconds by every open
@@ -46,8 +49,9 @@ const (
 	pageChartPoints = 240
 	// pageRollbacks is how many recent rollbacks are shown.
 	pageRollbacks = 10
-	// Cache lifetimes: the tail, a run's own read while it is active,
-	// and once it is finished (only its rollback may still add records).
+	// Cache lifetimes: the tail and the health (Prometheus, storage), a
+	// run's own read while it is active, and once it is finished (only
+	// its rollback may still add records).
 	pageTailTTL     = 2 * time.Second
 	pageActiveTTL   = 3 * time.Second
 	pageFinishedTTL = 30 * time.Second
@@ -67,15 +71,14 @@ type statusPage struct {
 	src    PageSource
 	logger *slog.Logger
 	now    func() time.Time
-	// degraded, when set, names what the watcher works without: shown
-	// first, as banners.
-	degraded func() []string
 
 	// mu makes one page build at a time: concurrent viewers wait for it
 	// and then share its cached reads instead of reading the stream again.
-	mu   sync.Mutex
-	tail cachedRecords
-	runs map[string]cachedRecords
+	mu       sync.Mutex
+	tail     cachedRecords
+	runs     map[string]cachedRecords
+	health   Health
+	healthAt time.Time
 }
 
 type cachedRecords struct {
@@ -116,7 +119,9 @@ func (p *statusPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // strconv.
 
 type pageData struct {
-	Now       string
+	Now string
+	// Banners say what the watcher works without (Prometheus, storage).
+	Banners   []bannerView
 	Errors    []string
 	Active    int
 	Recent    int
@@ -199,9 +204,6 @@ func (p *statusPage) build(ctx context.Context) *pageData {
 	now := p.now().UTC()
 	active, recent := p.src.Runs()
 	d := &pageData{Now: now.Format("2006-01-02 15:04:05") + " UTC", Active: len(active), Recent: len(recent)}
-	if p.degraded != nil {
-		d.Errors = append(d.Errors, p.degraded()...)
-	}
 
 	charted := map[string]bool{}
 	var detailRuns []watch.RunStatus
@@ -219,6 +221,10 @@ func (p *statusPage) build(ctx context.Context) *pageData {
 	}
 
 	p.mu.Lock()
+	if p.healthAt.IsZero() || now.Sub(p.healthAt) >= pageTailTTL {
+		p.health, p.healthAt = p.src.Health(ctx), now
+	}
+	d.Banners = banners(p.health)
 	tail, tailErr := p.tailRecords(ctx, now)
 	byRun, runErrs := p.runRecords(ctx, now, detailRuns, tail)
 	p.mu.Unlock()

@@ -15,13 +15,17 @@ import (
 	"github.com/rollback-watcher/watcher/internal/watch"
 )
 
-// StreamPage is the PageSource of a running watcher: its runs, and the
-// AUDIT stream on JS.
+// StreamPage is the PageSource of a running watcher: its runs, the AUDIT
+// stream on JS, and the health of what it depends on.
 type StreamPage struct {
 	Watcher interface {
 		Runs() (active, recent []watch.RunStatus)
 	}
 	JS jetstream.JetStream
+	// Prometheus, when set, says whether Prometheus answers.
+	Prometheus func() *PrometheusDown
+	// Server is the embedded NATS server; nil with --nats.url.
+	Server *bus.Embedded
 }
 
 // Runs lists the watcher's active and recent runs.

@@ -26,12 +26,21 @@ type fakeSource struct {
 	active, recent []watch.RunStatus
 	recs           []audit.Record
 	err            error
+	health         Health
 
-	mu    sync.Mutex
-	reads []audit.Filter
+	mu          sync.Mutex
+	reads       []audit.Filter
+	healthReads int
 }
 
 func (f *fakeSource) Runs() (active, recent []watch.RunStatus) { return f.active, f.recent }
+
+func (f *fakeSource) Health(context.Context) Health {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.healthReads++
+	return f.health
+}
 
 func (f *fakeSource) Records(_ context.Context, flt audit.Filter) ([]audit.Record, error) {
 	f.mu.Lock()

@@ -31,7 +31,8 @@ type Server struct {
 	// Ready says whether the watcher consumes events (nil means ready).
 	Ready func() error
 	// Degraded, when set, names what the watcher works without, ready or
-	// not (Prometheus unreachable): /-/ready and the status page say it.
+	// not (Prometheus unreachable): /-/ready says it. The status page
+	// has its own banners, from Page's Health.
 	Degraded func() []string
 	Runs     func() (active, recent []watch.RunStatus)
 	// Alerts handles Alertmanager's webhook body (POST /api/v1/alerts);
@@ -188,9 +189,7 @@ func (s *Server) Handler() http.Handler {
 	}
 	s.ingestRoutes(mux, guard)
 	if s.Page != nil {
-		page := newStatusPage(s.Page, s.Logger)
-		page.degraded = s.Degraded
-		mux.Handle("GET /{$}", page)
+		mux.Handle("GET /{$}", newStatusPage(s.Page, s.Logger))
 	}
 	s.decisionRoutes(mux, guard)
 	mux.HandleFunc("GET /api/v1/runs", func(w http.ResponseWriter, _ *http.Request) {
