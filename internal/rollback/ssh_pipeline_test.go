@@ -70,17 +70,7 @@ func TestSSHSwitchAndMarkRefusals(t *testing.T) {
 			if want := strings.ReplaceAll(tc.message, "%v2%", h.rel("v2")); !strings.Contains(host.Message, want) {
 				t.Errorf("rollback.host %q does not say %q", host.Message, want)
 			}
-			for _, dir := range []string{h.root, h.rel("v1"), h.rel("v2"), h.rel("v3")} {
-				entries, err := os.ReadDir(dir)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, e := range entries {
-					if strings.Contains(e.Name(), ".tmp-") {
-						t.Errorf("temporary %s left in %s", e.Name(), dir)
-					}
-				}
-			}
+			assertNoTemps(t, h.root, h.rel("v1"), h.rel("v2"), h.rel("v3"))
 		})
 	}
 }
@@ -156,7 +146,14 @@ func TestSSHMarkerFallsBack(t *testing.T) {
 	if m := readMarker(t, h.rel("v2")); m.To != h.rel("v1") || m.RequestID != "rb-fallback" {
 		t.Errorf("marker %+v", m)
 	}
-	for _, dir := range []string{h.root, h.rel("v1"), h.rel("v2")} {
+	assertNoTemps(t, h.root, h.rel("v1"), h.rel("v2"))
+}
+
+// assertNoTemps fails t for every temporary file (a link's or a marker's)
+// left in dirs.
+func assertNoTemps(t *testing.T, dirs ...string) {
+	t.Helper()
+	for _, dir := range dirs {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			t.Fatal(err)
