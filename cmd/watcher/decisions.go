@@ -8,7 +8,7 @@ import (
 )
 
 // decisionCredentials reads the token files of `decisions:` (README
-// "Cancel links and the HTTP API") before anything starts, as
+// "Who may decide on what") before anything starts, as
 // ingestCredentials does for `ingest:`. Without the section it is nil:
 // every basic-auth user decides on every service. No error shows a token.
 func decisionCredentials(cfg *config.Decisions) (*web.DecisionCredentials, error) {

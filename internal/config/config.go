@@ -30,8 +30,8 @@ type Config struct {
 	// deploy events from your tool").
 	Ingest Ingest `yaml:"ingest"`
 	// Decisions, when present, says who may cancel and approve held
-	// rollbacks over HTTP, on what (README "Cancel links and the HTTP
-	// API"); nil is every basic-auth user on every service.
+	// rollbacks over HTTP, on what (README "Who may decide on what");
+	// nil is every basic-auth user on every service.
 	Decisions *Decisions `yaml:"decisions"`
 }
 

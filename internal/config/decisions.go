@@ -11,8 +11,8 @@ import (
 )
 
 // Decisions is `decisions:`, who may cancel and approve held rollbacks
-// over the HTTP API, on which services and environments (README "Cancel
-// links and the HTTP API"): the HTTP twin of the NATS subject permissions
+// over the HTTP API, on which services and environments (README "Who may
+// decide on what"): the HTTP twin of the NATS subject permissions
 // that scope `watcher cancel` and `watcher approve`. Without the section
 // every basic-auth user of --web.config.file decides on every service; with
 // it only the users and tokens listed here decide, each within its scope.
@@ -52,7 +52,12 @@ func validateDecisions(file, dir string, src []byte, d *Decisions) []string {
 		return s.problems
 	}
 	const may = "this caller may decide on"
-	tokens := s.tokens(dir, d.Tokens, "who decides", may)
+	tokens := map[string]int{}
+	for i, t := range d.Tokens {
+		if _, ok := tokens[t.Name]; !ok {
+			tokens[t.Name] = i
+		}
+	}
 	seen := map[string]int{}
 	for i, u := range d.Users {
 		keys := []any{"users", i}
@@ -74,6 +79,7 @@ func validateDecisions(file, dir string, src []byte, d *Decisions) []string {
 		}
 		s.scope(keys, u.Scope, may)
 	}
+	s.tokens(dir, d.Tokens, "who decides", may)
 	return s.problems
 }
 

@@ -119,6 +119,15 @@ func TestLoadDecisionsBad(t *testing.T) {
 			},
 		},
 		{
+			name: "problems in the order written",
+			content: "decisions:\n  users:\n    - {name: shopper, services: [\"shop-[\"], environments: [production]}\n" +
+				"  tokens:\n    - {name: chatops, token_file: t, services: [cart]}\n",
+			want: []string{
+				`3: decisions.users[0].services[0]: "shop-[": syntax error in pattern`,
+				`5: decisions.tokens[0]: environments is required`,
+			},
+		},
+		{
 			name:    "a token written in the file",
 			content: "decisions:\n  tokens:\n    - name: bot\n      token: s3cret\n",
 			want:    []string{`4: unknown key token`},

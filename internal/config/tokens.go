@@ -76,8 +76,8 @@ func (s *section) scope(keys []any, sc Scope, may string) {
 
 // tokens checks the section's `tokens:` and resolves their files against
 // dir; holder says what a token names ("the sender"), may what its scope
-// grants. It returns the first index of each name.
-func (s *section) tokens(dir string, ts []Token, holder, may string) map[string]int {
+// grants.
+func (s *section) tokens(dir string, ts []Token, holder, may string) {
 	seen := map[string]int{}
 	for i := range ts {
 		t := &ts[i]
@@ -100,5 +100,4 @@ func (s *section) tokens(dir string, ts []Token, holder, may string) map[string]
 		s.scope(keys, t.Scope, may)
 		t.TokenFile = join(dir, t.TokenFile)
 	}
-	return seen
 }

@@ -11,10 +11,10 @@ import (
 )
 
 // Who may decide over POST /api/v1/rollbacks/{id}/{action}, on what
-// (README "Cancel links and the HTTP API"). Without `decisions:` in
-// --config.file every basic-auth user of --web.config.file decides on every
-// service, as before the section existed. With it, a caller decides only
-// when it authenticated (a basic-auth user, or a bearer token of
+// (README "Who may decide on what"). Without `decisions:` in --config.file
+// every basic-auth user of --web.config.file decides on every service, so
+// that set-ups without the section keep working. With it, a caller decides
+// only when it authenticated (a basic-auth user, or a bearer token of
 // decisions.tokens) and is listed there with a scope that matches the held
 // request's service and environment: the HTTP twin of the NATS subject
 // permissions that scope `watcher cancel` and `watcher approve`. The signed

@@ -10,7 +10,7 @@ import (
 
 // Bearer tokens scoped to services and environments, as `ingest.tokens`
 // (README "Send deploy events from your tool") and `decisions.tokens`
-// (README "Cancel links and the HTTP API") name them in --config.file.
+// (README "Who may decide on what") name them in --config.file.
 
 // ScopedSecret is a named secret read from its file (a bearer token,
 // GitHub's webhook secret or GitLab's webhook token) and what its holder
