@@ -17,21 +17,21 @@ func ingestCredentials(cfg config.Ingest) (*web.IngestCredentials, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ingest.tokens %s: token_file: %w", t.Name, err)
 		}
-		s.Tokens = append(s.Tokens, web.IngestSender{Name: t.Name, Secret: secret, Services: t.Services, Environments: t.Environments})
+		s.Tokens = append(s.Tokens, web.ScopedSecret{Name: t.Name, Secret: secret, Services: t.Services, Environments: t.Environments})
 	}
 	if g := cfg.GitHub; g != nil {
 		secret, err := config.ReadSecret(g.SecretFile)
 		if err != nil {
 			return nil, fmt.Errorf("ingest.github: secret_file: %w", err)
 		}
-		s.GitHub = &web.IngestSender{Name: "github", Secret: secret, Services: g.Services, Environments: g.Environments}
+		s.GitHub = &web.ScopedSecret{Name: "github", Secret: secret, Services: g.Services, Environments: g.Environments}
 	}
 	if g := cfg.GitLab; g != nil {
 		secret, err := config.ReadSecret(g.TokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("ingest.gitlab: token_file: %w", err)
 		}
-		s.GitLab = &web.IngestSender{Name: "gitlab", Secret: secret, Services: g.Services, Environments: g.Environments}
+		s.GitLab = &web.ScopedSecret{Name: "gitlab", Secret: secret, Services: g.Services, Environments: g.Environments}
 	}
 	return web.NewIngestCredentials(s)
 }

@@ -141,7 +141,9 @@ func TestCancelLink(t *testing.T) {
 
 // TestDecideAPIBehindBasicAuth: with basic_auth_users in
 // --web.config.file, exporter-toolkit asks every caller for them, and the
-// API decides as the user it authenticated.
+// API decides as the user it authenticated, within that user's scope in
+// decisions: of --config.file: a user scoped to another service gets 403,
+// recorded under the request's service, and the rollback stays held.
 func TestDecideAPIBehindBasicAuth(t *testing.T) {
 	dir := t.TempDir()
 	cart := release(t, filepath.Join(dir, "cart"), "v1", "v2")
@@ -151,20 +153,42 @@ func TestDecideAPIBehindBasicAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	webConfig := filepath.Join(dir, "web.yml")
-	writeFile(t, webConfig, fmt.Sprintf("basic_auth_users:\n  oncall: %s\n", hash))
-	w := startWatcher(t, "--rules="+holdRules(t, dir), "--web.config.file="+webConfig, "--prometheus.url=http://127.0.0.1:1")
+	writeFile(t, webConfig, fmt.Sprintf("basic_auth_users:\n  oncall: %s\n  shopper: %s\n", hash, hash))
+	config := filepath.Join(dir, "watcher.yml")
+	writeFile(t, config, "decisions:\n  users:\n"+
+		"    - {name: oncall, services: [\"*\"], environments: [production]}\n"+
+		"    - {name: shopper, services: [\"shop*\"], environments: [production]}\n")
+	w := startWatcher(t, "--config.file="+config, "--rules="+holdRules(t, dir), "--web.config.file="+webConfig, "--prometheus.url=http://127.0.0.1:1")
 	natsURL := "nats://" + w.nats
 	id := heldRequest(t, natsURL, "cart", "v2")
 	api := "http://" + w.web + "/api/v1/rollbacks/" + id + "/approve"
-	hdr := http.Header{"Content-Type": {"application/json"}}
+	as := func(user string) http.Header {
+		req, _ := http.NewRequest(http.MethodPost, api, nil)
+		req.SetBasicAuth(user, "s3cret")
+		return http.Header{"Content-Type": {"application/json"}, "Authorization": {req.Header.Get("Authorization")}}
+	}
 
-	if status, _ := request(t, http.MethodPost, api, `{"reason": "go"}`, hdr); status != http.StatusUnauthorized {
+	if status, _ := request(t, http.MethodPost, api, `{"reason": "go"}`, http.Header{"Content-Type": {"application/json"}}); status != http.StatusUnauthorized {
 		t.Errorf("without credentials: %d, want 401", status)
 	}
-	req, _ := http.NewRequest(http.MethodPost, api, nil)
-	req.SetBasicAuth("oncall", "s3cret")
-	hdr.Set("Authorization", req.Header.Get("Authorization"))
-	status, body := request(t, http.MethodPost, api, `{"reason": "confirmed with the cart team"}`, hdr)
+	const outOfScope = `user shopper may not decide on service cart in environment production: its scope in decisions: is services ["shop*"], environments ["production"]`
+	if status, body := request(t, http.MethodPost, api, `{"reason": "go"}`, as("shopper")); status != http.StatusForbidden || !strings.Contains(body, outOfScope) {
+		t.Errorf("shopper on cart: %d %q, want 403 saying %q", status, body, outOfScope)
+	}
+	var refused []audit.Record
+	testutil.Eventually(t, 10*time.Second, "the refusal in cart's history", func() bool {
+		refused = nil
+		for _, r := range byRequest(historyURL(t, natsURL, "--service=cart", "--kind=event.rejected"), id) {
+			if d, ok := r.EventRejected(); ok && d.HTTPDecision != nil && d.HTTPDecision.User == "shopper" && d.Field == "scope" {
+				refused = append(refused, r)
+			}
+		}
+		return len(refused) == 1
+	})
+	if readlink(t, cart) != "v2" {
+		t.Fatal("cart was rolled back by a user out of scope")
+	}
+	status, body := request(t, http.MethodPost, api, `{"reason": "confirmed with the cart team"}`, as("oncall"))
 	if status != http.StatusOK || !strings.Contains(body, `"state":"`) || !strings.Contains(body, `"by":"oncall","via":"http"`) {
 		t.Fatalf("approve: %d %s", status, body)
 	}

@@ -173,6 +173,10 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	decisionCreds, err := decisionCredentials(cfg.Decisions)
+	if err != nil {
+		return err
+	}
 	set, err := policy.Load(cfg.RuleFiles...)
 	if err != nil {
 		return fmt.Errorf("policies are invalid (`watcher check` lists every problem): %w", err)
@@ -273,7 +277,10 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 		Replica: o.replica, Replicas: cfg.NATS.Replicas, AckWait: 3 * o.lease}
 	// Held rollbacks are decided over HTTP too; with an external URL,
 	// rollback.held carries signed links (README "HTTP").
-	decisions := &web.Decisions{JS: js, Audit: aud, WebConfigFile: o.webConfig, Logger: logger.With("component", "decisions")}
+	decisions := &web.Decisions{JS: js, Audit: aud, WebConfigFile: o.webConfig, Credentials: decisionCreds, Logger: logger.With("component", "decisions")}
+	for _, warning := range decisions.Warnings() {
+		logger.Warn(warning, "component", "decisions")
+	}
 	if o.externalURL != "" {
 		if decisions.Links, err = links.Open(setupCtx, js, cfg.NATS.Replicas, o.externalURL); err != nil {
 			return err
@@ -341,7 +348,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 		}
 	}()
 	logger.Info("watcher running", "web", ln.Addr().String(), "nats", redactURLs(cfg.NATS.URL), "prometheus", redactURLs(cfg.Prometheus.URL),
-		"policies", len(set.Policies), "dry_run", o.dryRun, "ingest", ingestCreds, "version", version.Version)
+		"policies", len(set.Policies), "dry_run", o.dryRun, "ingest", ingestCreds, "decisions", decisionCreds, "version", version.Version)
 
 	for {
 		select {

@@ -29,6 +29,10 @@ type Config struct {
 	// Ingest says who may send deploy events over HTTP (README "Send
 	// deploy events from your tool").
 	Ingest Ingest `yaml:"ingest"`
+	// Decisions, when present, says who may cancel and approve held
+	// rollbacks over HTTP, on what (README "Who may decide on what");
+	// nil is every basic-auth user on every service.
+	Decisions *Decisions `yaml:"decisions"`
 }
 
 // Load reads a config file strictly (unknown keys are errors) and resolves
@@ -76,6 +80,7 @@ func Load(path string) (*Config, error) {
 	}
 	problems := validateNotify(path, dir, b, c.Notify)
 	problems = append(problems, validateIngest(path, dir, b, &c.Ingest)...)
+	problems = append(problems, validateDecisions(path, dir, b, c.Decisions)...)
 	if len(problems) > 0 {
 		return nil, errors.New(strings.Join(problems, "\n"))
 	}

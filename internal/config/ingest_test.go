@@ -48,7 +48,7 @@ func TestLoadIngest(t *testing.T) {
 	if in.GitHub.SecretFile != filepath.Join(root, "shared/github-secret") || in.GitLab.TokenFile != filepath.Join(dir, "gitlab-token") {
 		t.Errorf("github %s, gitlab %s", in.GitHub.SecretFile, in.GitLab.TokenFile)
 	}
-	if s := in.Tokens[1].IngestScope; len(s.Services) != 1 || s.Services[0] != "*" || len(s.Environments) != 2 || s.Environments[1] != "qa-*" {
+	if s := in.Tokens[1].Scope; len(s.Services) != 1 || s.Services[0] != "*" || len(s.Environments) != 2 || s.Environments[1] != "qa-*" {
 		t.Errorf("tokens[1] scope %+v", s)
 	}
 	if c, err := Load(writeConfig(t, t.TempDir(), "rule_files: [x.yml]\n")); err != nil || len(c.Ingest.Tokens) > 0 || c.Ingest.GitHub != nil || c.Ingest.GitLab != nil {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/events"
@@ -31,9 +30,11 @@ import (
 //   - POST /api/v1/rollbacks/{id}/cancel and /approve, JSON, for scripts
 //     and chat bots. Only authenticated callers: the users of
 //     --web.config.file's basic_auth_users, which exporter-toolkit checks
-//     before any handler runs. Without users there is nobody to
-//     authenticate, and the endpoints refuse every request rather than
-//     let anyone who reaches the port stop a rollback.
+//     before any handler runs, or the tokens of `decisions:` in
+//     --config.file; with that section, each within its scope (see
+//     decide_auth.go). Without anyone to authenticate the endpoints refuse
+//     every request rather than let anyone who reaches the port stop a
+//     rollback.
 //   - GET and POST /rollbacks/{id}/cancel and /approve?expires=&sig=, the
 //     signed links of rollback.held, for people: the link is the
 //     credential, for one request and action, until the request's
@@ -78,6 +79,10 @@ type Decisions struct {
 	// each request as exporter-toolkit reads them, say whether the API
 	// has anyone to authenticate.
 	WebConfigFile string
+	// Credentials are the callers of `decisions:` in --config.file and
+	// what each may decide on (see decide_auth.go); nil, without the
+	// section, lets every basic-auth user decide on every service.
+	Credentials *DecisionCredentials
 	// Timeout bounds the wait for the executor; DefaultDecideTimeout when
 	// zero.
 	Timeout time.Duration
@@ -224,29 +229,10 @@ func (d *Decisions) record(ctx context.Context, c *decisionCall, status int, fie
 func (s *Server) apiDecide(w http.ResponseWriter, r *http.Request, c *decisionCall) {
 	d := s.Decisions
 	refuse := func(status int, field, why string) { s.refuse(w, r, status, d.refusal(c, status, field), why) }
-	users, err := basicAuthUsers(d.WebConfigFile)
-	if err != nil {
-		refuse(http.StatusServiceUnavailable, "web_config", err.Error())
+	who := s.authenticate(w, r, c, refuse)
+	if who == nil {
 		return
 	}
-	if len(users) == 0 {
-		refuse(http.StatusForbidden, "authorization", fmt.Sprintf(
-			"%s %s takes authenticated callers only, and this watcher has none: list them under basic_auth_users in --web.config.file "+
-				"(or decide with `watcher %s --request=ID --reason=TEXT` over NATS, or the signed link of rollback.held)",
-			r.Method, apiPattern(c.action), c.action))
-		return
-	}
-	// exporter-toolkit has checked the password before this handler ran.
-	// Checked again against the file as read now: the toolkit reads it
-	// at each request too, and a request that came in while the file had
-	// no users must not pass once it has some.
-	user, pass, ok := r.BasicAuth()
-	if hash, known := users[user]; !ok || !known || bcrypt.CompareHashAndPassword([]byte(hash), []byte(pass)) != nil {
-		w.Header().Set("WWW-Authenticate", `Basic realm="rollback watcher"`)
-		refuse(http.StatusUnauthorized, "authorization", "a user of --web.config.file's basic_auth_users and their password are required")
-		return
-	}
-	c.user = user
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
 		refuse(http.StatusUnsupportedMediaType, "content_type", fmt.Sprintf(
 			`Content-Type must be application/json (a body such as {"reason": "..."}), got %.200q`, r.Header.Get("Content-Type")))
@@ -266,11 +252,11 @@ func (s *Server) apiDecide(w http.ResponseWriter, r *http.Request, c *decisionCa
 		refuse(http.StatusBadRequest, "body", "the body must be one JSON object, with nothing after it")
 		return
 	}
-	// by is who the caller says decides; the user it authenticated as
-	// is kept in front of it.
-	by := user
-	if body.By != "" && body.By != user {
-		by = user + " for " + body.By
+	// by is who the caller says decides; the user or token it
+	// authenticated as is kept in front of it.
+	by := who.name
+	if body.By != "" && body.By != who.name {
+		by = who.name + " for " + body.By
 	}
 	dd := events.RollbackDecision{Action: c.action, RequestID: r.PathValue("id"), Reason: body.Reason, By: by, Via: events.ViaHTTP}
 	if field, err := checkDecision(dd); err != nil {
@@ -279,16 +265,43 @@ func (s *Server) apiDecide(w http.ResponseWriter, r *http.Request, c *decisionCa
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), d.timeout())
 	defer cancel()
+	if who.scope != nil {
+		// The request says which service and environment the decision
+		// is on; a caller out of scope learns no more of it than that.
+		h, err := rollbackreq.Lookup(ctx, d.JS, dd.RequestID)
+		c.hold = h
+		if h == nil {
+			s.apiFailed(w, r, c, err)
+			return
+		}
+		if why := who.mayNot(h.Request.Service, h.Request.Environment); why != "" {
+			refuse(http.StatusForbidden, "scope", why)
+			return
+		}
+	}
 	h, err := rollbackreq.Decide(ctx, d.JS, dd)
-	c.hold = h
-	if status, field := decideStatus(err); err != nil {
-		s.decideFailed(r, c, status, field, err)
-		writeJSON(w, status, apiAnswer{Status: "error", ErrorType: errorType(status), Error: err.Error(), Data: holdViewOf(h)})
+	if h != nil || c.hold == nil {
+		c.hold = h
+	}
+	if err != nil {
+		s.apiFailed(w, r, c, err)
 		return
 	}
 	d.requests.WithLabelValues(c.via, decisionDecided).Inc()
 	d.Logger.Info("held rollback decided over HTTP", "request", dd.RequestID, "action", c.action, "by", by)
 	writeJSON(w, http.StatusOK, apiAnswer{Status: "success", Data: holdViewOf(h)})
+}
+
+// apiFailed answers an API request that Lookup or Decide failed, with the
+// hold as it stands when there is one.
+func (s *Server) apiFailed(w http.ResponseWriter, r *http.Request, c *decisionCall, err error) {
+	status, field := decideStatus(err)
+	s.decideFailed(r, c, status, field, err)
+	var h *rollbackreq.Hold
+	if status == http.StatusConflict {
+		h = c.hold
+	}
+	writeJSON(w, status, apiAnswer{Status: "error", ErrorType: errorType(status), Error: err.Error(), Data: holdViewOf(h)})
 }
 
 // decideFailed records and counts a decision that Decide did not apply.

@@ -7,60 +7,23 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"path"
 	"strings"
 )
 
-// IngestSender is one sender of `ingest:` (README "Send deploy events from
-// your tool") with its secret read from its file: a bearer token, GitHub's
-// webhook secret or GitLab's webhook token. Services and Environments are
-// path.Match globs of what it may deploy.
-type IngestSender struct {
-	Name                   string
-	Secret                 string
-	Services, Environments []string
-}
-
-// IngestSenders are the senders of `ingest:`.
+// IngestSenders are the senders of `ingest:`: bearer tokens, GitHub's
+// webhook secret and GitLab's webhook token.
 type IngestSenders struct {
-	Tokens         []IngestSender
-	GitHub, GitLab *IngestSender
+	Tokens         []ScopedSecret
+	GitHub, GitLab *ScopedSecret
 }
 
 // IngestCredentials are the senders' secrets and scopes as the endpoints
 // check them. None is ever printed: String and LogValue say only who is
 // configured.
 type IngestCredentials struct {
-	tokens []bearerToken
+	tokens bearerTokens
 	github *hookSecret
 	gitlab *hookSecret
-}
-
-// scope is what a sender may deploy.
-type scope struct {
-	services, environments []string
-}
-
-func (s scope) allows(service, environment string) bool {
-	return anyGlob(s.services, service) && anyGlob(s.environments, environment)
-}
-
-func anyGlob(patterns []string, name string) bool {
-	for _, p := range patterns {
-		if ok, _ := path.Match(p, name); ok || p == name {
-			return true
-		}
-	}
-	return false
-}
-
-// bearerToken is one of ingest.tokens. Only the token's SHA-256 is kept:
-// comparing hashes of equal length takes the same time whatever the
-// presented token's length, so timing tells a client nothing.
-type bearerToken struct {
-	name  string
-	sum   [sha256.Size]byte
-	scope scope
 }
 
 // hookSecret is a provider's webhook secret: GitHub's HMAC key, or the
@@ -75,20 +38,12 @@ type hookSecret struct {
 // senders sharing one secret are an error: the audit would name the
 // wrong one. No error holds a secret.
 func NewIngestCredentials(s IngestSenders) (*IngestCredentials, error) {
-	c := &IngestCredentials{}
-	seen := map[[sha256.Size]byte]string{}
-	for _, t := range s.Tokens {
-		if t.Secret == "" {
-			return nil, fmt.Errorf("ingest.tokens %s: the token is empty", t.Name)
-		}
-		b := bearerToken{name: t.Name, sum: sha256.Sum256([]byte(t.Secret)), scope: scope{t.Services, t.Environments}}
-		if other, ok := seen[b.sum]; ok {
-			return nil, fmt.Errorf("ingest.tokens %s holds the same token as %s: give each sender its own, so that the audit can say who sent what", t.Name, other)
-		}
-		seen[b.sum] = t.Name
-		c.tokens = append(c.tokens, b)
+	tokens, err := newBearerTokens("ingest.tokens", s.Tokens)
+	if err != nil {
+		return nil, err
 	}
-	hook := func(h *IngestSender, what string) (*hookSecret, error) {
+	c := &IngestCredentials{tokens: tokens}
+	hook := func(h *ScopedSecret, what string) (*hookSecret, error) {
 		if h == nil {
 			return nil, nil
 		}
@@ -97,7 +52,6 @@ func NewIngestCredentials(s IngestSenders) (*IngestCredentials, error) {
 		}
 		return &hookSecret{secret: []byte(h.Secret), sum: sha256.Sum256([]byte(h.Secret)), scope: scope{h.Services, h.Environments}}, nil
 	}
-	var err error
 	if c.github, err = hook(s.GitHub, "github"); err != nil {
 		return nil, err
 	}
@@ -113,8 +67,8 @@ func (c *IngestCredentials) String() string {
 		return "none"
 	}
 	var parts []string
-	for _, t := range c.tokens {
-		parts = append(parts, "token "+t.name)
+	for _, name := range c.tokens.names() {
+		parts = append(parts, "token "+name)
 	}
 	if c.github != nil {
 		parts = append(parts, "github")
@@ -131,27 +85,10 @@ func (c *IngestCredentials) String() string {
 // LogValue keeps the secrets out of logs.
 func (c *IngestCredentials) LogValue() slog.Value { return slog.StringValue(c.String()) }
 
-// bearer finds the token an Authorization header presents. Every
-// configured token is compared, so the time taken does not say which
-// one, if any, was near. why says what is wrong, without the token.
+// bearer finds the token of ingest.tokens an Authorization header
+// presents; why says what is wrong, without the token.
 func (c *IngestCredentials) bearer(authorization string) (t *bearerToken, why string) {
-	if authorization == "" {
-		return nil, "no Authorization header: send \"Authorization: Bearer <token>\" with a token from ingest.tokens in the watcher's --config.file"
-	}
-	scheme, token, _ := strings.Cut(authorization, " ")
-	if !strings.EqualFold(scheme, "Bearer") {
-		return nil, fmt.Sprintf("the Authorization header uses scheme %.20q: send \"Authorization: Bearer <token>\"", scheme)
-	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	for i := range c.tokens {
-		if subtle.ConstantTimeCompare(sum[:], c.tokens[i].sum[:]) == 1 {
-			t = &c.tokens[i]
-		}
-	}
-	if t == nil {
-		return nil, "the bearer token is not one of ingest.tokens in the watcher's --config.file"
-	}
-	return t, ""
+	return c.tokens.find(authorization, "ingest.tokens")
 }
 
 // githubSignature checks X-Hub-Signature-256, "sha256=" and the hex

@@ -51,12 +51,12 @@ type ingestEnv struct {
 func startIngest(t *testing.T) *ingestEnv {
 	t.Helper()
 	creds, err := NewIngestCredentials(IngestSenders{
-		Tokens: []IngestSender{
+		Tokens: []ScopedSecret{
 			{Name: "ci", Secret: ciToken, Services: []string{"shop-*"}, Environments: []string{"production"}},
 			{Name: "other", Secret: otherToken, Services: []string{"billing"}, Environments: []string{"*"}},
 		},
-		GitHub: &IngestSender{Name: "github", Secret: githubSecret, Services: []string{"Hello-World"}, Environments: []string{"production"}},
-		GitLab: &IngestSender{Name: "gitlab", Secret: gitlabToken, Services: []string{"test-deployment-webhooks"}, Environments: []string{"staging"}},
+		GitHub: &ScopedSecret{Name: "github", Secret: githubSecret, Services: []string{"Hello-World"}, Environments: []string{"production"}},
+		GitLab: &ScopedSecret{Name: "gitlab", Secret: gitlabToken, Services: []string{"test-deployment-webhooks"}, Environments: []string{"staging"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -508,8 +508,8 @@ func TestIngestDisabled(t *testing.T) {
 func TestIngestCredentials(t *testing.T) {
 	all := []string{"*"}
 	creds, err := NewIngestCredentials(IngestSenders{
-		Tokens: []IngestSender{{Name: "a", Secret: ciToken, Services: []string{"shop-*", "billing"}, Environments: []string{"production", "qa-*"}}},
-		GitLab: &IngestSender{Name: "gitlab", Secret: gitlabToken, Services: all, Environments: all},
+		Tokens: []ScopedSecret{{Name: "a", Secret: ciToken, Services: []string{"shop-*", "billing"}, Environments: []string{"production", "qa-*"}}},
+		GitLab: &ScopedSecret{Name: "gitlab", Secret: gitlabToken, Services: all, Environments: all},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -535,11 +535,11 @@ func TestIngestCredentials(t *testing.T) {
 	if s := fmt.Sprint(creds) + " / " + creds.LogValue().String(); s != "token a, gitlab / token a, gitlab" {
 		t.Errorf("String / LogValue %q", s)
 	}
-	_, err = NewIngestCredentials(IngestSenders{Tokens: []IngestSender{{Name: "a", Secret: ciToken}, {Name: "b", Secret: ciToken}}})
+	_, err = NewIngestCredentials(IngestSenders{Tokens: []ScopedSecret{{Name: "a", Secret: ciToken}, {Name: "b", Secret: ciToken}}})
 	if err == nil || !strings.Contains(err.Error(), "ingest.tokens b holds the same token as a") || strings.Contains(err.Error(), ciToken) {
 		t.Errorf("shared token: %v", err)
 	}
-	_, err = NewIngestCredentials(IngestSenders{GitHub: &IngestSender{Name: "github"}})
+	_, err = NewIngestCredentials(IngestSenders{GitHub: &ScopedSecret{Name: "github"}})
 	if err == nil || !strings.Contains(err.Error(), "ingest.github: the secret is empty") {
 		t.Errorf("empty secret: %v", err)
 	}
