@@ -18,7 +18,8 @@ type DecisionRequest struct {
 	// Remote is the client's address as the watcher saw it.
 	Remote    string `json:"remote"`
 	UserAgent string `json:"user_agent,omitempty"`
-	// User is the basic-auth user the request authenticated as, if any.
+	// User is who the request authenticated as, if anyone: a basic-auth
+	// user, or the name of a bearer token of decisions.tokens.
 	User string `json:"user,omitempty"`
 	// Status is the HTTP status it was answered with.
 	Status int `json:"status"`
