@@ -316,6 +316,29 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 		}
 	}
 
+	// The toolkit gets --web.config.file without basic_auth_users, which
+	// the watcher asks for itself, route by route (README "HTTP"; see
+	// internal/web/webconfig.go for why a derived file).
+	var webCfg *web.WebConfig
+	toolkitConfig := o.webConfig
+	if o.webConfig != "" {
+		dir, err := os.MkdirTemp("", "watcher-web-")
+		if err != nil {
+			return fmt.Errorf("--web.config.file %s: a directory for its TLS part: %w", o.webConfig, err)
+		}
+		defer os.RemoveAll(dir)
+		if webCfg, err = web.NewWebConfig(o.webConfig, dir); err != nil {
+			return err
+		}
+		toolkitConfig = webCfg.Derived()
+		policyReload := reload
+		reload = func() error {
+			if _, err := webCfg.Users(); err != nil {
+				logger.Error("--web.config.file not re-read; the TLS settings in force stay", "err", err)
+			}
+			return policyReload()
+		}
+	}
 	ln, err := net.Listen("tcp", o.webAddr)
 	if err != nil {
 		return fmt.Errorf("--web.listen-address %s: %w", o.webAddr, err)
@@ -325,7 +348,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 			Gatherer: reg, Reload: reload, Runs: w.Runs, Logger: logger,
 			Page:   web.StreamPage{Watcher: w, JS: js, Prometheus: promUp.Down, Server: embedded},
 			Alerts: alertReceiver.Handle, AlertsRefused: alertReceiver.Refused, AlertsRefusedQuiet: alertReceiver.CountRefused,
-			Ingest: ingest,
+			Ingest: ingest, WebConfig: webCfg,
 			// On loopback, POSTs must name a loopback Host or the external
 			// URL's (DNS rebinding).
 			ListenAddress: ln.Addr().String(), ExternalURL: o.externalURL,
@@ -342,7 +365,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 	}
 	go func() {
 		noSystemd := false
-		flags := &toolkitweb.FlagConfig{WebConfigFile: &o.webConfig, WebListenAddresses: &[]string{o.webAddr}, WebSystemdSocket: &noSystemd}
+		flags := &toolkitweb.FlagConfig{WebConfigFile: &toolkitConfig, WebListenAddresses: &[]string{o.webAddr}, WebSystemdSocket: &noSystemd}
 		if err := toolkitweb.Serve(ln, srv, flags, logger.With("component", "web")); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("web server stopped", "err", err)
 		}

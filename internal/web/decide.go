@@ -29,16 +29,17 @@ import (
 //
 //   - POST /api/v1/rollbacks/{id}/cancel and /approve, JSON, for scripts
 //     and chat bots. Only authenticated callers: the users of
-//     --web.config.file's basic_auth_users, which exporter-toolkit checks
-//     before any handler runs, or the tokens of `decisions:` in
-//     --config.file; with that section, each within its scope (see
+//     --web.config.file's basic_auth_users, which the basic-auth
+//     middleware checks before any handler runs (basicauth.go), or the
+//     tokens of `decisions:` in --config.file, which it leaves to this
+//     handler; with that section, each within its scope (see
 //     decide_auth.go). Without anyone to authenticate the endpoints refuse
 //     every request rather than let anyone who reaches the port stop a
 //     rollback.
 //   - GET and POST /rollbacks/{id}/cancel and /approve?expires=&sig=, the
 //     signed links of rollback.held, for people: the link is the
-//     credential, for one request and action, until the request's
-//     execute_at. GET only shows what the button would do (chat unfurlers
+//     credential (no basic auth is asked), for one request and action,
+//     until the request's execute_at. GET only shows what the button would do (chat unfurlers
 //     and mail scanners fetch links); the page's form POSTs to the same
 //     link, which decides.
 //
@@ -75,9 +76,10 @@ type Decisions struct {
 	// Links checks the signed links; nil serves none (the watcher has no
 	// --web.external-url, so it mints none).
 	Links *links.Signer
-	// WebConfigFile is --web.config.file. Its basic_auth_users, read at
-	// each request as exporter-toolkit reads them, say whether the API
-	// has anyone to authenticate.
+	// WebConfigFile is --web.config.file as the user wrote it (not the
+	// toolkit's derived copy). Its basic_auth_users, read at each request
+	// as the basic-auth middleware reads them, say whether the API has
+	// anyone to authenticate.
 	WebConfigFile string
 	// Credentials are the callers of `decisions:` in --config.file and
 	// what each may decide on (see decide_auth.go); nil, without the
@@ -423,7 +425,8 @@ func apiPattern(action string) string { return "/api/v1/rollbacks/{id}/" + actio
 
 // basicAuthUsers reads basic_auth_users from exporter-toolkit's web
 // configuration file: user name -> bcrypt hash. The toolkit has validated
-// the file at start; it reads it again at each request, and so does this.
+// the file at start; the basic-auth middleware reads it again at each
+// request, and so does this.
 func basicAuthUsers(file string) (map[string]string, error) {
 	if file == "" {
 		return nil, nil

@@ -96,9 +96,8 @@ func (c *DecisionCredentials) userNames() []string {
 
 // Warnings say which callers of `decisions:` can never authenticate with
 // --web.config.file as it is now: a listed user that is not one of its
-// basic_auth_users, and every token once it has such users, since
-// exporter-toolkit then asks each request for basic auth before the
-// watcher sees it (a client cannot send both).
+// basic_auth_users. Tokens authenticate with or without those users: a
+// request with a bearer token skips basic auth (basicauth.go).
 func (d *Decisions) Warnings() []string {
 	c := d.Credentials
 	if c == nil {
@@ -113,10 +112,6 @@ func (d *Decisions) Warnings() []string {
 		if _, ok := users[name]; !ok {
 			out = append(out, fmt.Sprintf("decisions.users %s is not one of basic_auth_users in --web.config.file: it cannot authenticate, so it decides nothing", name))
 		}
-	}
-	if len(users) > 0 && len(c.tokens) > 0 {
-		out = append(out, fmt.Sprintf("decisions.tokens (%s) cannot authenticate: --web.config.file lists basic_auth_users, which exporter-toolkit asks every request for, "+
-			"and a client cannot send both basic auth and a bearer token; use --web.config.file for TLS only where tokens decide", strings.Join(c.tokens.names(), ", ")))
 	}
 	return out
 }
@@ -178,10 +173,11 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, c *decisio
 		c.user = t.name
 		return &caller{kind: "token", name: t.name, scope: &t.scope}
 	}
-	// exporter-toolkit has checked the password before this handler ran.
-	// Checked again against the file as read now: the toolkit reads it
-	// at each request too, and a request that came in while the file had
-	// no users must not pass once it has some.
+	// The basic-auth middleware (basicauth.go) has checked the password
+	// before this handler ran. Checked again against the file as read
+	// now: the middleware reads it at each request too, and a request
+	// that came in while the file had no users must not pass once it has
+	// some.
 	user, pass, ok := r.BasicAuth()
 	if hash, known := users[user]; !ok || !known || bcrypt.CompareHashAndPassword([]byte(hash), []byte(pass)) != nil {
 		w.Header().Set("WWW-Authenticate", `Basic realm="rollback watcher"`)

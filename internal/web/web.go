@@ -66,7 +66,11 @@ type Server struct {
 	// Ingest, when set, takes deploy events over HTTP (POST
 	// /api/v1/events and /api/v1/hooks/{github,gitlab}; see ingest.go).
 	Ingest *Ingest
-	Logger *slog.Logger
+	// WebConfig, when set, is --web.config.file: its basic_auth_users are
+	// asked of every request but those that carry a credential of their
+	// own (see basicauth.go).
+	WebConfig *WebConfig
+	Logger    *slog.Logger
 
 	now     func() time.Time // for tests; time.Now when nil
 	limiter refusalLimiter
@@ -203,7 +207,7 @@ func (s *Server) Handler() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{"status": "success", "data": map[string]any{"active": active, "recent": recent}})
 	})
-	return mux
+	return s.withBasicAuth(mux)
 }
 
 // refusal is told why a request was refused: record (audit it) within
