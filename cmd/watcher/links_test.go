@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
@@ -140,14 +142,18 @@ func TestCancelLink(t *testing.T) {
 }
 
 // TestDecideAPIBehindBasicAuth: with basic_auth_users in
-// --web.config.file, exporter-toolkit asks every caller for them, and the
-// API decides as the user it authenticated, within that user's scope in
+// --web.config.file, the watcher asks callers for them, and the API
+// decides as the user it authenticated, within that user's scope in
 // decisions: of --config.file: a user scoped to another service gets 403,
-// recorded under the request's service, and the rollback stays held.
+// recorded under the request's service, and the rollback stays held. A
+// token of decisions.tokens and a signed link decide without basic auth;
+// the status page and /metrics still ask for it, whatever the path says.
 func TestDecideAPIBehindBasicAuth(t *testing.T) {
+	const token = "chatops-token-3c9d1e7a5b2f4086"
 	dir := t.TempDir()
 	cart := release(t, filepath.Join(dir, "cart"), "v1", "v2")
-	release(t, filepath.Join(dir, "shop"), "v1", "v2")
+	shop := release(t, filepath.Join(dir, "shop"), "v1", "v2")
+	writeFile(t, filepath.Join(dir, "chatops-token"), token+"\n")
 	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
@@ -157,9 +163,12 @@ func TestDecideAPIBehindBasicAuth(t *testing.T) {
 	config := filepath.Join(dir, "watcher.yml")
 	writeFile(t, config, "decisions:\n  users:\n"+
 		"    - {name: oncall, services: [\"*\"], environments: [production]}\n"+
-		"    - {name: shopper, services: [\"shop*\"], environments: [production]}\n")
-	w := startWatcher(t, "--config.file="+config, "--rules="+holdRules(t, dir), "--web.config.file="+webConfig, "--prometheus.url=http://127.0.0.1:1")
-	natsURL := "nats://" + w.nats
+		"    - {name: shopper, services: [\"shop*\"], environments: [production]}\n"+
+		"  tokens:\n    - {name: chatops, token_file: chatops-token, services: [shop], environments: [production]}\n")
+	web, natsAddr := testutil.FreeAddr(t), testutil.FreeAddr(t)
+	w := startRun(t, web, "--nats.listen="+natsAddr, "--storage.path="+t.TempDir(), "--config.file="+config, "--rules="+holdRules(t, dir),
+		"--web.config.file="+webConfig, "--prometheus.url=http://127.0.0.1:1", "--web.external-url=http://"+web+"/")
+	natsURL := "nats://" + natsAddr
 	id := heldRequest(t, natsURL, "cart", "v2")
 	api := "http://" + w.web + "/api/v1/rollbacks/" + id + "/approve"
 	as := func(user string) http.Header {
@@ -202,4 +211,83 @@ func TestDecideAPIBehindBasicAuth(t *testing.T) {
 	if approved.By != "oncall" || approved.Via != events.ViaHTTP || approved.Action != events.ActionApprove {
 		t.Errorf("rollback.approved detail %+v", approved)
 	}
+
+	if log := w.stderr.String(); !strings.Contains(log, "decisions=\"user oncall, user shopper, token chatops\"") || strings.Contains(log, "cannot authenticate") || strings.Contains(log, token) {
+		t.Errorf("the start-up log (want no warning that the token cannot authenticate):\n%s", log)
+	}
+
+	// The token cancels shop's rollback without basic auth; a wrong one is
+	// refused and recorded by the API, as before.
+	shopID := heldRequest(t, natsURL, "shop", "v2")
+	cancelAPI := "http://" + w.web + "/api/v1/rollbacks/" + shopID + "/cancel"
+	bearer := func(tok string) http.Header {
+		return http.Header{"Content-Type": {"application/json"}, "Authorization": {"Bearer " + tok}}
+	}
+	if status, body := request(t, http.MethodPost, cancelAPI, `{"reason": "x"}`, bearer("not-"+token)); status != http.StatusUnauthorized || !strings.Contains(body, "not one of decisions.tokens") {
+		t.Errorf("a wrong token: %d %s", status, body)
+	}
+	testutil.Eventually(t, 10*time.Second, "the wrong token's refusal in shop's history", func() bool {
+		for _, r := range byRequest(historyURL(t, natsURL, "--service=shop", "--kind=event.rejected"), shopID) {
+			if d, ok := r.EventRejected(); ok && d.HTTPDecision != nil && d.HTTPDecision.Status == http.StatusUnauthorized && d.Field == "authorization" {
+				return true
+			}
+		}
+		return false
+	})
+	if status, body := request(t, http.MethodPost, cancelAPI, `{"reason": "the dip is the provider"}`, bearer(token)); status != http.StatusOK ||
+		!strings.Contains(body, `"by":"chatops","via":"http"`) {
+		t.Fatalf("cancel with the token, no basic auth: %d %s", status, body)
+	}
+
+	// A signed link cancels without basic auth.
+	linkID := heldRequest(t, natsURL, "shop", "v2")
+	held := heldDetail(t, natsURL, "shop", linkID)
+	form := http.Header{"Content-Type": {"application/x-www-form-urlencoded"}}
+	if status, body := request(t, http.MethodGet, held.CancelURL, "", nil); status != http.StatusOK || !strings.Contains(body, "Cancel the rollback of shop in production?") {
+		t.Errorf("GET the link without basic auth: %d %s", status, body)
+	}
+	if status, body := request(t, http.MethodPost, held.CancelURL, "by=bob&reason=provider", form); status != http.StatusOK || !strings.Contains(body, "Rollback cancelled") {
+		t.Errorf("POST the link without basic auth: %d %s", status, body)
+	}
+	if readlink(t, shop) != "v2" {
+		t.Error("shop was rolled back despite both cancels")
+	}
+
+	// Everything else still asks for basic auth, whatever the path says.
+	for _, target := range []string{"/", "/metrics", "/api/v1/runs", "/api/v1/events/../metrics", "/rollbacks/" + linkID + "/cancel/../../../metrics"} {
+		if status, www := rawGet(t, w.web, target, ""); status != http.StatusUnauthorized || www != "Basic" {
+			t.Errorf("GET %s without basic auth: %d, WWW-Authenticate %q; want 401 asking for Basic", target, status, www)
+		}
+	}
+	for _, target := range []string{"/", "/metrics"} {
+		req, _ := http.NewRequest(http.MethodGet, "/", nil)
+		req.SetBasicAuth("oncall", "s3cret")
+		if status, _ := rawGet(t, w.web, target, req.Header.Get("Authorization")); status != http.StatusOK {
+			t.Errorf("GET %s as oncall: %d, want 200", target, status)
+		}
+	}
+}
+
+// rawGet sends GET target as written, dot segments and all, and returns
+// the status and WWW-Authenticate.
+func rawGet(t *testing.T, addr, target, authorization string) (int, string) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET " + target + " HTTP/1.1\r\nHost: " + addr + "\r\nConnection: close\r\n"
+	if authorization != "" {
+		req += "Authorization: " + authorization + "\r\n"
+	}
+	if _, err := conn.Write([]byte(req + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("WWW-Authenticate")
 }
