@@ -88,7 +88,8 @@ func startWatcher(t *testing.T, args ...string) *watcherProc {
 
 // startRun starts `watcher run` in the test process with exactly args plus
 // --web.listen-address=web, stops it at the end of the test, and waits
-// until it is ready (or answers 401, behind --web.config.file's basic auth).
+// until it is ready (or answers 401, behind --web.config.file's basic auth,
+// or 400, behind its TLS).
 func startRun(t *testing.T, web string, args ...string) *watcherProc {
 	t.Helper()
 	w := &watcherProc{web: web, done: make(chan int, 1), stderr: &syncBuffer{}, reload: make(chan struct{}, 1)}
@@ -119,7 +120,8 @@ func startRun(t *testing.T, web string, args ...string) *watcherProc {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == 200 || resp.StatusCode == http.StatusUnauthorized
+		// 400: a TLS listener asked in plain HTTP, which is up too.
+		return resp.StatusCode == 200 || resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusBadRequest
 	})
 	return w
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"io"
 	"net/http"
@@ -12,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/testutil"
@@ -22,9 +26,39 @@ import (
 // documented deployment_status example signed with the webhook secret,
 // are stored on DEPLOYS and start their runs through the watcher's own
 // consumer, as events from NATS do; a wrong token gets 401 and an
-// event.rejected record, never a run.
+// event.rejected record, never a run. The watcher serves TLS and has
+// basic_auth_users in --web.config.file (its certificate named relative to
+// the file): the senders need neither, the status page and /metrics still
+// ask for basic auth.
 func TestDeployEventsOverHTTP(t *testing.T) {
 	dir := t.TempDir()
+	pki := testutil.NewPKI(t)
+	certFile, keyFile := pki.Server(t, "watcher")
+	for name, from := range map[string]string{"tls/server.pem": certFile, "tls/server-key.pem": keyFile} {
+		b, err := os.ReadFile(from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "tls"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(dir, name), string(b))
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	webConfig := filepath.Join(dir, "web.yml")
+	writeFile(t, webConfig, "tls_server_config:\n  cert_file: tls/server.pem\n  key_file: tls/server-key.pem\n"+
+		"basic_auth_users:\n  prometheus: "+string(hash)+"\n")
+	ca, err := os.ReadFile(pki.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca)
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	t.Cleanup(client.CloseIdleConnections)
 	const token, secret = "ci-token-5f2b8c0e9d7a4b1c8e6f3a2d", "github-secret-9e8d7c6b5a4f3e2d1c0b"
 	writeFile(t, filepath.Join(dir, "ci-token"), token+"\n")
 	writeFile(t, filepath.Join(dir, "github-secret"), secret+"\n")
@@ -50,8 +84,8 @@ ingest:
     services: ["*"]
     environments: [production]
 `)
-	w := startWatcher(t, "--config.file="+cfg, "--prometheus.url=http://127.0.0.1:1")
-	base := "http://" + w.web
+	w := startWatcher(t, "--config.file="+cfg, "--prometheus.url=http://127.0.0.1:1", "--web.config.file="+webConfig)
+	base := "https://" + w.web
 
 	post := func(path string, body []byte, headers map[string]string) (int, string) {
 		t.Helper()
@@ -62,13 +96,38 @@ ingest:
 		for k, v := range headers {
 			req.Header.Set(k, v)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
+	}
+	get := func(path string, user string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if user != "" {
+			req.SetBasicAuth(user, "s3cret")
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, path := range []string{"/", "/metrics"} {
+		if code, _ := get(path, ""); code != http.StatusUnauthorized {
+			t.Errorf("GET %s without basic auth: %d, want 401", path, code)
+		}
+		if code, _ := get(path, "prometheus"); code != http.StatusOK {
+			t.Errorf("GET %s as prometheus: %d, want 200", path, code)
+		}
 	}
 
 	event := []byte(`{"id": "d-http-1", "service": "shop-api", "environment": "production", "version": "2026.11.25-1"}`)
@@ -113,7 +172,7 @@ ingest:
 	if len(rejected) != 1 || len(byDeploy(recs, "d-http-2")) != 0 {
 		t.Errorf("the wrong token: %d event.rejected records with status 401, and %d records of d-http-2", len(rejected), len(byDeploy(recs, "d-http-2")))
 	}
-	metrics := httpGet(t, base+"/metrics")
+	_, metrics := get("/metrics", "prometheus")
 	for _, want := range []string{
 		`watcher_ingest_requests_total{endpoint="events",result="accepted"} 1`,
 		`watcher_ingest_requests_total{endpoint="github",result="accepted"} 1`,
