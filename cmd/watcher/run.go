@@ -334,7 +334,7 @@ func (o runOptions) Run(ctx context.Context, e *env) error {
 		policyReload := reload
 		reload = func() error {
 			if _, err := webCfg.Users(); err != nil {
-				logger.Error("--web.config.file not re-read; the TLS settings in force stay", "err", err)
+				logger.Error("--web.config.file cannot be read: TLS keeps its settings, every request gets 500 until the file is fixed", "err", err)
 			}
 			return policyReload()
 		}
