@@ -195,32 +195,45 @@ ingest:
 // the file, never a secret; `watcher check` reports the file's mistakes
 // as file:line.
 func TestIngestConfigErrors(t *testing.T) {
+	testSecretConfigErrors(t, "ingest", []secretConfigCase{
+		{"missing token file", "  tokens:\n    - {name: ci, token_file: nowhere, services: [shop], environments: [production]}\n",
+			"ingest.tokens ci: token_file: open %DIR%/nowhere: no such file or directory"},
+		{"short secret", "  github: {secret_file: short, services: [shop], environments: [production]}\n",
+			"ingest.github: secret_file: %DIR%/short holds 7 characters, fewer than 16"},
+	}, "  gitlab:\n    token_file: t\n    services: [shop]\n", ":3: ingest.gitlab: environments is required")
+}
+
+// secretConfigCase is a section of --config.file naming a secret file
+// that `watcher run` must refuse, and what it must say (%DIR%: the
+// directory of the file).
+type secretConfigCase struct{ name, body, want string }
+
+// testSecretConfigErrors runs `watcher run` on each case of section
+// (ingest:, decisions:): it must stop before starting anything, in one
+// line saying want and never the short secret; then `watcher check` on
+// the section bad must report checkWant after the file's name.
+func testSecretConfigErrors(t *testing.T, section string, cases []secretConfigCase, bad, checkWant string) {
+	t.Helper()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "rules.yml"), "policies: []\n")
 	writeFile(t, filepath.Join(dir, "short"), "hunter2\n")
-	for _, tc := range []struct {
-		name, ingest, want string
-	}{
-		{"missing token file", "  tokens:\n    - {name: ci, token_file: nowhere, services: [shop], environments: [production]}\n",
-			"ingest.tokens ci: token_file: open " + filepath.Join(dir, "nowhere") + ": no such file or directory"},
-		{"short secret", "  github: {secret_file: short, services: [shop], environments: [production]}\n",
-			"ingest.github: secret_file: " + filepath.Join(dir, "short") + " holds 7 characters, fewer than 16"},
-	} {
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := filepath.Join(dir, "watcher.yml")
-			writeFile(t, cfg, "rule_files: [rules.yml]\ningest:\n"+tc.ingest)
+			writeFile(t, cfg, "rule_files: [rules.yml]\n"+section+":\n"+tc.body)
 			code, _, errOut := cliWithin(t, 20*time.Second, "run", "--config.file="+cfg, "--storage.path="+t.TempDir(),
 				"--nats.listen="+testutil.FreeAddr(t), "--web.listen-address="+testutil.FreeAddr(t))
-			if code == 0 || !strings.Contains(errOut, tc.want) || strings.Contains(errOut, "hunter2") {
-				t.Errorf("exit %d, stderr %q; want it to say %q", code, errOut, tc.want)
+			want := strings.ReplaceAll(tc.want, "%DIR%", dir)
+			if code == 0 || !strings.Contains(errOut, want) || strings.Contains(errOut, "hunter2") {
+				t.Errorf("exit %d, stderr %q; want it to say %q", code, errOut, want)
 			}
 			assertOneLine(t, errOut)
 		})
 	}
 	cfg := filepath.Join(dir, "bad.yml")
-	writeFile(t, cfg, "rule_files: [rules.yml]\ningest:\n  gitlab:\n    token_file: t\n    services: [shop]\n")
+	writeFile(t, cfg, "rule_files: [rules.yml]\n"+section+":\n"+bad)
 	code, _, errOut := cli(t, "check", "--config.file="+cfg)
-	if want := cfg + ":3: ingest.gitlab: environments is required"; code == 0 || !strings.Contains(errOut, want) {
+	if want := cfg + checkWant; code == 0 || !strings.Contains(errOut, want) {
 		t.Errorf("check: exit %d, stderr %q; want %q", code, errOut, want)
 	}
 }
