@@ -194,13 +194,25 @@ func publish(t *testing.T, js jetstream.JetStream, recs ...audit.Record) {
 // none pending, none unacknowledged.
 func idle(t *testing.T, js jetstream.JetStream, consumer string) {
 	t.Helper()
+	// The server counts a new message in the consumer's NumPending a
+	// moment after the publish returns (it signals its consumers
+	// asynchronously): nothing pending is idle only once the consumer has
+	// been handed the stream's last record.
 	testutil.Eventually(t, 30*time.Second, "the notifier to handle every record", func() bool {
+		s, err := js.Stream(context.Background(), bus.AuditStream)
+		if err != nil {
+			return false
+		}
+		si, err := s.Info(context.Background())
+		if err != nil {
+			return false
+		}
 		c, err := js.Consumer(context.Background(), bus.AuditStream, consumer)
 		if err != nil {
 			return false
 		}
 		info, err := c.Info(context.Background())
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+		return err == nil && info.Delivered.Stream >= si.State.LastSeq && info.NumPending == 0 && info.NumAckPending == 0
 	})
 }
 
