@@ -108,6 +108,11 @@ func checksOf(r watch.RunStatus, recs []audit.Record, loaded bool, now time.Time
 				cv.Last = "no value, " + last.outcome
 			}
 			cv.LastReason = last.reason
+			if last.ratio != nil && (last.reason == "" || last.reason == "ok") {
+				// A failure's reason states the ratio; a pass has none,
+				// and the chart beside it plots the ratio, not the value.
+				cv.LastReason = formatNum(*last.ratio) + " x baseline"
+			}
 		}
 		if n := c.counts; n != nil {
 			cv.Counts = fmt.Sprintf("pass %d · fail %d · inconclusive %d · error %d", n.Pass, n.Fail, n.Inconclusive, n.Error)

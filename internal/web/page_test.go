@@ -496,3 +496,22 @@ func TestRollbackNotExecutedNote(t *testing.T) {
 		}
 	}
 }
+
+// TestPageLastRatio: a comparison check's latest measurement says its
+// ratio to the baseline when it passed, as a failure's reason does, since
+// its chart plots the ratio, not the value.
+func TestPageLastRatio(t *testing.T) {
+	run := watch.RunStatus{ID: "01RATIO", Service: "shop", Environment: "production", Version: "v2", Policy: "p",
+		Started: t0, WindowEnd: t0.Add(time.Minute), Verdict: watch.VerdictPending}
+	src := &fakeSource{active: []watch.RunStatus{run}}
+	pass := measurementRecord(run, "orders-vs-before", "min_ratio 0.5", t0.Add(2*time.Second), fp(33.5556), "pass", "ok", 0)
+	pass.Detail["ratio"] = 1.0137
+	src.recs = append(src.recs, runRecord(run, audit.RunStarted, t0, "validating", nil), pass)
+
+	_, body := get(t, src, t0.Add(10*time.Second))
+
+	if !strings.Contains(body, `33.56 pass</span> <span class="sub">1.014 x baseline</span>`) {
+		i := strings.Index(body, "last: ")
+		t.Errorf("the passing ratio check's last measurement does not say its ratio: %s", body[i:min(len(body), i+200)])
+	}
+}
