@@ -24,6 +24,27 @@ func writeConfig(t *testing.T, dir, content string) string {
 	return p
 }
 
+// assertLoadErrors loads content as a --config.file: Load must refuse it
+// with exactly the lines of want, each "<line>: <message>" after the
+// file's name.
+func assertLoadErrors(t *testing.T, content string, want []string) {
+	t.Helper()
+	p := writeConfig(t, t.TempDir(), content)
+	_, err := Load(p)
+	if err == nil {
+		t.Fatalf("Load accepted:\n%s", content)
+	}
+	got := strings.Split(err.Error(), "\n")
+	if len(got) != len(want) {
+		t.Fatalf("error:\n%s\nwant %d lines", err, len(want))
+	}
+	for i, w := range want {
+		if prefix := fmt.Sprintf("%s:%s", p, w); !strings.HasPrefix(got[i], prefix) {
+			t.Errorf("line %d: %q\nwant it to start %q", i, got[i], prefix)
+		}
+	}
+}
+
 const fullConfig = `# every path below is relative to this file's directory
 rule_files:
   - rules/*.yml

@@ -1,9 +1,7 @@
 package config
 
 import (
-	"fmt"
 	"path/filepath"
-	"strings"
 	"testing"
 )
 
@@ -140,20 +138,7 @@ func TestLoadDecisionsBad(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			p := writeConfig(t, t.TempDir(), tc.content)
-			_, err := Load(p)
-			if err == nil {
-				t.Fatalf("Load accepted:\n%s", tc.content)
-			}
-			got := strings.Split(err.Error(), "\n")
-			if len(got) != len(tc.want) {
-				t.Fatalf("error:\n%s\nwant %d lines", err, len(tc.want))
-			}
-			for i, w := range tc.want {
-				if prefix := fmt.Sprintf("%s:%s", p, w); !strings.HasPrefix(got[i], prefix) {
-					t.Errorf("line %d: %q\nwant it to start %q", i, got[i], prefix)
-				}
-			}
+			assertLoadErrors(t, tc.content, tc.want)
 		})
 	}
 }
