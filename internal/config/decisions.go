@@ -19,8 +19,8 @@ import (
 // The signed links of rollback.held are not scoped here: each is the
 // credential for one request.
 type Decisions struct {
-	// Users are basic-auth users of --web.config.file (exporter-toolkit
-	// checks their passwords), by name.
+	// Users are basic-auth users of --web.config.file (the watcher checks
+	// their passwords, internal/web basicauth.go), by name.
 	Users []DecisionUser `yaml:"users"`
 	// Tokens may decide with "Authorization: Bearer <token>", for chat
 	// bots and scripts that do not do basic auth.

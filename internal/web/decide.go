@@ -5,17 +5,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"mime"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/rollback-watcher/watcher/internal/audit"
 	"github.com/rollback-watcher/watcher/internal/events"
@@ -39,9 +38,9 @@ import (
 //   - GET and POST /rollbacks/{id}/cancel and /approve?expires=&sig=, the
 //     signed links of rollback.held, for people: the link is the
 //     credential (no basic auth is asked), for one request and action,
-//     until the request's execute_at. GET only shows what the button would do (chat unfurlers
-//     and mail scanners fetch links); the page's form POSTs to the same
-//     link, which decides.
+//     until the request's execute_at. GET only shows what the button
+//     would do (chat unfurlers and mail scanners fetch links); the page's
+//     form POSTs to the same link, which decides.
 //
 // Every request that decides nothing is recorded as event.rejected, within
 // the same per-address budget as every refusal (see refuse).
@@ -423,10 +422,10 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func apiPattern(action string) string { return "/api/v1/rollbacks/{id}/" + action }
 
-// basicAuthUsers reads basic_auth_users from exporter-toolkit's web
-// configuration file: user name -> bcrypt hash. The toolkit has validated
-// the file at start; the basic-auth middleware reads it again at each
-// request, and so does this.
+// basicAuthUsers reads basic_auth_users from --web.config.file: user name
+// -> bcrypt hash, parsed as the basic-auth middleware parses it
+// (deriveWebConfig). The file is read at each request, as the middleware
+// reads it, so that the two agree on who exists.
 func basicAuthUsers(file string) (map[string]string, error) {
 	if file == "" {
 		return nil, nil
@@ -435,13 +434,11 @@ func basicAuthUsers(file string) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading --web.config.file: %w", err)
 	}
-	var c struct {
-		Users map[string]string `yaml:"basic_auth_users"`
-	}
-	if err := yaml.Unmarshal(b, &c); err != nil && !errors.Is(err, io.EOF) {
+	_, users, err := deriveWebConfig(b, filepath.Dir(file))
+	if err != nil {
 		return nil, fmt.Errorf("--web.config.file %s: %w", file, err)
 	}
-	return c.Users, nil
+	return users, nil
 }
 
 // quietWriter takes the answer of refuse and drops it: for a refusal
